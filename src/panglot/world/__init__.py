@@ -1,0 +1,1 @@
+"""ShapesWorld: scenes, language, renderer, oracle (see shared/specs/shapesworld.md)."""
