@@ -36,7 +36,7 @@ BG = len(COLOR_NAMES)  # class id of background
 MAX_COLOR_DISTANCE = 60.0  # a pixel farther than this (RGB Euclidean) from every palette colour is background
 MIN_PIXELS = 16  # components smaller than this are specks
 _LUT_BITS = 6  # colour lookup table resolution per channel
-_CHUNK = 32  # images labelled at once by parse_images (small chunks stay in cache)
+_CHUNK = 128  # images parsed at once by parse_images
 
 
 @cache
@@ -62,72 +62,102 @@ def classify_pixels(imgs: np.ndarray) -> np.ndarray:
 def label_components(cls: np.ndarray) -> np.ndarray:
     """4-connected components of equal non-background class.
 
-    ``cls`` (B, H, W) -> int64 labels (B, H, W): each foreground pixel gets the smallest flat index of its
-    component, background gets -1. Min-label propagation with pointer jumping, so it converges in a few
-    dozen vectorised steps for the whole batch.
+    ``cls`` (B, H, W) -> int64 labels (B, H, W): every foreground pixel gets the id of its component
+    (ids are unique across the batch), background gets -1.
     """
-    b, h, w = cls.shape
     fg = cls != BG
-    big = b * h * w
-    lab = np.where(fg, np.arange(big).reshape(b, h, w), big)
-    same_x = fg[:, :, 1:] & (cls[:, :, 1:] == cls[:, :, :-1])  # pixel and its left neighbour join
-    same_y = fg[:, 1:, :] & (cls[:, 1:, :] == cls[:, :-1, :])  # pixel and its upper neighbour join
+    index = np.full(cls.shape, -1, dtype=np.int64)
+    index[fg] = np.arange(int(fg.sum()))
+    roots = _union_find(index, cls, fg)
+    index[fg] = roots
+    return index
+
+
+def _union_find(index: np.ndarray, cls: np.ndarray, fg: np.ndarray) -> np.ndarray:
+    """Root per foreground pixel (in ``index`` order): vectorised hooking + pointer jumping.
+
+    Each round hooks every root onto the smallest root across its edges, then compresses all paths;
+    ``parent[i] <= i`` throughout, so it terminates in a few rounds.
+    """
+    same_x = fg[:, :, 1:] & (cls[:, :, 1:] == cls[:, :, :-1])  # pixel joins its left neighbour
+    same_y = fg[:, 1:, :] & (cls[:, 1:, :] == cls[:, :-1, :])  # pixel joins its upper neighbour
+    a = np.concatenate([index[:, :, 1:][same_x], index[:, 1:, :][same_y]])
+    b = np.concatenate([index[:, :, :-1][same_x], index[:, :-1, :][same_y]])
+    parent = np.arange(int(fg.sum()))
     while True:
-        new = lab.copy()
-        m = np.where(same_x, np.minimum(lab[:, :, 1:], lab[:, :, :-1]), big)
-        new[:, :, 1:] = np.minimum(new[:, :, 1:], m)
-        new[:, :, :-1] = np.minimum(new[:, :, :-1], m)
-        m = np.where(same_y, np.minimum(lab[:, 1:, :], lab[:, :-1, :]), big)
-        new[:, 1:, :] = np.minimum(new[:, 1:, :], m)
-        new[:, :-1, :] = np.minimum(new[:, :-1, :], m)
-        flat = np.append(new.ravel(), big)
-        new = flat[new]  # pointer jumping: adopt the label of the pixel my label points at
-        if np.array_equal(new, lab):
-            break
-        lab = new
-    return np.where(fg, lab, -1)
+        pa, pb = parent[a], parent[b]
+        split = pa != pb
+        if not split.any():
+            return parent
+        np.minimum.at(parent, np.maximum(pa, pb)[split], np.minimum(pa, pb)[split])
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
 
 
-def _best_shape(comp: np.ndarray, x0: int, y0: int, extent: int) -> str:
-    """Shape whose template at box (x0, y0, extent) has the highest IoU with the boolean ``comp`` mask."""
-    best, best_iou = SHAPES[0], -1.0
-    n_comp = int(comp.sum())
-    ys, xs = slice(max(y0, 0), min(y0 + extent, CANVAS)), slice(max(x0, 0), min(x0 + extent, CANVAS))
-    inside = comp[ys, xs]
-    for shape in SHAPES:
-        tmpl = shape_mask(shape, extent)[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
-        inter = int((inside & tmpl).sum())
-        iou = inter / (n_comp + int(tmpl.sum()) - inter)
-        if iou > best_iou:
-            best, best_iou = shape, iou
-    return best
+@cache
+def _templates() -> tuple[np.ndarray, np.ndarray]:
+    """Shape templates stacked as (shape, size, 16, 16) bool (zero padded) and their areas (shape, size)."""
+    extents = list(SIZES.values())
+    stack = np.zeros((len(SHAPES), len(extents), max(extents), max(extents)), dtype=bool)
+    for i, shape in enumerate(SHAPES):
+        for j, extent in enumerate(extents):
+            stack[i, j, :extent, :extent] = shape_mask(shape, extent)
+    return stack, stack.sum((2, 3))
 
 
-def _component_object(comp: np.ndarray, cls_id: int) -> Obj:
-    """One object from a boolean (64, 64) component mask of palette class ``cls_id``."""
-    rows, cols = np.flatnonzero(comp.any(1)), np.flatnonzero(comp.any(0))
-    y0, x0 = int(rows[0]), int(cols[0])
-    h, w = int(rows[-1]) - y0 + 1, int(cols[-1]) - x0 + 1
-    size = min(SIZES, key=lambda s: abs(SIZES[s] - (w + h) / 2))
-    extent = SIZES[size]
+def _parse_batch(imgs: np.ndarray, min_pixels: int) -> list[Scene]:
+    """Scenes of a batch (B, 64, 64, 3) uint8, every step vectorised over all components."""
+    cls = classify_pixels(imgs)  # (B, 64, 64)
+    lab = label_components(cls)
+    fg = lab >= 0
+    img_of, ys, xs = np.nonzero(fg)  # (P,) per foreground pixel
+    comp_ids, first, comp, counts = np.unique(
+        lab[fg], return_index=True, return_inverse=True, return_counts=True
+    )  # first: one pixel of each component; comp: component of each pixel
+    keep = counts >= min_pixels
+    n = len(comp_ids)
+    x0, y0 = np.full(n, CANVAS), np.full(n, CANVAS)
+    x1, y1 = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(x0, comp, xs)
+    np.minimum.at(y0, comp, ys)
+    np.maximum.at(x1, comp, xs)
+    np.maximum.at(y1, comp, ys)
+    w, h = x1 - x0 + 1, y1 - y0 + 1
+    extents = np.array(list(SIZES.values()))
+    size_idx = np.abs((w + h)[:, None] / 2 - extents[None, :]).argmin(1)  # size by extent
+    extent = extents[size_idx]
     cx, cy = x0 + w // 2, y0 + h // 2  # the renderer puts the box at centre - extent // 2
+    # Shape: IoU of each component with each template placed at its box (off-canvas template pixels miss).
+    tx, ty = xs - (cx - extent // 2)[comp], ys - (cy - extent // 2)[comp]
+    inside = (tx >= 0) & (ty >= 0) & (tx < extent[comp]) & (ty < extent[comp])
+    stack, areas = _templates()
+    last = stack.shape[-1] - 1
+    hits = stack[:, size_idx[comp], np.clip(ty, 0, last), np.clip(tx, 0, last)] & inside  # (S, P)
+    inter = np.stack([np.bincount(comp, weights=row, minlength=n) for row in hits])  # (S, n)
+    iou = inter / (counts[None, :] + areas[:, size_idx] - inter)
+    shape_idx = iou.argmax(0)  # ties -> first of SHAPES
+    objects: list[list[Obj]] = [[] for _ in range(len(imgs))]
+    color_idx = cls[img_of[first], ys[first], xs[first]]
+    for k in np.flatnonzero(keep):
+        obj = _make_object(SHAPES[shape_idx[k]], color_idx[k], tuple(SIZES)[size_idx[k]], cx[k], cy[k])
+        objects[img_of[first[k]]].append(obj)
+    return [_scene(objs) for objs in objects]
+
+
+def _make_object(shape: str, cls_id: int, size: str, cx: int, cy: int) -> Obj:
+    """Object centred at (cx, cy): position is the cell holding the centre, jitter clipped to the rule."""
+    cx, cy = int(cx), int(cy)
     position = cell_of(cx, cy)
     ccx, ccy = cell_center(position)
-    jitter = (
-        int(np.clip(cx - ccx, -MAX_JITTER, MAX_JITTER)),
-        int(np.clip(cy - ccy, -MAX_JITTER, MAX_JITTER)),
-    )
-    shape = _best_shape(comp, cx - extent // 2, cy - extent // 2, extent)
+    jitter = (min(max(cx - ccx, -MAX_JITTER), MAX_JITTER), min(max(cy - ccy, -MAX_JITTER), MAX_JITTER))
     return Obj(shape, COLOR_NAMES[cls_id], size, position, jitter)
 
 
-def _scene_from_labels(cls: np.ndarray, lab: np.ndarray, min_pixels: int) -> Scene:
-    """Objects of one image from its class map (64, 64) and component labels (64, 64)."""
-    ids, counts = np.unique(lab[lab >= 0], return_counts=True)
-    objects = []
-    for comp_id in ids[counts >= min_pixels]:
-        comp = lab == comp_id
-        objects.append(_component_object(comp, int(cls[comp][0])))
+def _scene(objects: list[Obj]) -> Scene:
+    """Objects in reading order, unvalidated (generated images may break scene rules)."""
     objects.sort(key=lambda o: (POSITIONS.index(o.position), o.color, o.shape))
     return Scene(tuple(objects))
 
@@ -146,10 +176,7 @@ def parse_images(imgs: np.ndarray, min_pixels: int = MIN_PIXELS) -> list[Scene]:
     imgs = _check_images(imgs, batched=True)
     scenes = []
     for start in range(0, len(imgs), _CHUNK):
-        cls = classify_pixels(imgs[start : start + _CHUNK])  # (B, 64, 64)
-        lab = label_components(cls) - np.arange(len(cls))[:, None, None] * CANVAS * CANVAS
-        lab[cls == BG] = -1
-        scenes.extend(_scene_from_labels(c, lb, min_pixels) for c, lb in zip(cls, lab))
+        scenes.extend(_parse_batch(imgs[start : start + _CHUNK], min_pixels))
     return scenes
 
 
