@@ -1,0 +1,1 @@
+"""Training recipes: one flat, readable script per stage. The library never imports these."""

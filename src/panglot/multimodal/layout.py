@@ -1,0 +1,74 @@
+"""Sequence layout of every task: which tokens a document holds and which of them carry loss.
+
+    text-to-image   <bos> <t2i> caption <boi> codes <eoi> <eos>     (caption -> <uncond> when dropped)
+    caption         <bos> <caption> <boi> codes <eoi> caption <eos>
+    vqa             <bos> <vqa> <boi> codes <eoi> question <assistant> answer <eos>
+
+A prompt is the document cut where the model starts to write. Condition dropout (the training knob of
+classifier-free guidance) and the unconditional prompt (its inference knob) both use ``<uncond>``, so
+they are one concept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from panglot.codecs.text import special as sp
+from panglot.multimodal.vocab import UnifiedVocab
+
+TASKS = ("t2i", "caption", "vqa")
+
+
+@dataclass(frozen=True)
+class TaskSequence:
+    """One document: ``tokens`` and per-token loss ``weights`` (weight of predicting ``tokens[i]``)."""
+
+    task: str
+    tokens: list[int]
+    weights: list[float]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class SequenceLayout:
+    """Builds training documents and inference prompts for each task over one image slot."""
+
+    def __init__(self, vocab: UnifiedVocab, image_slot: str = "image"):
+        self.vocab = vocab
+        self.image_slot = image_slot
+        s = vocab.special
+        self.bos, self.eos, self.uncond, self.assistant = s(sp.BOS), s(sp.EOS), s(sp.UNCOND), s(sp.ASSISTANT)
+        self.boi, self.eoi = s(sp.BOI), s(sp.EOI)
+        self.task_id = {"t2i": s(sp.T2I), "caption": s(sp.CAPTION), "vqa": s(sp.VQA)}
+
+    # ----- prompts (inference) -----
+
+    def t2i_prompt(self, caption: Sequence[int] | None) -> list[int]:
+        """``<bos> <t2i> caption <boi>``; ``caption=None`` gives the unconditional prompt."""
+        condition = list(caption) if caption is not None else [self.uncond]
+        return [self.bos, self.task_id["t2i"], *condition, self.boi]
+
+    def caption_prompt(self, codes) -> list[int]:
+        return [self.bos, self.task_id["caption"], *self.vocab.span(self.image_slot, codes)]
+
+    def vqa_prompt(self, codes, question: Sequence[int]) -> list[int]:
+        return [self.bos, self.task_id["vqa"], *self.vocab.span(self.image_slot, codes), *question, self.assistant]
+
+    # ----- documents (training) -----
+
+    def t2i(self, caption: Sequence[int], codes, drop_condition: bool = False, weight: float = 1.0) -> TaskSequence:
+        prompt = self.t2i_prompt(None if drop_condition else caption)
+        target = [*self.vocab.span(self.image_slot, codes)[1:], self.eos]  # codes, <eoi>, <eos>
+        return self._document("t2i", prompt, target, weight)
+
+    def caption(self, codes, caption: Sequence[int], weight: float = 1.0) -> TaskSequence:
+        return self._document("caption", self.caption_prompt(codes), [*caption, self.eos], weight)
+
+    def vqa(self, codes, question: Sequence[int], answer: Sequence[int], weight: float = 1.0) -> TaskSequence:
+        return self._document("vqa", self.vqa_prompt(codes, question), [*answer, self.eos], weight)
+
+    @staticmethod
+    def _document(task: str, prompt: list[int], target: list[int], weight: float) -> TaskSequence:
+        return TaskSequence(task, prompt + target, [0.0] * len(prompt) + [weight] * len(target))

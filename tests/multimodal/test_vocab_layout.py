@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from panglot.codecs.text import TextTokenizer
+from panglot.multimodal import PlaceholderError, SequenceLayout, UnifiedVocab
+
+TEXTS = ["a large red circle at the top left", "what color is the circle?", "red", "yes", "no"] * 5
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    tok = TextTokenizer.train(TEXTS, vocab_size=400)
+    image = SimpleNamespace(vocab_size=16, tokens_per_item=4)
+    speech = SimpleNamespace(vocab_size=8, tokens_per_item=3)
+    return UnifiedVocab.build(tok, [("image", image, "<boi>", "<eoi>"), ("speech", speech, "<bos_speech>", "<eos_speech>")])
+
+
+def test_blocks_follow_text_ids_and_round_trip(vocab):
+    img, sp = vocab.slot("image"), vocab.slot("speech")
+    assert img.offset == vocab.text.vocab_size and sp.offset == img.offset + 16
+    assert vocab.size == sp.offset + 8
+    codes = torch.tensor([[0, 5, 15, 3]])
+    lm = vocab.to_lm("image", codes)
+    assert lm.min() >= img.offset and torch.equal(vocab.from_lm("image", lm), codes)
+    with pytest.raises(PlaceholderError, match="outside the speech block"):
+        vocab.from_lm("speech", lm)
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        vocab.to_lm("image", torch.tensor([[16, 0, 0, 0]]))
+
+
+def test_span_counts_are_checked(vocab):
+    with pytest.raises(PlaceholderError, match="expected 4 tokens, found 3"):
+        vocab.span("image", [1, 2, 3])
+    seq = [vocab.special("<bos>"), *vocab.span("image", [1, 2, 3, 4]), *vocab.span("speech", [0, 1, 2])]
+    assert [s[0] for s in vocab.check_spans(seq)] == ["image", "speech"]
+    short = seq[:3] + seq[4:]  # one image token removed
+    with pytest.raises(PlaceholderError, match="expected 4 tokens, found 3"):
+        vocab.check_spans(short)
+    with pytest.raises(PlaceholderError, match="never closed"):
+        vocab.check_spans(seq[:4])
+    stray = [vocab.special("<bos>"), vocab.slot("image").offset]
+    with pytest.raises(PlaceholderError, match="outside a image span"):
+        vocab.check_spans(stray)
+
+
+def test_vocab_json_round_trip(vocab):
+    again = UnifiedVocab.from_json(vocab.text, vocab.to_json())
+    assert again.slots == vocab.slots and again.size == vocab.size
+
+
+def test_layout_weights_cover_only_what_the_model_writes(vocab):
+    layout = SequenceLayout(vocab)
+    cap = vocab.text.encode("a large red circle at the top left")
+    doc = layout.t2i(cap, [1, 2, 3, 4])
+    n_prompt = len(layout.t2i_prompt(cap))
+    assert doc.tokens[:n_prompt] == layout.t2i_prompt(cap)
+    assert doc.weights == [0.0] * n_prompt + [1.0] * (4 + 2)  # 4 codes, <eoi>, <eos>
+    dropped = layout.t2i(cap, [1, 2, 3, 4], drop_condition=True)
+    assert dropped.tokens[: len(layout.t2i_prompt(None))] == layout.t2i_prompt(None)
+    assert vocab.special("<uncond>") in dropped.tokens and len(dropped) == len(layout.t2i_prompt(None)) + 6
+    q, a = vocab.text.encode("what color is the circle?"), vocab.text.encode("red")
+    qa = layout.vqa([1, 2, 3, 4], q, a, weight=2.0)
+    assert qa.tokens[-len(a) - 1 : -1] == a and qa.weights[-len(a) - 1 :] == [2.0] * (len(a) + 1)
+    assert sum(w > 0 for w in qa.weights) == len(a) + 1
+    vocab.check_spans(qa.tokens)
