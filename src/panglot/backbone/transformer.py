@@ -1,0 +1,152 @@
+"""Decoder-only transformer (Llama layout) over token ids or precomputed embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from panglot.backbone.config import TransformerConfig
+from panglot.nn import Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, attention_mask
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.qkv_bias)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        layer: int,
+    ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Token embedding -> n_layers blocks -> RMSNorm -> vocabulary projection (optionally tied)."""
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Llama-style init: N(0, init_std) weights, zero biases, unit norms; residual writers scaled."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+        if self.cfg.scaled_residual_init:
+            residual_std = std / math.sqrt(2 * self.cfg.n_layers)
+            for block in self.layers:
+                nn.init.normal_(block.attention.wo.weight, mean=0.0, std=residual_std)
+                nn.init.normal_(block.feed_forward.w2.weight, mean=0.0, std=residual_std)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, T) long -> embeddings (B, T, D)."""
+        return self.tok_embeddings(tokens)
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """Empty KV cache for `batch` rows of up to `max_len` slots (default dtype: the weights')."""
+        if max_len > self.cfg.max_seq_len:
+            raise ValueError(
+                f"cache max_len {max_len} exceeds the model's max_seq_len {self.cfg.max_seq_len}"
+            )
+        weight = self.tok_embeddings.weight
+        return KVCache(
+            n_layers=self.cfg.n_layers,
+            batch=batch,
+            n_kv_heads=self.cfg.n_kv_heads,
+            max_len=max_len,
+            head_dim=self.cfg.head_dim,
+            dtype=dtype or weight.dtype,
+            device=weight.device,
+        )
+
+    def forward_hidden(
+        self,
+        tokens: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final normed hidden states (B, T, D).
+
+        Give exactly one of tokens (B, T) or inputs_embeds (B, T, D). valid (B, T) bool marks real
+        tokens (False = left padding); each row's RoPE positions count only its valid tokens.
+        With a cache, the T new tokens are appended after everything already cached.
+        """
+        x = self._inputs(tokens, inputs_embeds)  # (B, T, D)
+        b, t, _ = x.shape
+        if valid is not None and valid.shape != (b, t):
+            raise ValueError(f"valid must have shape {(b, t)} (batch, time), got {tuple(valid.shape)}")
+        if cache is not None:
+            valid = torch.ones(b, t, dtype=torch.bool, device=x.device) if valid is None else valid
+            positions, mask = cache.extend(valid)
+        else:
+            if t > self.cfg.max_seq_len:
+                raise ValueError(f"sequence length {t} exceeds max_seq_len {self.cfg.max_seq_len}")
+            if valid is None:  # training route: plain causal, SDPA's is_causal fast path
+                positions, mask = torch.arange(t, device=x.device)[None], None
+            else:
+                positions, mask = (valid.long().cumsum(1) - 1).clamp(min=0), attention_mask(valid)
+        cos, sin = self.rope(positions)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, mask, cache, i)
+        return self.norm(x)
+
+    def forward(
+        self,
+        tokens: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, T, V); arguments as in `forward_hidden`."""
+        hidden = self.forward_hidden(tokens, inputs_embeds=inputs_embeds, valid=valid, cache=cache)
+        return self.logits(hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Project hidden states (B, T, D) to vocabulary logits (B, T, V)."""
+        if self.output is None:
+            return F.linear(hidden, self.tok_embeddings.weight)
+        return self.output(hidden)
+
+    def _inputs(self, tokens: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        if (tokens is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of tokens (B, T) or inputs_embeds (B, T, D)")
+        if tokens is not None:
+            if tokens.ndim != 2:
+                raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
+            return self.embed(tokens)
+        if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.cfg.dim:
+            raise ValueError(
+                f"inputs_embeds must be (batch, time, {self.cfg.dim}), got shape {tuple(inputs_embeds.shape)}"
+            )
+        return inputs_embeds

@@ -1,0 +1,21 @@
+"""Small layers shared by the backbone and codecs: norms, RoPE, MLP, attention, KV cache, precision."""
+
+from panglot.nn.attention import Attention
+from panglot.nn.kv_cache import KVCache, attention_mask
+from panglot.nn.mlp import SwiGLU
+from panglot.nn.norms import RMSNorm
+from panglot.nn.precision import autocast_context, default_device, resolve_dtype
+from panglot.nn.rope import RotaryEmbedding, apply_rotary
+
+__all__ = [
+    "Attention",
+    "KVCache",
+    "RMSNorm",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "apply_rotary",
+    "attention_mask",
+    "autocast_context",
+    "default_device",
+    "resolve_dtype",
+]

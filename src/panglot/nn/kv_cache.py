@@ -1,0 +1,84 @@
+"""Preallocated key/value cache for incremental decoding.
+
+All rows of a batch share slot indices: every forward call appends the same number of slots T to
+every row, and rows that are shorter are left-padded (their padding slots are marked invalid). Each row
+keeps its own next RoPE position, so left padding never shifts positions.
+
+Use per forward call: `extend(valid)` once (records the new slots, returns positions and the attention
+mask), then `update(layer, k, v)` once per layer (writes the new keys/values, returns all so far).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per-layer (B, H_kv, T_max, Dh) key/value buffers plus per-slot validity and per-row positions."""
+
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, T_max)
+        self.next_position = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
+        self.length = 0  # slots filled, the same for every row
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def max_len(self) -> int:
+        return self.valid.shape[1]
+
+    def extend(self, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reserve T new slots per row; valid (B, T) bool marks real tokens (False = padding).
+
+        Returns positions (B, T) long for RoPE and the attention mask (B, 1, T, S) bool over all
+        S = length + T slots (True = may attend).
+        """
+        n_rows, n_new = valid.shape
+        if n_rows != self.batch:
+            raise ValueError(f"cache was made for batch {self.batch}, got {n_rows} rows")
+        if self.length + n_new > self.max_len:
+            raise ValueError(f"cache holds {self.max_len} slots; {self.length} used, {n_new} more requested")
+        start, end = self.length, self.length + n_new
+        self.valid[:, start:end] = valid
+        positions = (self.next_position[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
+        self.next_position += valid.long().sum(1)
+        self.length = end
+        mask = attention_mask(self.valid[:, :end], query_start=start)
+        return positions, mask
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, H_kv, T, Dh) into the last T reserved slots; return keys/values (B, H_kv, S, Dh)."""
+        start = self.length - k.shape[2]
+        self.keys[layer][:, :, start : self.length] = k
+        self.values[layer][:, :, start : self.length] = v
+        return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length]
+
+
+def attention_mask(key_valid: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+    """Causal mask over slots that also hides invalid (padding) keys.
+
+    key_valid (B, S) bool; queries are slots [query_start, S). Returns (B, 1, T, S) bool, True = attend.
+    Every query may always see its own slot, so a padding query attends to itself instead of to
+    nothing (an all-masked row would give NaN that then leaks through the next layer's values).
+    """
+    n_keys = key_valid.shape[1]
+    query_slots = torch.arange(query_start, n_keys, device=key_valid.device)[:, None]  # (T, 1)
+    key_slots = torch.arange(n_keys, device=key_valid.device)[None, :]  # (1, S)
+    causal = key_slots <= query_slots  # (T, S)
+    mask = (causal & key_valid[:, None, :]) | (key_slots == query_slots)  # (B, T, S)
+    return mask[:, None]

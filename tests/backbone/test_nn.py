@@ -1,0 +1,116 @@
+"""Unit tests of the small layers in panglot.nn."""
+
+import pytest
+import torch
+
+from panglot.nn import (
+    Attention,
+    KVCache,
+    RMSNorm,
+    RotaryEmbedding,
+    apply_rotary,
+    attention_mask,
+    autocast_context,
+    default_device,
+    resolve_dtype,
+)
+
+
+def test_resolve_dtype_names_and_errors():
+    assert resolve_dtype("bf16") is torch.bfloat16
+    assert resolve_dtype("float32") is torch.float32
+    assert resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        resolve_dtype("int8")
+    with pytest.raises(ValueError, match="floating-point"):
+        resolve_dtype(torch.int64)
+
+
+def test_autocast_context_bf16_on_cpu_and_fp32_noop():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast_context("cpu", "bf16"):
+        assert (a @ b).dtype is torch.bfloat16
+    with autocast_context("cpu", "fp32"):
+        assert (a @ b).dtype is torch.float32
+    assert default_device().type in ("cpu", "cuda")
+
+
+def test_rmsnorm_matches_formula_and_keeps_dtype():
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-6)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 16)
+    expected = norm.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(norm(x), expected)
+    # bf16 input is normalised in fp32: result equals the fp32 computation rounded to bf16
+    xb = (x * 1000).bfloat16()
+    out = RMSNorm(16)(xb)
+    assert out.dtype is torch.float32  # fp32 weight * bf16 promotes, as in Llama
+    torch.testing.assert_close(out, RMSNorm(16)(xb.float()).bfloat16().float())
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    rope = RotaryEmbedding(head_dim=8, max_seq_len=64)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+
+    def score(pq, pk):
+        cq, sq = rope(torch.tensor([[pq]]))
+        ck, sk = rope(torch.tensor([[pk]]))
+        return (apply_rotary(q, cq, sq) * apply_rotary(k, ck, sk)).sum()
+
+    torch.testing.assert_close(score(5, 2), score(40, 37))
+    assert not torch.allclose(score(5, 2), score(5, 3))
+    with pytest.raises(ValueError, match="even head_dim"):
+        RotaryEmbedding(head_dim=7, max_seq_len=8)
+
+
+def test_gqa_attention_equals_repeated_kv_heads():
+    torch.manual_seed(0)
+    gqa = Attention(dim=32, n_heads=4, n_kv_heads=2, head_dim=8)
+    mha = Attention(dim=32, n_heads=4, n_kv_heads=4, head_dim=8)
+    mha.wq.weight.data, mha.wo.weight.data = gqa.wq.weight.data, gqa.wo.weight.data
+    for name in ("wk", "wv"):  # each kv head serves two query heads
+        w = getattr(gqa, name).weight.data.view(2, 8, 32)
+        getattr(mha, name).weight.data = w.repeat_interleave(2, dim=0).reshape(32, 32)
+    x = torch.randn(2, 5, 32)
+    cos, sin = RotaryEmbedding(8, 16)(torch.arange(5)[None])
+    torch.testing.assert_close(gqa(x, cos, sin, None), mha(x, cos, sin, None))
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        Attention(dim=32, n_heads=4, n_kv_heads=3, head_dim=8)
+
+
+def test_attention_mask_hides_padding_and_future():
+    valid = torch.tensor([[False, True, True], [True, True, True]])
+    mask = attention_mask(valid)[:, 0]
+    assert mask[0].tolist() == [[True, False, False], [False, True, False], [False, True, True]]
+    assert mask[1].tolist() == torch.ones(3, 3, dtype=torch.bool).tril().tolist()
+    assert attention_mask(valid, query_start=2).shape == (2, 1, 1, 3)
+
+
+def test_kv_cache_positions_and_overflow():
+    cache = KVCache(
+        n_layers=1, batch=2, n_kv_heads=1, max_len=4, head_dim=2, dtype=torch.float32, device="cpu"
+    )
+    positions, mask = cache.extend(torch.tensor([[False, True], [True, True]]))
+    assert positions.tolist() == [[0, 0], [0, 1]]
+    positions, mask = cache.extend(torch.ones(2, 1, dtype=torch.bool))
+    assert positions.tolist() == [[1], [2]] and mask.shape == (2, 1, 1, 3)
+    k = torch.randn(2, 1, 1, 2)
+    keys, values = cache.update(0, k, -k)
+    torch.testing.assert_close(values[:, :, 2:], -k)
+    torch.testing.assert_close(keys[:, :, 2:], k)
+    assert keys.shape == (2, 1, 3, 2)
+    with pytest.raises(ValueError, match="cache holds 4 slots; 3 used, 2 more requested"):
+        cache.extend(torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="batch 2, got 3 rows"):
+        cache.extend(torch.ones(3, 1, dtype=torch.bool))
+
+
+def test_sdpa_causal_route_equals_explicit_mask():
+    torch.manual_seed(0)
+    attn = Attention(dim=32, n_heads=4, n_kv_heads=2, head_dim=8)
+    x = torch.randn(2, 6, 32)
+    cos, sin = RotaryEmbedding(8, 16)(torch.arange(6)[None])
+    mask = attention_mask(torch.ones(2, 6, dtype=torch.bool))
+    torch.testing.assert_close(attn(x, cos, sin, None), attn(x, cos, sin, mask))

@@ -1,0 +1,137 @@
+"""Invariants of the Transformer: cache == recompute, padding == no padding, sizes, precision."""
+
+import pytest
+import torch
+
+from panglot.backbone import SIZES, Transformer, TransformerConfig, build_transformer, transformer_config
+from panglot.nn import autocast_context
+
+VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    torch.manual_seed(0)
+    return build_transformer("debug", VOCAB).eval()
+
+
+def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_token_by_token_decode_equals_full_recompute(model):
+    tokens = _tokens(2, 12)
+    full = model(tokens)
+    cache = model.new_cache(batch=2, max_len=16)
+    steps = [model(tokens[:, :5], cache=cache)]  # prefill
+    steps += [model(tokens[:, t : t + 1], cache=cache) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 12 and cache.next_position.tolist() == [12, 12]
+
+
+@torch.no_grad()
+def test_chunked_prefill_equals_full_recompute(model):
+    tokens = _tokens(3, 15, seed=2)
+    cache = model.new_cache(batch=3, max_len=15)
+    chunks = [model(tokens[:, a:b], cache=cache) for a, b in ((0, 4), (4, 11), (11, 15))]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), model(tokens), atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_left_padded_batch_equals_unpadded_rows(model):
+    rows = [_tokens(1, n, seed=n)[0] for n in (7, 4, 1)]
+    width = max(len(r) for r in rows)
+    tokens = torch.zeros(len(rows), width, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row) :], valid[i, width - len(row) :] = row, True
+    padded = model(tokens, valid=valid)
+    assert torch.isfinite(padded).all()
+    for i, row in enumerate(rows):
+        torch.testing.assert_close(padded[i, width - len(row) :], model(row[None])[0], atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_left_padded_prefill_then_cached_decode_equals_unpadded_rows(model):
+    rows = [_tokens(1, 9, seed=3)[0], _tokens(1, 3, seed=4)[0]]
+    extra = _tokens(2, 4, seed=5)  # decoded one token at a time after the prompts
+    tokens = torch.zeros(2, 9, dtype=torch.long)
+    valid = torch.zeros(2, 9, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, 9 - len(row) :], valid[i, 9 - len(row) :] = row, True
+    cache = model.new_cache(batch=2, max_len=13)
+    model(tokens, valid=valid, cache=cache)
+    decoded = torch.cat([model(extra[:, t : t + 1], cache=cache) for t in range(4)], dim=1)
+    assert cache.next_position.tolist() == [13, 7]
+    for i, row in enumerate(rows):
+        reference = model(torch.cat([row, extra[i]])[None])[0, len(row) :]
+        torch.testing.assert_close(decoded[i], reference, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_inputs_embeds_equals_tokens_and_hidden_feeds_logits(model):
+    tokens = _tokens(2, 6)
+    torch.testing.assert_close(model(inputs_embeds=model.embed(tokens)), model(tokens))
+    hidden = model.forward_hidden(tokens)
+    assert hidden.shape == (2, 6, model.cfg.dim)
+    torch.testing.assert_close(model.logits(hidden), model(tokens))
+
+
+def test_input_errors(model):
+    tokens = _tokens(2, 6)
+    with pytest.raises(ValueError, match="exactly one of tokens"):
+        model(tokens, inputs_embeds=model.embed(tokens))
+    with pytest.raises(ValueError, match=r"valid must have shape \(2, 6\)"):
+        model(tokens, valid=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="exceeds max_seq_len 512"):
+        model(_tokens(1, 513))
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len"):
+        model.new_cache(batch=1, max_len=1000)
+
+
+def test_tied_embeddings_share_one_matrix():
+    model = build_transformer("debug", VOCAB, tie_embeddings=True)
+    assert model.output is None and "output.weight" not in model.state_dict()
+    tokens = _tokens(1, 5)
+    expected = model.forward_hidden(tokens) @ model.tok_embeddings.weight.T
+    torch.testing.assert_close(model(tokens), expected)
+
+
+def test_bf16_autocast_forward_backward_on_cpu(model):
+    torch.manual_seed(0)
+    train_model = build_transformer("debug", VOCAB)
+    tokens = _tokens(2, 8)
+    with autocast_context("cpu", "bf16"):
+        logits = train_model(tokens)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten())
+    assert logits.dtype is torch.bfloat16 and torch.isfinite(loss)
+    loss.backward()
+    assert train_model.layers[0].attention.wq.weight.grad.dtype is torch.float32
+    with torch.no_grad(), autocast_context("cpu", "bf16"):
+        cache = model.new_cache(batch=2, max_len=8, dtype=torch.bfloat16)
+        cached = model(tokens, cache=cache)
+    torch.testing.assert_close(cached.float(), model(tokens), atol=0.1, rtol=0.1)
+
+
+def test_named_sizes_and_init():
+    assert list(SIZES) == ["debug", "tiny", "small", "base", "large"]
+    cfg = transformer_config("small", 1000, n_layers=2)
+    assert (cfg.dim, cfg.n_layers, cfg.vocab_size) == (512, 2, 1000)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    assert abs(model.layers[0].attention.wq.weight.std().item() - 0.02) < 1e-3
+    assert abs(model.layers[0].feed_forward.w2.weight.std().item() - 0.01) < 1e-3  # 0.02 / sqrt(2 * 2)
+    with pytest.raises(ValueError, match="unknown model size 'huge'"):
+        build_transformer("huge", 10)
+    with pytest.raises(ValueError, match=r"unknown TransformerConfig field\(s\) \['layers'\]"):
+        build_transformer("debug", 10, layers=3)
+
+
+def test_config_reports_every_error():
+    with pytest.raises(ValueError) as err:
+        TransformerConfig(vocab_size=0, dim=30, n_layers=1, n_heads=4, n_kv_heads=3, ffn_dim=8)
+    message = str(err.value)
+    assert "vocab_size must be positive" in message
+    assert "dim (30) must be divisible by n_heads (4)" in message
+    assert "n_heads (4) must be a multiple of n_kv_heads (3)" in message
