@@ -53,3 +53,4 @@ def sample_scene(rng: np.random.Generator, split: str, n_objects: int | None = N
         held = [pool.index(p) for p in UNSEEN_PAIRS]
         picks[int(rng.integers(n_objects))] = held[int(rng.integers(len(held)))]
     return make_scene(random_object(rng, pool[i], POSITIONS[c]) for i, c in zip(picks, cells))
+

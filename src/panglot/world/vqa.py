@@ -1,0 +1,81 @@
+"""Questions about a scene with their true answers (spec "Questions and their answers")."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from panglot.world.language import count_word, question
+from panglot.world.scene import POSITIONS, Scene
+from panglot.world.splits import allowed_pairs
+
+KINDS = ("color", "shape_at", "count", "exists", "where", "size")
+
+
+class QA(NamedTuple):
+    kind: str  # one of KINDS
+    question: str
+    answer: str  # a single word or a canonical phrase
+
+
+def all_questions(scene: Scene, split: str = "train") -> list[QA]:
+    """Every question of every kind about ``scene``, in a fixed order.
+
+    ``exists`` gets one ``yes`` per object and ``no`` distractors: every pair that shares the colour or the
+    shape of an object but is not in the scene, restricted to the pairs ``split`` may name (so a training
+    question never names a held-out pair). ``shape_at`` also asks about every empty cell (``nothing``).
+    """
+    present = {o.pair for o in scene.objects}
+    shapes = [o.shape for o in scene.objects]
+    qas = [
+        QA("color", question("color", shape=o.shape), o.color) for o in scene.objects if shapes.count(o.shape) == 1
+    ]
+    for position in POSITIONS:
+        obj = scene.at(position)
+        qas.append(QA("shape_at", question("shape_at", position=position), obj.shape if obj else "nothing"))
+    qas.append(QA("count", question("count"), count_word(len(scene))))
+    qas += [QA("exists", question("exists", color=o.color, shape=o.shape), "yes") for o in scene.objects]
+    colors, shapes_in = {c for c, _ in present}, {s for _, s in present}
+    qas += [
+        QA("exists", question("exists", color=c, shape=s), "no")
+        for c, s in allowed_pairs(split)
+        if (c, s) not in present and (c in colors or s in shapes_in)
+    ]
+    for o in scene.objects:
+        qas.append(QA("where", question("where", color=o.color, shape=o.shape), o.position))
+        qas.append(QA("size", question("size", color=o.color, shape=o.shape), o.size))
+    return qas
+
+
+def questions(scene: Scene, rng: np.random.Generator, k: int | None = None, split: str = "train") -> list[QA]:
+    """A random, kind-balanced selection of ``k`` questions about ``scene`` (all of them when None).
+
+    Kinds are visited round-robin in a random order, so a small ``k`` still mixes kinds; ``exists`` draws
+    ``yes`` and ``no`` alternately. ``split`` restricts ``no`` distractors (see :func:`all_questions`).
+    """
+    qas = all_questions(scene, split)
+    if k is None:
+        return qas
+    pools = [[qa for qa in qas if qa.kind == kind] for kind in KINDS]
+    pools[KINDS.index("exists")] = _interleave_yes_no(pools[KINDS.index("exists")], rng)
+    for kind, pool in zip(KINDS, pools):
+        if kind != "exists":
+            rng.shuffle(pool)
+    chosen: list[QA] = []
+    order = [pools[i] for i in rng.permutation(len(KINDS))]
+    while len(chosen) < k and any(order):
+        for pool in order:
+            if pool and len(chosen) < k:
+                chosen.append(pool.pop(0))
+    return chosen
+
+
+def _interleave_yes_no(pool: list[QA], rng: np.random.Generator) -> list[QA]:
+    yes = [qa for qa in pool if qa.answer == "yes"]
+    no = [qa for qa in pool if qa.answer == "no"]
+    rng.shuffle(yes)
+    rng.shuffle(no)
+    first, second = (yes, no) if rng.integers(2) else (no, yes)
+    mixed = [qa for pair in zip(first, second) for qa in pair]
+    return mixed + first[len(second) :] + second[len(first) :]

@@ -1,0 +1,83 @@
+import re
+from collections import Counter
+
+import numpy as np
+
+from panglot.world.scene import HELD_OUT, POSITIONS, Obj, Scene, make_scene
+from panglot.world.splits import SPLITS, sample_scene
+from panglot.world.vqa import KINDS, QA, all_questions, questions
+
+# The spec's question table, as patterns, to check answers independently of the generator.
+PATTERNS = {
+    "color": r"what color is the (?P<shape>\w+)\?",
+    "shape_at": r"what shape is at the (?P<position>[\w ]+)\?",
+    "count": r"how many objects are there\?",
+    "exists": r"is there a (?P<color>\w+) (?P<shape>\w+)\?",
+    "where": r"where is the (?P<color>\w+) (?P<shape>\w+)\?",
+    "size": r"what size is the (?P<color>\w+) (?P<shape>\w+)\?",
+}
+
+
+def true_answer(scene: Scene, qa: QA) -> str:
+    slots = re.fullmatch(PATTERNS[qa.kind], qa.question).groupdict()
+    if qa.kind == "color":
+        (obj,) = [o for o in scene.objects if o.shape == slots["shape"]]  # asked only when unique
+        return obj.color
+    if qa.kind == "shape_at":
+        obj = scene.at(slots["position"])
+        return obj.shape if obj else "nothing"
+    if qa.kind == "count":
+        return {1: "one", 2: "two", 3: "three"}[len(scene)]
+    obj = scene.find(slots["color"], slots["shape"])
+    if qa.kind == "exists":
+        return "yes" if obj else "no"
+    return obj.position if qa.kind == "where" else obj.size
+
+
+def test_answers_are_true_for_random_scenes_of_every_split():
+    rng = np.random.default_rng(0)
+    kinds, answers = Counter(), Counter()
+    for i in range(400):
+        scene = sample_scene(rng, SPLITS[i % 4])
+        for qa in all_questions(scene, SPLITS[i % 4]):
+            assert qa.answer == true_answer(scene, qa), (scene, qa)
+            kinds[qa.kind] += 1
+            answers[qa.kind, qa.answer] += 1
+    assert set(kinds) == set(KINDS)
+    assert answers["exists", "yes"] and answers["exists", "no"] and answers["shape_at", "nothing"]
+    assert {a for k, a in answers if k == "count"} == {"one", "two", "three"}
+
+
+def test_colour_is_asked_only_about_unique_shapes():
+    scene = make_scene(
+        [Obj("circle", "red", "small", "top"), Obj("circle", "gray", "small", "left"), Obj("cross", "red", "large", "center")]
+    )
+    color_qs = [qa for qa in all_questions(scene) if qa.kind == "color"]
+    assert color_qs == [QA("color", "what color is the cross?", "red")]
+    shape_at = {qa.question: qa.answer for qa in all_questions(scene) if qa.kind == "shape_at"}
+    assert len(shape_at) == len(POSITIONS)
+    assert shape_at["what shape is at the center?"] == "cross"
+    assert shape_at["what shape is at the bottom?"] == "nothing"
+
+
+def test_no_distractors_name_held_out_pairs_only_in_unseen_splits():
+    scene = make_scene([Obj("circle", "red", "small", "top"), Obj("cross", "blue", "large", "left")])
+    # red triangle and blue circle share a colour or shape with the scene: natural distractors.
+    held_out_qs = {f"is there a {c} {s}?" for c, s in HELD_OUT}
+    train_qs = {qa.question for qa in all_questions(scene, "train")}
+    unseen_qs = {qa.question for qa in all_questions(scene, "test-unseen")}
+    assert not train_qs & held_out_qs
+    assert {"is there a red triangle?", "is there a blue circle?"} <= unseen_qs
+
+
+def test_sampled_questions_are_deterministic_kind_balanced_and_a_subset():
+    scene = make_scene([Obj("square", "green", "large", "bottom"), Obj("triangle", "cyan", "small", "top")])
+    full = all_questions(scene)
+    picked = questions(scene, np.random.default_rng(3), k=6)
+    assert picked == questions(scene, np.random.default_rng(3), k=6)
+    assert len(picked) == 6 and len(set(picked)) == 6 and set(picked) <= set(full)
+    assert {qa.kind for qa in picked} == set(KINDS)
+    exists = [qa.answer for qa in questions(scene, np.random.default_rng(4), k=12) if qa.kind == "exists"]
+    assert sorted(exists[:2]) == ["no", "yes"]  # exists alternates yes / no
+    assert questions(scene, np.random.default_rng(0)) == full
+    assert sorted(questions(scene, np.random.default_rng(0), k=10_000)) == sorted(full)
