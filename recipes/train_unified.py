@@ -1,0 +1,110 @@
+"""Train the unified model (CM3Leon / Chameleon core) on the ShapesWorld mixture: text-to-image,
+captioning and VQA in one decoder-only transformer over text tokens and image codes.
+
+    panglot train configs/unified_quickstart.yaml train.max_steps=2000 out_dir=runs/u
+
+Needs a trained image codec (``recipes/train_codec.py``), named by ``codec_dir``. Writes
+``OUT/train/`` (checkpoints, metrics.jsonl) and ``OUT/model/`` (what ``panglot.load(OUT)`` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from panglot.backbone import build_transformer
+from panglot.codecs import load_codec
+from panglot.codecs.text import TextTokenizer, train_world_tokenizer
+from panglot.config import load_config, to_dict
+from panglot.data.loader import StatefulLoader
+from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, world_scenes, world_texts
+from panglot.model import UnifiedModel, UnifiedModelConfig, collate
+from panglot.model.run import save_model
+from panglot.multimodal import UnifiedVocab
+from panglot.training import TrainConfig, Trainer
+
+logger = logging.getLogger("panglot.recipes.train_unified")
+
+
+@dataclass
+class UnifiedRecipe:
+    recipe: str = "unified"
+    out_dir: str = "runs/unified"
+    codec_dir: str = "runs/codec"
+    tokenizer_scenes: int = 3000  # train-split scenes whose texts train the BPE tokenizer
+    batch_size: int = 32
+    cfg_scale: float = 3.0  # default guidance scale saved with the model (the quickstart tunes it on val)
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    model: UnifiedModelConfig = field(default_factory=UnifiedModelConfig)
+    data: MixtureConfig = field(default_factory=MixtureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_tokenizer(cfg: UnifiedRecipe, out: Path) -> TextTokenizer:
+    """The run's tokenizer: trained on train-split text once, then reloaded (so a resume reuses it)."""
+    path = out / "tokenizer"
+    if (path / "tokenizer.json").is_file():
+        return TextTokenizer.load(path)
+    tok = train_world_tokenizer(world_texts("train", cfg.tokenizer_scenes, cfg.data.seed))
+    tok.save(path)
+    return tok
+
+
+def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, StatefulLoader]:
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    codec = load_codec(cfg.codec_dir, map_location=device)
+    tokenizer = build_tokenizer(cfg, out)
+    vocab = UnifiedVocab.build(tokenizer, [("image", codec, "<boi>", "<eoi>")])
+    model_cfg = cfg.model
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_transformer(model_cfg.size, vocab.size, **model_cfg.overrides).to(device)
+    model = UnifiedModel(backbone, vocab, codec)
+    weights = {t: w * model_cfg.loss_weights.get(t, 1.0) for t, w in cfg.data.loss_weights.items()}
+    mixture_cfg = MixtureConfig(**{**to_dict(cfg.data), "loss_weights": weights})
+    scenes = world_scenes("train", cfg.data.n_scenes, cfg.data.seed)
+    logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
+    dataset = WorldMixture(mixture_cfg, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
+    loader = StatefulLoader(
+        dataset, cfg.batch_size, seed=cfg.train.seed, collate_fn=partial(collate, pad_id=vocab.special("<pad>"))
+    )
+    return model, loader
+
+
+def loss_fn(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    loss, metrics = model.loss(batch)
+    metrics["tokens"] = float(batch["tokens"].numel())
+    return loss, metrics
+
+
+def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu") -> Path:
+    """Train and export; returns the run directory."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, loader = build(cfg, device)
+    trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train")
+    summary = trainer.train(resume=resume)
+    logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))
+    save_model(cfg.out_dir, model, extra={"generation": {"cfg_scale": cfg.cfg_scale}, "recipe": to_dict(cfg)})
+    return Path(cfg.out_dir)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="recipe YAML")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    args = parser.parse_args(argv)
+    cfg = load_config(UnifiedRecipe, args.config, args.overrides)
+    return run(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    main()

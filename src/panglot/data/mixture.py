@@ -1,0 +1,112 @@
+"""The ShapesWorld task mixture for the unified model: text-to-image, captioning and VQA documents.
+
+Images are encoded once by the codec (``encode_scenes``); documents are then built on the fly. Document
+``i`` is a pure function of ``(seed, i)``: which scene, which task, which paraphrase, whether the condition
+is dropped. Together with the stateful loader's order this makes every run, and every resumed run, exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from panglot.codecs.text import TextTokenizer
+from panglot.multimodal import TASKS, SequenceLayout, TaskSequence
+from panglot.world import language, vqa
+from panglot.world.render import render
+from panglot.world.scene import Scene
+from panglot.world.splits import sample_scene
+
+
+@dataclass
+class MixtureConfig:
+    """How documents are drawn from the world."""
+
+    n_scenes: int = 20000  # distinct training scenes (each encoded once)
+    task_probs: dict[str, float] = field(default_factory=lambda: {"t2i": 0.5, "caption": 0.2, "vqa": 0.3})
+    loss_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    paraphrase_prob: float = 0.3  # share of t2i prompts that are paraphrases (captions stay canonical)
+    cond_dropout: float = 0.1  # share of t2i documents whose caption is replaced by <uncond> (CFG)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [f"unknown task {t!r}" for t in {**self.task_probs, **self.loss_weights} if t not in TASKS]
+        if not self.task_probs or sum(self.task_probs.values()) <= 0:
+            problems.append("task_probs must give a positive probability to at least one task")
+        if not 0 <= self.cond_dropout < 1:
+            problems.append(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if problems:
+            raise ValueError("; ".join(problems) + f" (tasks are {list(TASKS)})")
+
+
+def world_scenes(split: str, n: int, seed: int) -> list[Scene]:
+    """``n`` seeded scenes of a split, 1 to 3 objects each."""
+    rng = np.random.default_rng([seed, 7919])
+    return [sample_scene(rng, split) for _ in range(n)]
+
+
+@torch.no_grad()
+def encode_scenes(codec, scenes: Sequence[Scene], batch_size: int = 256) -> torch.Tensor:
+    """Render and encode scenes -> codec ids ``(N, tokens_per_item)`` long."""
+    out = []
+    for start in range(0, len(scenes), batch_size):
+        imgs = np.stack([render(s) for s in scenes[start : start + batch_size]])  # (B, 64, 64, 3)
+        x = torch.from_numpy(imgs).to(codec.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        out.append(codec.encode_tensor(x).cpu())
+    return torch.cat(out)
+
+
+class WorldMixture:
+    """An indexable dataset of ``docs_per_scene`` documents per scene (task, text and question drawn per document)."""
+
+    def __init__(
+        self,
+        cfg: MixtureConfig,
+        layout: SequenceLayout,
+        tokenizer: TextTokenizer,
+        scenes: Sequence[Scene],
+        codes: torch.Tensor,
+        docs_per_scene: int = 4,
+    ):
+        if len(scenes) != len(codes):
+            raise ValueError(f"{len(scenes)} scenes but {len(codes)} code rows")
+        self.cfg, self.layout, self.tok = cfg, layout, tokenizer
+        self.scenes, self.codes = list(scenes), codes
+        self.docs_per_scene = docs_per_scene
+        self._tasks = [t for t in TASKS if cfg.task_probs.get(t, 0) > 0]
+        probs = np.array([cfg.task_probs[t] for t in self._tasks], dtype=np.float64)
+        self._cum = np.cumsum(probs / probs.sum())
+
+    def __len__(self) -> int:
+        return len(self.scenes) * self.docs_per_scene
+
+    def __getitem__(self, index: int) -> TaskSequence:
+        rng = np.random.default_rng([self.cfg.seed, index])
+        k = index % len(self.scenes)
+        scene, codes = self.scenes[k], self.codes[k]
+        task = self._tasks[int(np.searchsorted(self._cum, rng.random(), side="right").clip(0, len(self._tasks) - 1))]
+        weight = self.cfg.loss_weights.get(task, 1.0)
+        if task == "vqa":
+            qa = vqa.questions(scene, rng)
+            pick = qa[int(rng.integers(len(qa)))]
+            return self.layout.vqa(codes, self.tok.encode(pick.question), self.tok.encode(pick.answer), weight)
+        if task == "caption":  # answers are always in the canonical language
+            return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)
+        text = language.paraphrase(scene, rng) if rng.random() < self.cfg.paraphrase_prob else language.caption(scene)
+        ids = self.tok.encode(text)
+        return self.layout.t2i(ids, codes, drop_condition=rng.random() < self.cfg.cond_dropout, weight=weight)
+
+
+def world_texts(split: str, n: int, seed: int) -> list[str]:
+    """Every kind of text the world produces for ``n`` scenes: tokenizer training material."""
+    rng = np.random.default_rng([seed, 104729])
+    texts = []
+    for scene in world_scenes(split, n, seed):
+        texts.append(language.caption(scene))
+        texts.append(language.paraphrase(scene, rng))
+        for qa in vqa.questions(scene, rng):
+            texts.extend([qa.question, qa.answer])
+    return texts

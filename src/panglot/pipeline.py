@@ -1,0 +1,179 @@
+"""The Python API, a contract that outside evaluation calls::
+
+    m = panglot.load(run_dir)
+    m.draw(prompts, seed=0, cfg=None, n=1)  -> list of PIL images (n per prompt, grouped by prompt)
+    m.caption(images)                       -> list of str
+    m.ask(images, questions)                -> list of str
+    m.codec.encode(images) / m.codec.decode(ids)
+
+Every call takes lists of any length and batches inside. Inputs are validated here, at the edge: an empty
+prompt, a word the model never saw, an image of the wrong size or mode gets an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from panglot.codecs.text.tokenizer import check_words
+from panglot.data.images import ImageLike
+from panglot.generation import Greedy, ModalityConstraint, Multinomial, Temperature, TopK, generate
+from panglot.model.run import load_model
+from panglot.model.unified import UnifiedModel
+
+ProgressFn = Callable[[int, int], None]  # (rows done, rows total)
+
+
+@dataclass(frozen=True)
+class DrawDefaults:
+    """Sampling defaults of a run; ``cfg_scale`` is tuned on ``val`` by the quickstart."""
+
+    cfg_scale: float = 3.0
+    temperature: float = 1.0
+    top_k: int | None = None
+
+
+class Panglot:
+    """A loaded unified model with batched drawing, captioning and question answering."""
+
+    def __init__(
+        self,
+        model: UnifiedModel,
+        defaults: DrawDefaults | None = None,
+        batch_size: int = 64,
+        dtype: str | None = "bf16",
+    ):
+        self.model = model.eval()
+        self.defaults = defaults or DrawDefaults()
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.tokenizer = model.vocab.text
+        self.layout = model.layout
+        self._slot = model.vocab.slot(model.image_slot)
+        self._max_prompt = model.backbone.cfg.max_seq_len - self._slot.tokens_per_item - 2
+
+    @property
+    def codec(self):
+        return self.model.codec
+
+    # ----- validation at the edge -----
+
+    def _encode_texts(self, texts: Sequence[str], what: str) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise TypeError(f"{what}s must be a list of strings, got one string; wrap it: [{texts!r}]")
+        ids = []
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"{what} {i} is empty: expected text such as 'a large red circle at the top left'")
+            try:
+                check_words(text, self.tokenizer.words)
+            except ValueError as exc:
+                raise ValueError(f"{what} {i} ({text!r}): {exc}") from None
+            row = self.tokenizer.encode(text)
+            if len(row) > self._max_prompt:
+                raise ValueError(f"{what} {i} is {len(row)} tokens long; this model takes at most {self._max_prompt}")
+            ids.append(row)
+        return ids
+
+    def _image_codes(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        if not isinstance(images, Sequence) or isinstance(images, str | bytes):
+            raise TypeError("images must be a list (of paths, PIL images or arrays)")
+        if len(images) == 0:
+            return torch.empty(0, self._slot.tokens_per_item, dtype=torch.long)
+        with torch.inference_mode():
+            return torch.cat([self.codec.encode(images[i : i + 256]).cpu() for i in range(0, len(images), 256)])
+
+    # ----- the three tasks -----
+
+    def draw(
+        self,
+        prompts: Sequence[str],
+        seed: int = 0,
+        cfg: float | None = None,
+        n: int = 1,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> list[Image.Image]:
+        """``n`` images per prompt, grouped by prompt. ``cfg=None`` uses the run's tuned guidance scale; 1 = off.
+
+        Image ``j`` of prompt ``i`` is sampled with seed ``seed + i * n + j``, so a result does not depend on
+        how the call was batched.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        captions = self._encode_texts(prompts, "prompt")
+        cfg = self.defaults.cfg_scale if cfg is None else float(cfg)
+        temperature = self.defaults.temperature if temperature is None else temperature
+        top_k = self.defaults.top_k if top_k is None else top_k
+        rows = [self.layout.t2i_prompt(c) for c in captions for _ in range(n)]
+        uncond = self.layout.t2i_prompt(None)
+        lo, hi = self._slot.id_range
+        processors = [
+            ModalityConstraint(lo, hi, self.layout.boi, self.layout.eoi, self._slot.tokens_per_item),
+            *([Temperature(temperature)] if temperature != 1.0 else []),
+            *([TopK(top_k)] if top_k else []),
+        ]
+        codes = []
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            out = generate(
+                self.model.backbone,
+                chunk,
+                max_new_tokens=self._slot.tokens_per_item,
+                processors=processors,
+                sampler=Multinomial(tuple(seed + start + i for i in range(len(chunk)))),
+                uncond_prompts=[uncond] * len(chunk) if cfg != 1.0 else None,
+                cfg_scale=cfg,
+                dtype=self.dtype,
+            )
+            codes.append(self.model.vocab.from_lm(self.model.image_slot, torch.tensor(out)))
+            if progress:
+                progress(min(start + self.batch_size, len(rows)), len(rows))
+        if not codes:
+            return []
+        with torch.inference_mode():
+            return self.codec.decode(torch.cat(codes).to(self.codec.device))
+
+    def caption(self, images: Sequence[ImageLike], max_tokens: int = 48) -> list[str]:
+        """A canonical caption per image (greedy)."""
+        codes = self._image_codes(images)
+        return self._answer([self.layout.caption_prompt(c) for c in codes], max_tokens)
+
+    def ask(self, images: Sequence[ImageLike], questions: Sequence[str], max_tokens: int = 8) -> list[str]:
+        """Answer one question per image (greedy, single word or canonical phrase)."""
+        q_ids = self._encode_texts(questions, "question")
+        if len(q_ids) != len(images):
+            raise ValueError(f"ask needs one question per image: got {len(images)} images and {len(q_ids)} questions")
+        codes = self._image_codes(images)
+        return self._answer([self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)], max_tokens)
+
+    def _answer(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+        lo, hi = self._slot.id_range
+        forbid_images = ModalityConstraint(
+            lo, hi, self.layout.boi, self.layout.eoi, self._slot.tokens_per_item, allow_begin=False
+        )
+        answers = []
+        for start in range(0, len(prompts), self.batch_size):
+            out = generate(
+                self.model.backbone,
+                prompts[start : start + self.batch_size],
+                max_new_tokens=max_tokens,
+                processors=[forbid_images],
+                sampler=Greedy(),
+                stop_ids=[self.layout.eos],
+                dtype=self.dtype,
+            )
+            answers += [self.tokenizer.decode([t for t in row if t != self.layout.eos]).strip() for row in out]
+        return answers
+
+
+def load(run_dir: str | os.PathLike, device: str = "cpu", batch_size: int = 64, dtype: str | None = "bf16") -> Panglot:
+    """Load a trained run directory (``RUN/model/``) into the :class:`Panglot` API."""
+    model, meta = load_model(run_dir, device=device)
+    defaults = DrawDefaults(**meta.get("generation", {}))
+    return Panglot(model, defaults, batch_size=batch_size, dtype=dtype)
