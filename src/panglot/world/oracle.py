@@ -13,6 +13,7 @@ reading order, *without* validation. Use ``scene.scene_errors(parsed.objects)`` 
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -41,15 +42,18 @@ _CHUNK = 128  # images parsed at once by parse_images
 
 @cache
 def _color_lut() -> np.ndarray:
-    """uint8 class per quantised RGB bin (64^3 bins): palette index, or BG."""
+    """uint8 class per quantised RGB bin (64^3 bins, flat): palette index, or BG."""
     step = 1 << (8 - _LUT_BITS)
-    levels = np.arange(0, 256, step) + (step - 1) / 2
-    r, g, b = np.meshgrid(levels, levels, levels, indexing="ij")
-    rgb = np.stack([r.ravel(), g.ravel(), b.ravel()], axis=1)  # (N, 3)
-    palette = np.array([*COLORS.values(), BACKGROUND], dtype=np.float64)  # (C + 1, 3)
-    dist = np.sqrt(((rgb[:, None, :] - palette[None, :, :]) ** 2).sum(-1))  # (N, C + 1)
-    cls = dist.argmin(1)
-    cls[dist[:, :BG].min(1) > MAX_COLOR_DISTANCE] = BG
+    levels = np.arange(0, 256, step, dtype=np.float32) + (step - 1) / 2  # bin centres
+    palette = [*COLORS.values(), BACKGROUND]
+    dist2 = np.stack(  # (C + 1, 64, 64, 64) squared RGB distance of each bin to each colour
+        [
+            ((levels - r) ** 2)[:, None, None] + ((levels - g) ** 2)[None, :, None] + ((levels - b) ** 2)[None, None, :]
+            for r, g, b in palette
+        ]
+    ).reshape(len(palette), -1)
+    cls = dist2.argmin(0)
+    cls[dist2[:BG].min(0) > MAX_COLOR_DISTANCE**2] = BG
     return cls.astype(np.uint8)
 
 
@@ -108,42 +112,63 @@ def _templates() -> tuple[np.ndarray, np.ndarray]:
     return stack, stack.sum((2, 3))
 
 
+class _Components(NamedTuple):
+    """Foreground pixels of a batch grouped into components (P pixels, N components)."""
+
+    img: np.ndarray  # (P,) image index of each pixel
+    ys: np.ndarray  # (P,)
+    xs: np.ndarray  # (P,)
+    comp: np.ndarray  # (P,) component index of each pixel
+    first: np.ndarray  # (N,) one pixel of each component
+    counts: np.ndarray  # (N,) pixels per component
+
+
+def _components(lab: np.ndarray) -> _Components:
+    img, ys, xs = np.nonzero(lab >= 0)
+    _, first, comp, counts = np.unique(lab[img, ys, xs], return_index=True, return_inverse=True, return_counts=True)
+    return _Components(img, ys, xs, comp, first, counts)
+
+
+def _boxes(c: _Components) -> tuple[np.ndarray, ...]:
+    """(x0, y0, w, h) of each component's bounding box, each (N,)."""
+    n = len(c.counts)
+    x0, y0 = np.full(n, CANVAS), np.full(n, CANVAS)
+    x1, y1 = np.full(n, -1), np.full(n, -1)
+    np.minimum.at(x0, c.comp, c.xs)
+    np.minimum.at(y0, c.comp, c.ys)
+    np.maximum.at(x1, c.comp, c.xs)
+    np.maximum.at(y1, c.comp, c.ys)
+    return x0, y0, x1 - x0 + 1, y1 - y0 + 1
+
+
+def _best_shapes(c: _Components, tx0: np.ndarray, ty0: np.ndarray, size_idx: np.ndarray) -> np.ndarray:
+    """Index into SHAPES of the template (of size ``size_idx``, box corner (tx0, ty0)) with the highest
+    IoU against each component; template pixels off the canvas count as missed. Ties go to the first."""
+    stack, areas = _templates()
+    extent = np.array(list(SIZES.values()))[size_idx][c.comp]
+    tx, ty = c.xs - tx0[c.comp], c.ys - ty0[c.comp]
+    inside = (tx >= 0) & (ty >= 0) & (tx < extent) & (ty < extent)
+    last = stack.shape[-1] - 1
+    hits = stack[:, size_idx[c.comp], np.clip(ty, 0, last), np.clip(tx, 0, last)] & inside  # (S, P)
+    inter = np.stack([np.bincount(c.comp, weights=row, minlength=len(c.counts)) for row in hits])  # (S, N)
+    return (inter / (c.counts[None, :] + areas[:, size_idx] - inter)).argmax(0)
+
+
 def _parse_batch(imgs: np.ndarray, min_pixels: int) -> list[Scene]:
     """Scenes of a batch (B, 64, 64, 3) uint8, every step vectorised over all components."""
     cls = classify_pixels(imgs)  # (B, 64, 64)
-    lab = label_components(cls)
-    fg = lab >= 0
-    img_of, ys, xs = np.nonzero(fg)  # (P,) per foreground pixel
-    comp_ids, first, comp, counts = np.unique(
-        lab[fg], return_index=True, return_inverse=True, return_counts=True
-    )  # first: one pixel of each component; comp: component of each pixel
-    keep = counts >= min_pixels
-    n = len(comp_ids)
-    x0, y0 = np.full(n, CANVAS), np.full(n, CANVAS)
-    x1, y1 = np.full(n, -1), np.full(n, -1)
-    np.minimum.at(x0, comp, xs)
-    np.minimum.at(y0, comp, ys)
-    np.maximum.at(x1, comp, xs)
-    np.maximum.at(y1, comp, ys)
-    w, h = x1 - x0 + 1, y1 - y0 + 1
+    c = _components(label_components(cls))
+    x0, y0, w, h = _boxes(c)
     extents = np.array(list(SIZES.values()))
     size_idx = np.abs((w + h)[:, None] / 2 - extents[None, :]).argmin(1)  # size by extent
-    extent = extents[size_idx]
+    half = extents[size_idx] // 2
     cx, cy = x0 + w // 2, y0 + h // 2  # the renderer puts the box at centre - extent // 2
-    # Shape: IoU of each component with each template placed at its box (off-canvas template pixels miss).
-    tx, ty = xs - (cx - extent // 2)[comp], ys - (cy - extent // 2)[comp]
-    inside = (tx >= 0) & (ty >= 0) & (tx < extent[comp]) & (ty < extent[comp])
-    stack, areas = _templates()
-    last = stack.shape[-1] - 1
-    hits = stack[:, size_idx[comp], np.clip(ty, 0, last), np.clip(tx, 0, last)] & inside  # (S, P)
-    inter = np.stack([np.bincount(comp, weights=row, minlength=n) for row in hits])  # (S, n)
-    iou = inter / (counts[None, :] + areas[:, size_idx] - inter)
-    shape_idx = iou.argmax(0)  # ties -> first of SHAPES
+    shape_idx = _best_shapes(c, cx - half, cy - half, size_idx)
+    color_idx = cls[c.img[c.first], c.ys[c.first], c.xs[c.first]]
     objects: list[list[Obj]] = [[] for _ in range(len(imgs))]
-    color_idx = cls[img_of[first], ys[first], xs[first]]
-    for k in np.flatnonzero(keep):
+    for k in np.flatnonzero(c.counts >= min_pixels):  # smaller components are specks
         obj = _make_object(SHAPES[shape_idx[k]], color_idx[k], tuple(SIZES)[size_idx[k]], cx[k], cy[k])
-        objects[img_of[first[k]]].append(obj)
+        objects[c.img[c.first[k]]].append(obj)
     return [_scene(objs) for objs in objects]
 
 
