@@ -97,3 +97,13 @@ def test_bad_input_names_expected_shape():
         parse_image(np.zeros((64, 64, 3), np.float32))
     with pytest.raises(ValueError, match=r"\(B, 64, 64, 3\)"):
         parse_images(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_batch_parse_equals_one_by_one_on_heavy_noise():
+    rng = np.random.default_rng(2)
+    clean = np.stack([render(sample_scene(rng, "test-unseen")) for _ in range(40)])
+    noisy = np.clip(clean + rng.normal(0, 45, clean.shape), 0, 255).astype(np.uint8)
+    batch = parse_images(noisy)
+    assert [jitters(s) for s in batch] == [jitters(parse_image(img)) for img in noisy]
+    assert batch == [parse_image(img) for img in noisy]
+    assert sum(len(s) for s in batch) > 0
