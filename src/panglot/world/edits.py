@@ -125,6 +125,10 @@ def apply_edit(scene: Scene, text: str) -> Scene:
         raise ValueError(f"{text!r} names the {slots['color']} {slots['shape']}, which the scene does not hold")
     if kind == "remove":
         return make_scene(o for o in scene.objects if o is not obj)
-    changes = {"recolor": {"color": slots.get("color2")}, "resize": {"size": slots.get("size2")}}
-    changes["move"] = {"position": slots.get("position"), "jitter": (0, 0)}
-    return _swap(scene, obj, replace(obj, **changes[kind]))
+    if kind == "recolor":
+        new = replace(obj, color=slots["color2"])
+    elif kind == "resize":
+        new = replace(obj, size=slots["size2"])
+    else:  # move
+        new = replace(obj, position=slots["position"], jitter=(0, 0))
+    return _swap(scene, obj, new)
