@@ -12,6 +12,7 @@ from panglot.evaluation import (
     eval_vqa,
     evaluate,
     sweep_series,
+    tqdm_progress,
 )
 from panglot.world.scene import HELD_OUT
 from panglot.world.vqa import KINDS
@@ -126,3 +127,11 @@ def test_model_output_is_checked(suite):
     assert blank["all"]["scene"] == 0.0 and blank["all"]["count"] == 0.0
     with pytest.raises(ValueError, match="unknown tasks"):
         evaluate(BadModel(), suite, tasks=["t2v"])
+
+
+def test_tqdm_progress_shows_one_bar_per_run(suite, oracle_model, capsys):
+    progress = tqdm_progress()
+    for _ in range(2):
+        eval_caption(oracle_model, suite, batch_size=10, progress=progress)
+    err = capsys.readouterr().err
+    assert err.count("24/24") == 2 and "caption" in err
