@@ -1,0 +1,142 @@
+"""The decode loop: one prefill, then one cached forward and one sample per step.
+
+Prompts of different lengths are left-padded into one batch (a `valid` mask marks the padding; the
+backbone keeps positions per row, so padding changes nothing for a row). With classifier-free guidance
+the unconditional prompts join the same batch as rows [B, 2B) and every sampled token is appended to
+both rows of its pair (see `guidance.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+from panglot.generation.guidance import ClassifierFreeGuidance
+from panglot.generation.processors import DecodeState, LogitsProcessor, ProcessorList
+from panglot.generation.sampling import Greedy, Sampler
+from panglot.nn.precision import autocast_context, resolve_dtype
+
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+class CausalLM(Protocol):
+    """What `generate` needs from a model (`panglot.backbone.Transformer` is one)."""
+
+    def __call__(
+        self, tokens: torch.Tensor, *, valid: torch.Tensor | None = None, cache: Any = None
+    ) -> torch.Tensor:
+        """tokens (B, T) long -> logits (B, T, V); with a cache, the tokens are appended to it."""
+        ...
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> Any: ...
+
+    def parameters(self) -> Any: ...
+
+
+@torch.inference_mode()
+def generate(
+    model: CausalLM,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    processors: Sequence[LogitsProcessor] = (),
+    sampler: Sampler | None = None,
+    stop_ids: Sequence[int] = (),
+    uncond_prompts: Sequence[Sequence[int]] | None = None,
+    cfg_scale: float = 1.0,
+    callback: StepCallback | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> list[list[int]]:
+    """Continue each prompt by up to `max_new_tokens` ids; returns one list of new ids per prompt.
+
+    A row stops at the first id in `stop_ids`, which ends its list (so a finished row can be told from
+    one cut at `max_new_tokens`); the loop ends early once every row has stopped. `processors` run in
+    order on float32 logits; `sampler` defaults to :class:`Greedy`. `uncond_prompts` (one per prompt)
+    turn on classifier-free guidance with `cfg_scale`. `callback(step, tokens)` is called after every
+    step with the ids generated so far, (B, step + 1). `dtype` (e.g. "bf16") runs the forwards under
+    autocast and keeps the KV cache in that dtype; None keeps the model's own dtype.
+    """
+    _check_request(prompts, uncond_prompts, cfg_scale, max_new_tokens)
+    guidance = ClassifierFreeGuidance(cfg_scale) if uncond_prompts is not None else None
+    process = ProcessorList(processors)
+    device = next(iter(model.parameters())).device
+    n_prompts = len(prompts)
+    tokens, valid = left_pad([*prompts, *(uncond_prompts or ())], max_new_tokens, device)  # (R, P + N)
+    prompt_len = tokens.shape[1] - max_new_tokens
+    cache_dtype = None if dtype is None else resolve_dtype(dtype)
+    precision = autocast_context(device, cache_dtype or torch.float32)
+    cache = model.new_cache(tokens.shape[0], tokens.shape[1], dtype=cache_dtype)
+    sample = (sampler or Greedy()).start(n_prompts, max_new_tokens, device)
+    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
+
+    with precision:
+        logits = model(tokens[:, :prompt_len], valid=valid[:, :prompt_len], cache=cache)[:, -1]  # (R, V)
+    n_generated = 0
+    for step in range(max_new_tokens):
+        end = prompt_len + step
+        next_logits = logits.float()
+        if guidance is not None:
+            next_logits = guidance(next_logits)  # (B, V)
+        state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
+        ids = sample(process(next_logits, state), step)  # (B,)
+        tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
+        n_generated = step + 1
+        if callback is not None:
+            callback(step, tokens[:n_prompts, prompt_len : end + 1])
+        done |= torch.isin(ids, stops)
+        if n_generated == max_new_tokens or (len(stops) and bool(done.all())):
+            break
+        with precision:
+            logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
+    generated = tokens[:n_prompts, prompt_len : prompt_len + n_generated].tolist()
+    return [_cut_at_stop(row, set(stop_ids)) for row in generated]
+
+
+def left_pad(
+    rows: Sequence[Sequence[int]], extra: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-aligned token buffer (R, P + extra) long (padding ids 0) and its valid mask (R, P + extra)."""
+    width = max(len(row) for row in rows)
+    tokens = torch.zeros(len(rows), width + extra, dtype=torch.long)
+    valid = torch.zeros(len(rows), width + extra, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        tokens[i, width - len(row) : width] = torch.tensor(row, dtype=torch.long)
+        valid[i, width - len(row) :] = True
+    return tokens.to(device), valid.to(device)
+
+
+def _cut_at_stop(row: list[int], stop_ids: set[int]) -> list[int]:
+    for i, token in enumerate(row):
+        if token in stop_ids:
+            return row[: i + 1]
+    return row
+
+
+def _check_request(
+    prompts: Sequence[Sequence[int]],
+    uncond_prompts: Sequence[Sequence[int]] | None,
+    cfg_scale: float,
+    max_new_tokens: int,
+) -> None:
+    if not prompts:
+        raise ValueError("generate needs at least one prompt, got none")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    groups = {"prompts": prompts, "uncond_prompts": uncond_prompts or ()}
+    for name, group in groups.items():
+        for i, row in enumerate(group):
+            if len(row) == 0:
+                raise ValueError(f"{name}[{i}] is empty; every prompt needs at least one token (e.g. <bos>)")
+            if min(row) < 0:
+                raise ValueError(f"{name}[{i}] holds a negative id {min(row)}")
+    if uncond_prompts is None:
+        if cfg_scale != 1.0:
+            raise ValueError(f"cfg_scale={cfg_scale} needs uncond_prompts (one per prompt), got none")
+    elif len(uncond_prompts) != len(prompts):
+        raise ValueError(
+            f"classifier-free guidance needs one unconditional prompt per prompt: "
+            f"{len(prompts)} prompts, {len(uncond_prompts)} uncond_prompts"
+        )

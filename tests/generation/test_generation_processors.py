@@ -1,0 +1,216 @@
+"""Logits processors, guidance and samplers on synthetic logits (no model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from panglot.generation import (
+    AllowOnly,
+    ClassifierFreeGuidance,
+    DecodeState,
+    Forbid,
+    ModalityConstraint,
+    Multinomial,
+    ProcessorList,
+    Temperature,
+    TopK,
+    TopP,
+    left_pad,
+    sample_inverse_cdf,
+)
+
+NO_STATE = DecodeState(
+    tokens=torch.zeros(1, 1, dtype=torch.long), valid=torch.ones(1, 1, dtype=torch.bool), step=0
+)
+INF = float("-inf")
+
+# A toy vocabulary: text ids [0, 12) with bos=1, eos=2, boi=3, eoi=4, bov=5, eov=6;
+# image codes [20, 40) (5 per image), video codes [12, 20) (3 per clip).
+BOS, EOS, BOI, EOI, BOV, EOV = 1, 2, 3, 4, 5, 6
+IMAGE = ModalityConstraint(code_lo=20, code_hi=40, begin_id=BOI, end_id=EOI, tokens_per_item=5)
+VIDEO = ModalityConstraint(code_lo=12, code_hi=20, begin_id=BOV, end_id=EOV, tokens_per_item=3)
+VOCAB = 40
+
+
+def test_top_k_keeps_the_k_largest_and_ties():
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    out = TopK(5)(logits, NO_STATE)
+    kept = torch.isfinite(out)
+    assert kept.sum(1).tolist() == [5] * 6
+    assert torch.equal(kept, torch.zeros_like(kept).scatter(1, logits.topk(5).indices, True))
+    assert torch.equal(out[kept], logits[kept])
+    ties = TopK(1)(torch.tensor([[3.0, 1.0, 3.0, 0.0]]), NO_STATE)
+    assert torch.isfinite(ties).tolist() == [[True, False, True, False]]
+    assert torch.isfinite(TopK(100)(logits, NO_STATE)).all()
+
+
+def _top_p_reference(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Keep-mask by the definition: most likely tokens in order until their mass reaches p."""
+    keep = torch.zeros_like(logits, dtype=torch.bool)
+    for row in range(logits.shape[0]):
+        probs = logits[row].double().softmax(-1)
+        mass = 0.0
+        for token in probs.argsort(descending=True).tolist():
+            keep[row, token] = True
+            mass += probs[token].item()
+            if mass >= p:
+                break
+    return keep
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    assert torch.isfinite(TopP(0.7)(probs.log(), NO_STATE)).tolist() == [[False, True, False, True]]
+    assert torch.isfinite(TopP(0.4)(probs.log(), NO_STATE)).tolist() == [[False, True, False, False]]
+    assert torch.isfinite(TopP(0.9)(probs.log(), NO_STATE)).tolist() == [[False, True, True, True]]
+    exact = torch.tensor([[0.25, 0.5, 0.25]]).log()  # a nucleus that reaches p exactly stops there
+    assert torch.isfinite(TopP(0.5)(exact, NO_STATE)).tolist() == [[False, True, False]]
+    logits = 2 * torch.randn(8, 30, generator=torch.Generator().manual_seed(1))
+    for p in (0.3, 0.6, 0.93):
+        out = TopP(p)(logits, NO_STATE)
+        assert torch.equal(torch.isfinite(out), _top_p_reference(logits, p)), p
+        assert torch.equal(out[torch.isfinite(out)], logits[torch.isfinite(out)])
+    assert torch.equal(TopP(1.0)(logits, NO_STATE), logits)
+
+
+def test_temperature_allow_only_forbid_and_list():
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(Temperature(0.5)(logits, NO_STATE), logits * 2)
+    allowed = torch.isfinite(AllowOnly(4, 7)(logits, NO_STATE))
+    assert allowed.any(0).nonzero().flatten().tolist() == [4, 5, 6] and allowed.all(0)[4:7].all()
+    forbidden = ~torch.isfinite(Forbid([0, 9])(logits, NO_STATE))
+    assert forbidden.any(0).nonzero().flatten().tolist() == [0, 9] and forbidden[:, [0, 9]].all()
+    chained = ProcessorList([AllowOnly(4, 7), Forbid([5]), Temperature(2.0)])(logits, NO_STATE)
+    assert torch.isfinite(chained).any(0).nonzero().flatten().tolist() == [4, 6]
+    assert torch.allclose(chained[:, [4, 6]], logits[:, [4, 6]] / 2)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Temperature(0.0), "Greedy"),
+        (lambda: TopK(0), "k >= 1"),
+        (lambda: TopP(0.0), "0 < p <= 1"),
+        (lambda: AllowOnly(5, 5), "lo < hi"),
+        (lambda: Forbid([-1]), "non-negative"),
+        (lambda: ModalityConstraint(20, 40, begin_id=25, end_id=4, tokens_per_item=5), "begin_id 25 lies"),
+        (lambda: ModalityConstraint(20, 40, begin_id=3, end_id=3, tokens_per_item=0), "tokens_per_item"),
+        (lambda: ClassifierFreeGuidance(-1.0), ">= 0"),
+    ],
+)
+def test_invalid_options_are_refused_with_reasons(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def _check_grammar(row: list[int], constraints: list[ModalityConstraint], allow_begin: bool) -> int:
+    """Walk one row's tokens by the span grammar; returns the number of completed spans."""
+    open_span, n_codes, completed = None, 0, 0
+    for position, token in enumerate(row):
+        where = f"token {token} at {position} of {row}"
+        if open_span is None:
+            assert not any(c.code_lo <= token < c.code_hi or token == c.end_id for c in constraints), where
+            opened = [c for c in constraints if token == c.begin_id]
+            assert allow_begin or not opened, where
+            open_span, n_codes = (opened[0], 0) if opened else (None, 0)
+        elif n_codes < open_span.tokens_per_item:
+            assert open_span.code_lo <= token < open_span.code_hi, where
+            n_codes += 1
+        else:
+            assert token == open_span.end_id, where
+            open_span, completed = None, completed + 1
+    return completed
+
+
+def _fuzz(constraints: list[ModalityConstraint], prompts: list[list[int]], steps: int) -> list[list[int]]:
+    """Sample from random logits through the constraints for `steps` steps; returns the full rows."""
+    tokens, valid = left_pad(prompts, steps, torch.device("cpu"))
+    width = tokens.shape[1] - steps
+    generator = torch.Generator().manual_seed(3)
+    process = ProcessorList(constraints)
+    for step in range(steps):
+        end = width + step
+        logits = 3 * torch.randn(len(prompts), VOCAB, generator=generator)
+        logits[:, [BOI, BOV]] += 1.5  # open spans often
+        out = process(logits, DecodeState(tokens[:, :end], valid[:, :end], step))
+        tokens[:, end] = torch.multinomial(out.softmax(-1), 1, generator=generator).squeeze(1)
+    return [row[mask].tolist() for row, mask in zip(tokens, valid)]
+
+
+PROMPTS = [
+    [BOS],
+    [BOS, 7, BOI],
+    [BOS, BOI, 21, 22],
+    [BOS, BOV, 13, 14, 15],
+    [BOS, BOI, 20, 21, 22, 23, 24],
+] * 3
+
+
+def test_modality_constraint_fuzz_never_leaks_and_closes_every_span_after_n_codes():
+    rows = _fuzz([IMAGE, VIDEO], PROMPTS, steps=150)
+    completed = [_check_grammar(row, [IMAGE, VIDEO], allow_begin=True) for row in rows]
+    assert min(completed) >= 3  # the fuzz really went through many spans
+    generated = torch.tensor([row[-150:] for row in rows])
+    assert ((generated >= 20) & (generated < 40)).any() and ((generated >= 12) & (generated < 20)).any()
+    assert ((generated == 0) | (generated > 6) & (generated < 12)).any()  # and text between spans
+
+
+def test_modality_constraint_without_begin_gives_text_only_after_open_spans_close():
+    no_begin = [
+        ModalityConstraint(20, 40, BOI, EOI, 5, allow_begin=False),
+        ModalityConstraint(12, 20, BOV, EOV, 3, allow_begin=False),
+    ]
+    rows = _fuzz(no_begin, PROMPTS, steps=60)
+    for row, prompt in zip(rows, PROMPTS):
+        _check_grammar(row, no_begin, allow_begin=True)  # spans the prompt opened are still completed
+        generated = row[len(prompt) :]
+        assert BOI not in generated and BOV not in generated, row
+        assert all(t < 12 for t in generated[6:]), row  # text only once an open span has closed
+
+
+def test_modality_constraint_span_state_ignores_left_padding():
+    tokens, valid = left_pad([[7, 8], [BOS, BOI, 25], [BOI, 20, 21, 22]], 0, torch.device("cpu"))
+    tokens[0, 0] = BOI  # padding slots that happen to hold marker ids must not count
+    tokens[1, 0] = EOI
+    in_span, n_codes = IMAGE.span_state(tokens, valid)
+    assert in_span.tolist() == [False, True, True]
+    assert n_codes[1:].tolist() == [1, 3]
+
+
+def test_cfg_combines_pairs_and_is_exactly_conditional_at_scale_one():
+    generator = torch.Generator().manual_seed(4)
+    cond, uncond = torch.randn(3, 11, generator=generator), torch.randn(3, 11, generator=generator)
+    both = torch.cat([cond, uncond])
+    assert torch.equal(ClassifierFreeGuidance(1.0)(both), cond)
+    assert torch.allclose(ClassifierFreeGuidance(3.0)(both), uncond + 3.0 * (cond - uncond), atol=1e-6)
+    assert torch.allclose(ClassifierFreeGuidance(0.0)(both), uncond, atol=1e-6)
+    with pytest.raises(ValueError, match="pairs"):
+        ClassifierFreeGuidance(2.0)(both[:5])
+
+
+def test_inverse_cdf_sampling_matches_the_distribution_and_skips_impossible_ids():
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])
+    logits = probs.log().expand(20000, 5)
+    ids = sample_inverse_cdf(
+        logits, torch.rand(20000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    )
+    freq = torch.bincount(ids, minlength=5).double() / 20000
+    assert torch.allclose(freq, probs.double(), atol=0.015)
+    top = torch.full(
+        (2,), torch.nextafter(torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64))
+    )
+    assert sample_inverse_cdf(probs.log().expand(2, 5), top).tolist() == [3, 3]
+    assert sample_inverse_cdf(probs.log().expand(1, 5), torch.zeros(1, dtype=torch.float64)).tolist() == [0]
+
+
+def test_multinomial_rows_follow_their_own_seeds():
+    logits = torch.zeros(3, 1000)
+    by_int = Multinomial(7).start(3, 4, torch.device("cpu"))
+    by_rows = Multinomial([9, 8, 7]).start(3, 4, torch.device("cpu"))
+    first, reversed_rows = by_int(logits, 0), by_rows(logits, 0)
+    assert first.tolist() == reversed_rows.flip(0).tolist()
+    assert len(set(first.tolist())) == 3
+    assert by_int(logits, 1).tolist() != first.tolist()
+    with pytest.raises(ValueError, match="3 row seeds for a batch of 2"):
+        Multinomial([1, 2, 3]).start(2, 4, torch.device("cpu"))
