@@ -26,12 +26,14 @@ class OracleModel:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []
+        self.seeds: list[int] = []
 
     def scene_for(self, prompt: str, index: int, cfg: float | None) -> Scene:
         return language.parse_caption(prompt)
 
     def draw(self, prompts, seed=0, cfg=None, n=1):
         self.calls.append(("draw", len(prompts)))
+        self.seeds.append(seed)
         return [
             Image.fromarray(render(self.scene_for(p, i, cfg)))
             for i, p in enumerate(prompts)

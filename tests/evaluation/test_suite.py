@@ -93,10 +93,11 @@ def test_samples_keep_what_the_oracle_saw(suite, half_wrong_model):
     assert [o.color for o in odd.parsed.objects] != [o.color for o in odd.item.scene.objects]
 
 
-def test_batches_and_progress(suite, oracle_model):
+def test_batches_seeds_and_progress(suite, oracle_model):
     events = []
-    eval_text_to_image(oracle_model, suite, batch_size=10, progress=lambda *e: events.append(e))
+    eval_text_to_image(oracle_model, suite, seed=7, batch_size=10, progress=lambda *e: events.append(e))
     assert oracle_model.calls == [("draw", 10), ("draw", 10), ("draw", 4)]
+    assert oracle_model.seeds == [7, 17, 27]  # item k draws with seed + k under per-row seeding
     assert events == [("t2i", 10, 24), ("t2i", 20, 24), ("t2i", 24, 24)]
 
 

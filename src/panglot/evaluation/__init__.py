@@ -1,5 +1,5 @@
 """Evaluation on ShapesWorld: metrics (``metrics``), the seeded suite and task runners (``suite``), and the
-Markdown + PNG report (``report``). Every figure is given for seen / unseen prompts and 1, 2, 3 objects."""
+Markdown + PNG report (``report``); ``runner.evaluate_run`` ties them together for a trained run. Every figure is given for seen / unseen prompts and 1, 2, 3 objects."""
 
 from panglot.evaluation.metrics import (
     Breakdown,
@@ -13,6 +13,7 @@ from panglot.evaluation.metrics import (
     vqa_correct,
 )
 from panglot.evaluation.report import read_metrics_jsonl, write_report
+from panglot.evaluation.runner import evaluate_model, evaluate_run, summary
 from panglot.evaluation.suite import (
     EvalItem,
     EvalModel,
@@ -42,11 +43,14 @@ __all__ = [
     "eval_text_to_image",
     "eval_vqa",
     "evaluate",
+    "evaluate_model",
+    "evaluate_run",
     "match_objects",
     "normalize_answer",
     "read_metrics_jsonl",
     "run_tasks",
     "scene_equal",
+    "summary",
     "sweep_series",
     "text_to_image_scores",
     "tqdm_progress",

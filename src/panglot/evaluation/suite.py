@@ -170,13 +170,13 @@ class TaskResult:
     samples: list = field(default_factory=list)
 
 
-def _batches(n: int, batch_size: int, task: str, progress: Progress | None) -> Iterator[tuple[int, slice]]:
-    """(call index, slice) over ``n`` items; reports progress after each call."""
+def _batches(n: int, batch_size: int, task: str, progress: Progress | None) -> Iterator[slice]:
+    """Slices of at most ``batch_size`` over ``n`` items; reports progress after each call."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    for i, start in enumerate(range(0, n, batch_size)):
+    for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        yield i, slice(start, stop)
+        yield slice(start, stop)
         if progress is not None:
             progress(task, stop, n)
 
@@ -203,13 +203,14 @@ def eval_text_to_image(
 ) -> TaskResult:
     """Draw every prompt once and judge the image with the oracle.
 
-    The ``i``-th call draws with ``seed + i``, so calls do not share sampling noise; the figures are
-    reproducible for a given ``(seed, batch_size)``.
+    A call for suite items ``start:stop`` passes ``seed + start``: with the API's per-row seeding (prompt
+    ``i`` of a call samples with ``seed + i``) suite item ``k`` always draws with ``seed + k``, whatever
+    ``batch_size`` is.
     """
     images: list[np.ndarray] = []
-    for i, sl in _batches(len(suite), batch_size, "t2i", progress):
+    for sl in _batches(len(suite), batch_size, "t2i", progress):
         prompts = [it.prompt for it in suite.items[sl]]
-        drawn = m.draw(prompts, seed=seed + i, cfg=cfg, n=1)
+        drawn = m.draw(prompts, seed=seed + sl.start, cfg=cfg, n=1)
         _check_len(drawn, len(prompts), "draw")
         images.extend(_as_array(img, "model.draw") for img in drawn)
     parsed = parse_images(np.stack(images))
@@ -226,7 +227,7 @@ def eval_caption(
 ) -> TaskResult:
     """Caption every clean image; right when the caption parses into exactly the true scene."""
     captions: list[str] = []
-    for _, sl in _batches(len(suite), batch_size, "caption", progress):
+    for sl in _batches(len(suite), batch_size, "caption", progress):
         images = [it.pil() for it in suite.items[sl]]
         out = m.caption(images)
         _check_len(out, len(images), "caption")
@@ -245,7 +246,7 @@ def eval_vqa(
     """Ask every question of every clean image; exact-match accuracy overall and per question kind."""
     pairs = [(item, qa) for item in suite.items for qa in item.qa]
     predicted: list[str] = []
-    for _, sl in _batches(len(pairs), batch_size, "vqa", progress):
+    for sl in _batches(len(pairs), batch_size, "vqa", progress):
         images = [item.pil() for item, _ in pairs[sl]]
         questions = [question for _, (_, question, _) in pairs[sl]]
         out = m.ask(images, questions)

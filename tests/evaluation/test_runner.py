@@ -1,0 +1,23 @@
+import json
+
+import pytest
+
+from panglot.evaluation import EvalSuite, evaluate_model, evaluate_run
+
+
+def test_evaluate_model_writes_report_and_summary(tmp_path, half_wrong_model):
+    suite = EvalSuite("test", n_per_cell=2, questions_per_image=2)
+    out = evaluate_model(half_wrong_model, tmp_path, suite, tasks=("t2i", "caption"), sweep_scales=[1.0, 3.0])
+    assert out["summary"] == {
+        "t2i_scene": {"seen": 0.5, "unseen": 0.5, "all": 0.5},
+        "caption": {"seen": 0.5, "unseen": 0.5, "all": 0.5},
+    }
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["t2i"] == out["t2i"] and saved["cfg_sweep"] == out["cfg_sweep"]
+    assert (tmp_path / "cfg_sweep.png").stat().st_size > 0
+    assert "## Captioning" in (tmp_path / "report.md").read_text()
+
+
+def test_evaluate_run_needs_a_trained_run(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        evaluate_run(tmp_path / "missing", n_per_cell=1)
