@@ -1,0 +1,1 @@
+"""Data: interleaved documents, tasks, packing, stateful loaders, shards."""

@@ -1,0 +1,74 @@
+"""AdamW parameter groups, the warmup + cosine learning-rate schedule, and gradient clipping."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from panglot.training.config import OptimConfig
+
+
+def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
+    """Learning rate for the update with 0-based index ``step``.
+
+    Linear warmup reaches ``cfg.lr`` at update ``warmup_steps - 1``; a cosine then falls from ``cfg.lr``
+    (at update ``warmup_steps``) to ``cfg.lr * min_lr_ratio`` at the last update (``max_steps - 1``).
+    A pure function of the step, so resuming needs no scheduler state.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_steps = max(1, max_steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    min_lr = cfg.lr * cfg.min_lr_ratio
+    return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters that get no weight decay: biases, norm weights (all < 2-D) and embeddings."""
+    embedding_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag)
+        for p in m.parameters()
+    }
+    return {name for name, p in model.named_parameters() if p.ndim < 2 or id(p) in embedding_ids}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: decayed and not decayed; each keeps its ``param_names``."""
+    skip = no_decay_names(model)
+    groups = {"decay": ([], []), "no_decay": ([], [])}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            names, params = groups["no_decay" if name in skip else "decay"]
+            names.append(name)
+            params.append(p)
+    return [
+        {"params": params, "param_names": names, "weight_decay": wd}
+        for (names, params), wd in ((groups["decay"], weight_decay), (groups["no_decay"], 0.0))
+        if params
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters (frozen ones are left out)."""
+    groups = param_groups(model, cfg.weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters (all frozen?)")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` (None: no clipping); returns the norm before clipping."""
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return torch.zeros(())
+    return nn.utils.clip_grad_norm_(params, math.inf if max_norm is None else max_norm)

@@ -1,0 +1,273 @@
+"""The trainer every stage uses (codec training, LM pretraining, SFT): generic over model, loss and data."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from panglot.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
+from panglot.training.config import TrainConfig
+from panglot.training.freeze import FreezeReport, freeze
+from panglot.training.metrics_log import MetricsLog, truncate_after
+from panglot.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
+from panglot.training.rng import capture_rng_state, restore_rng_state, seed_everything
+
+logger = logging.getLogger(__name__)
+
+LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, dict[str, float]]]
+"""``loss_fn(model, batch) -> (scalar loss, metrics)``; a ``"tokens"`` metric is summed, not averaged,
+and gives ``tokens_per_s``. The loss function moves the batch to the model's device."""
+
+
+class StatefulData(Iterator, Protocol):
+    """An iterator of batches whose position can be saved (JSON-serialisable) and restored."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+Callback = Callable[["Trainer", dict[str, float]], "dict[str, float] | None"]
+"""Called after every optimizer step with that step's metrics (``trainer.step`` is the step count).
+Metrics it returns (e.g. an eval loss) are written to the metrics log at that step."""
+
+
+def every(n: int, fn: Callback) -> Callback:
+    """A callback that runs ``fn`` on steps ``n, 2n, ...`` only."""
+
+    def callback(trainer: Trainer, metrics: dict[str, float]) -> dict[str, float] | None:
+        return fn(trainer, metrics) if trainer.step % n == 0 else None
+
+    return callback
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    steps: int  # optimizer steps done in total (including those before a resume)
+    resumed_from: int | None  # step of the checkpoint resumed from
+    final_loss: float | None  # loss of the last step (None when no step ran)
+    elapsed_s: float
+    tokens: float  # summed "tokens" metric of this run
+    trainable_params: int
+    frozen_params: int
+    checkpoint: Path | None  # last checkpoint written
+    data_exhausted: bool  # the data iterator ended before max_steps
+
+
+class Trainer:
+    """AdamW + warmup/cosine, bf16 autocast, grad accumulation and clipping, freezing, atomic checkpoints
+    and exact resume.
+
+    The caller seeds and builds the model (on its device) and the data; the trainer freezes the parameters
+    named by ``cfg.freeze``, builds the optimizer over the rest, and owns the loop.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: StatefulData,
+        out_dir: str | Path,
+        callbacks: Sequence[Callback] = (),
+    ):
+        self.cfg = cfg
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = data
+        self.out_dir = Path(out_dir)
+        self.callbacks = list(callbacks)
+        self.device = _device_of(model)
+        self.freeze_report: FreezeReport = freeze(model, cfg.freeze)
+        self.optimizer = build_optimizer(model, cfg.optim)
+        self.step = 0
+        self._trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def train(self, resume: bool = False) -> TrainSummary:
+        """Train up to ``cfg.max_steps``; with ``resume``, continue from ``out_dir``'s latest checkpoint
+        (starting fresh when there is none)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out_dir)
+        resumed_from = self._resume() if resume else None
+        if resumed_from is None:
+            seed_everything(self.cfg.seed)
+        report = self.freeze_report
+        logger.info(
+            "training %d trainable params (%d tensors), %d frozen (%d tensors), from step %d to %d",
+            report.trainable_params, report.trainable_tensors, report.frozen_params, report.frozen_tensors,
+            self.step, self.cfg.max_steps,
+        )  # fmt: skip
+        start = time.perf_counter()
+        log = MetricsLog(self.out_dir, tensorboard=self.cfg.tensorboard)
+        window = _Window()
+        last_loss, tokens, saved_at, checkpoint, exhausted = None, 0.0, self.step, None, False
+        bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not sys.stderr.isatty(), unit="step")
+        try:
+            while self.step < self.cfg.max_steps:
+                try:
+                    metrics = self._train_step()
+                except StopIteration:
+                    exhausted = True
+                    logger.warning("data ran out at step %d of %d", self.step, self.cfg.max_steps)
+                    break
+                self.step += 1
+                bar.update(1)
+                last_loss, tokens = metrics["loss"], tokens + metrics.get("tokens", 0.0)
+                window.add(metrics)
+                if self.step % self.cfg.log_every == 0:
+                    record = window.flush()
+                    log.write(self.step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}")
+                for callback in self.callbacks:
+                    if extra := callback(self, metrics):
+                        log.write(self.step, extra)
+                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
+                    checkpoint, saved_at = self.save_checkpoint(), self.step
+            if self.step != saved_at:
+                checkpoint = self.save_checkpoint()
+        finally:
+            bar.close()
+            log.close()
+        return TrainSummary(
+            steps=self.step,
+            resumed_from=resumed_from,
+            final_loss=last_loss,
+            elapsed_s=time.perf_counter() - start,
+            tokens=tokens,
+            trainable_params=report.trainable_params,
+            frozen_params=report.frozen_params,
+            checkpoint=checkpoint or latest_checkpoint(self.out_dir),
+            data_exhausted=exhausted,
+        )
+
+    def _train_step(self) -> dict[str, float]:
+        """One optimizer update over ``grad_accum`` micro-batches; returns its metrics."""
+        cfg = self.cfg
+        self.model.train()
+        lr = lr_at(self.step, cfg.optim, cfg.max_steps)
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        sums: dict[str, float] = defaultdict(float)
+        for _ in range(cfg.grad_accum):
+            batch = next(self.data)
+            with self._autocast():
+                loss, metrics = self.loss_fn(self.model, batch)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach().float()
+            for name, value in metrics.items():
+                sums[name] += float(value)
+        grad_norm = clip_gradients(self._trainable, cfg.optim.grad_clip)
+        loss_value = loss_sum.item() / cfg.grad_accum
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {self.step + 1}")
+        self.optimizer.step()
+        means = {name: value if name == "tokens" else value / cfg.grad_accum for name, value in sums.items()}
+        return {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), **means}
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def save_checkpoint(self) -> Path:
+        """Checkpoint the current step (weights, optimizer, data position, RNG) and prune old ones."""
+        state = {
+            "config": asdict(self.cfg),
+            "data": self.data.state_dict(),
+            "rng": capture_rng_state(),
+        }
+        path = save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, state)
+        if self.cfg.keep_last is not None:
+            prune_checkpoints(self.out_dir, self.cfg.keep_last)
+        return path
+
+    def _resume(self) -> int | None:
+        ckpt = latest_checkpoint(self.out_dir)
+        if ckpt is None:
+            logger.info("no checkpoint in %s; starting from scratch", self.out_dir)
+            return None
+        state = load_checkpoint(ckpt, self.model, self.optimizer)
+        self.data.load_state_dict(state["data"])
+        restore_rng_state(state["rng"])
+        self.step = state["step"]
+        _warn_config_changes(state["config"], asdict(self.cfg), ckpt)
+        truncate_after(self.out_dir, self.step)
+        logger.info("resumed from %s (step %d)", ckpt, self.step)
+        return self.step
+
+
+class _Window:
+    """Metrics of the steps since the last record: means, except the current lr and the token rate."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sums: dict[str, float] = defaultdict(float)
+        self._count = 0
+        self._start = time.perf_counter()
+        self._lr = 0.0
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            self._sums[name] += value
+        self._count += 1
+        self._lr = metrics["lr"]
+
+    def flush(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._start
+        record = {name: value / self._count for name, value in self._sums.items() if name != "tokens"}
+        record["lr"] = self._lr
+        record["step_time_s"] = elapsed / self._count
+        if "tokens" in self._sums:
+            record["tokens_per_s"] = self._sums["tokens"] / elapsed
+        self._reset()
+        return record
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    if param is None:
+        raise ValueError(f"{type(model).__name__} has no parameters to train")
+    return param.device
+
+
+def _warn_config_changes(saved: dict, current: dict, ckpt: Path) -> None:
+    saved_flat, current_flat = _flatten(saved), _flatten(json.loads(json.dumps(current)))
+    changed = [
+        f"{key}: {saved_flat.get(key)!r} -> {current_flat.get(key)!r}"
+        for key in sorted(saved_flat.keys() | current_flat.keys())
+        if saved_flat.get(key) != current_flat.get(key)
+    ]
+    if changed:
+        logger.warning("resuming from %s with a changed config: %s", ckpt, "; ".join(changed))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
