@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+from panglot.codecs.text import TextTokenizer
 from panglot.generation import (
     AllowOnly,
     ClassifierFreeGuidance,
@@ -17,8 +20,10 @@ from panglot.generation import (
     TopK,
     TopP,
     left_pad,
+    modality_constraints,
     sample_inverse_cdf,
 )
+from panglot.multimodal import UnifiedVocab
 
 NO_STATE = DecodeState(
     tokens=torch.zeros(1, 1, dtype=torch.long), valid=torch.ones(1, 1, dtype=torch.bool), step=0
@@ -214,3 +219,35 @@ def test_multinomial_rows_follow_their_own_seeds():
     assert by_int(logits, 1).tolist() != first.tolist()
     with pytest.raises(ValueError, match="3 row seeds for a batch of 2"):
         Multinomial([1, 2, 3]).start(2, 4, torch.device("cpu"))
+
+
+def test_constraints_from_a_unified_vocabulary():
+    text = TextTokenizer.train(["a red circle", "what color?", "red"] * 5, vocab_size=300)
+    image = SimpleNamespace(vocab_size=16, tokens_per_item=4)
+    speech = SimpleNamespace(vocab_size=8, tokens_per_item=3)
+    features = SimpleNamespace(vocab_size=0, tokens_per_item=2)
+    vocab = UnifiedVocab.build(
+        text,
+        [
+            ("image", image, "<boi>", "<eoi>"),
+            ("speech", speech, "<bos_speech>", "<eos_speech>"),
+            ("features", features, "<bov>", "<eov>"),
+        ],
+    )
+    built = modality_constraints(vocab, allow_begin=False)
+    offset = text.vocab_size
+    assert built == [
+        ModalityConstraint(
+            offset, offset + 16, text.token_to_id("<boi>"), text.token_to_id("<eoi>"), 4, False
+        ),
+        ModalityConstraint(
+            offset + 16,
+            offset + 24,
+            text.token_to_id("<bos_speech>"),
+            text.token_to_id("<eos_speech>"),
+            3,
+            False,
+        ),
+    ]
+    with pytest.raises(ValueError, match="'features' is continuous"):
+        ModalityConstraint.for_slot(vocab, "features")

@@ -12,6 +12,7 @@ from panglot.generation.processors import (
     Temperature,
     TopK,
     TopP,
+    modality_constraints,
 )
 from panglot.generation.sampling import Greedy, Multinomial, Sampler, sample_inverse_cdf
 
@@ -32,5 +33,6 @@ __all__ = [
     "TopP",
     "generate",
     "left_pad",
+    "modality_constraints",
     "sample_inverse_cdf",
 ]

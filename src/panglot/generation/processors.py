@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from panglot.multimodal import UnifiedVocab
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,20 @@ class ModalityConstraint:
         if errors:
             raise ValueError("invalid ModalityConstraint: " + "; ".join(errors))
 
+    @classmethod
+    def for_slot(cls, vocab: UnifiedVocab, name: str, *, allow_begin: bool = True) -> ModalityConstraint:
+        """The constraint for one discrete modality slot of a unified vocabulary (e.g. "image")."""
+        slot = vocab.slot(name)
+        if slot.continuous:
+            raise ValueError(f"slot {name!r} is continuous (no code ids to sample); expected a discrete slot")
+        return cls(
+            *slot.id_range,
+            begin_id=vocab.special(slot.begin),
+            end_id=vocab.special(slot.end),
+            tokens_per_item=slot.tokens_per_item,
+            allow_begin=allow_begin,
+        )
+
     def span_state(self, tokens: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, valid (B, L) -> in_span (B,) bool, codes emitted in the open span so far (B,) long."""
         slots = torch.arange(tokens.shape[1], device=tokens.device)  # (L,)
@@ -200,3 +217,16 @@ class ModalityConstraint:
             forbidden_outside = forbidden_outside | (ids == self.begin_id)
         allowed = torch.where(in_span[:, None], allowed_inside, ~forbidden_outside)
         return logits.masked_fill(~allowed, float("-inf"))
+
+
+def modality_constraints(vocab: UnifiedVocab, *, allow_begin: bool = True) -> list[ModalityConstraint]:
+    """One :class:`ModalityConstraint` per discrete slot of `vocab`.
+
+    `allow_begin=False` gives text-only answers (captions, VQA): no span may be opened, and a span the
+    prompt left open is still completed.
+    """
+    return [
+        ModalityConstraint.for_slot(vocab, name, allow_begin=allow_begin)
+        for name, slot in vocab.slots.items()
+        if not slot.continuous
+    ]
