@@ -49,6 +49,11 @@ def test_metrics_jsonl_reading(tmp_path):
         '{"step": 1, "loss": 2.0, "tag": "x", "ok": true}\n\n{"step": 2, "loss": 1.5, "acc": 0.5}\n'
     )
     assert read_metrics_jsonl(path) == {"loss": ([1, 2], [2.0, 1.5]), "acc": ([2], [0.5])}
+    restarted = [{"step": s, "loss": 10.0 - s} for s in (1, 2, 3)] + [
+        {"step": s, "loss": 1.0} for s in (2, 3, 4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in restarted))
+    assert read_metrics_jsonl(path) == {"loss": ([1, 2, 3, 4], [9.0, 1.0, 1.0, 1.0])}
     path.write_text('{"loss": 2.0}\n')
     with pytest.raises(ValueError, match=r"m\.jsonl:1: expected a 'step' field"):
         read_metrics_jsonl(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from panglot.evaluation.metrics import ALL, ATTRIBUTES, GROUPS, OBJECT_COUNTS
 from panglot.evaluation.suite import CaptionSample, T2ISample, TaskResult, VQASample, sweep_series
@@ -289,7 +289,11 @@ def plot_cfg_sweep(sweep: Mapping, path: Path) -> Path:
 
 
 def read_metrics_jsonl(path: Path) -> dict[str, tuple[list[float], list[float]]]:
-    """``{field: (steps, values)}`` for every numeric field (other than ``step``) of a metrics.jsonl."""
+    """``{field: (steps, values)}`` for every numeric field (other than ``step``) of a metrics.jsonl.
+
+    A record whose step is not past a field's last step starts over from there (a resumed or re-run
+    training appends to the same file): earlier points at that step or later are dropped.
+    """
     series: dict[str, tuple[list[float], list[float]]] = {}
     for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -303,6 +307,9 @@ def read_metrics_jsonl(path: Path) -> dict[str, tuple[list[float], list[float]]]
         for key, value in record.items():
             if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
                 steps, values = series.setdefault(key, ([], []))
+                while steps and steps[-1] >= record["step"]:
+                    steps.pop()
+                    values.pop()
                 steps.append(record["step"])
                 values.append(float(value))
     return series
@@ -340,6 +347,7 @@ def plot_training_curves(series: Mapping[str, tuple[list[float], list[float]]], 
             ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_title(name, fontweight="bold")
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes[len(names) :]:
         ax.set_visible(False)
     fig.suptitle("Training curves", fontweight="bold")
