@@ -55,8 +55,9 @@ def generate(
     one cut at `max_new_tokens`); the loop ends early once every row has stopped. `processors` run in
     order on float32 logits; `sampler` defaults to :class:`Greedy`. `uncond_prompts` (one per prompt)
     turn on classifier-free guidance with `cfg_scale`. `callback(step, tokens)` is called after every
-    step with the ids generated so far, (B, step + 1) (a view of the decode buffer: copy what you keep). `dtype` (e.g. "bf16") runs the forwards under
-    autocast and keeps the KV cache in that dtype; None keeps the model's own dtype.
+    step with the ids generated so far, (B, step + 1), a view of the decode buffer (copy what you keep).
+    `dtype` (e.g. "bf16") runs the forwards under autocast and keeps the KV cache in that dtype; None
+    keeps the model's own dtype.
     """
     _check_request(prompts, uncond_prompts, cfg_scale, max_new_tokens)
     guidance = ClassifierFreeGuidance(cfg_scale) if uncond_prompts is not None else None
