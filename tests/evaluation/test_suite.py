@@ -98,7 +98,7 @@ def test_batches_seeds_and_progress(suite, oracle_model):
     eval_text_to_image(oracle_model, suite, seed=7, batch_size=10, progress=lambda *e: events.append(e))
     assert oracle_model.calls == [("draw", 10), ("draw", 10), ("draw", 4)]
     assert oracle_model.seeds == [7, 17, 27]  # item k draws with seed + k under per-row seeding
-    assert events == [("t2i", 10, 24), ("t2i", 20, 24), ("t2i", 24, 24)]
+    assert events == [("t2i", 0, 24), ("t2i", 10, 24), ("t2i", 20, 24), ("t2i", 24, 24)]
 
 
 def test_cfg_sweep_finds_the_scale_that_works(suite, needs_guidance_model):

@@ -58,7 +58,6 @@ def _pct(x: float | None) -> str:
 def _rows(table: Mapping) -> list[tuple[str, str, Mapping]]:
     """(group, objects, cell) rows in reading order: seen 1-3, unseen 1-3, per-group all, overall."""
     rows = [(g, n, table[g][n]) for g, n in ROW_ORDER if n in table.get(g, {})]
-    rows.sort(key=lambda r: (r[1] == ALL, GROUPS.index(r[0])))
     if ALL in table:
         rows.append((ALL, ALL, table[ALL]))
     return rows

@@ -45,7 +45,7 @@ SUITE_SPLITS: dict[str, dict[str, str]] = {
 TASKS = ("t2i", "caption", "vqa")
 
 Progress = Callable[[str, int, int], None]
-"""Called after every model call as ``progress(task, done, total)``."""
+"""Called as ``progress(task, done, total)`` before a task's first model call and after every call."""
 
 
 class EvalModel(Protocol):
@@ -171,9 +171,12 @@ class TaskResult:
 
 
 def _batches(n: int, batch_size: int, task: str, progress: Progress | None) -> Iterator[slice]:
-    """Slices of at most ``batch_size`` over ``n`` items; reports progress after each call."""
+    """Slices of at most ``batch_size`` over ``n`` items; reports progress before the first call and
+    after each."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if progress is not None:
+        progress(task, 0, n)
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         yield slice(start, stop)
@@ -198,7 +201,7 @@ def eval_text_to_image(
     suite: EvalSuite,
     cfg: float | None = None,
     seed: int = 0,
-    batch_size: int = 128,
+    batch_size: int = 64,
     progress: Progress | None = None,
 ) -> TaskResult:
     """Draw every prompt once and judge the image with the oracle.
@@ -223,7 +226,7 @@ def eval_text_to_image(
 
 
 def eval_caption(
-    m: EvalModel, suite: EvalSuite, batch_size: int = 128, progress: Progress | None = None
+    m: EvalModel, suite: EvalSuite, batch_size: int = 64, progress: Progress | None = None
 ) -> TaskResult:
     """Caption every clean image; right when the caption parses into exactly the true scene."""
     captions: list[str] = []
