@@ -21,3 +21,13 @@ def test_evaluate_model_writes_report_and_summary(tmp_path, half_wrong_model):
 def test_evaluate_run_needs_a_trained_run(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         evaluate_run(tmp_path / "missing", n_per_cell=1)
+
+
+def test_val_sweep_report_has_seen_prompts_only(tmp_path, needs_guidance_model):
+    suite = EvalSuite("val", n_per_cell=1)
+    out = evaluate_model(needs_guidance_model, tmp_path, suite, tasks=("t2i",), sweep_scales=[1.0, 3.0])
+    assert out["cfg_sweep"]["best_scale"] == 3.0
+    assert out["summary"] == {"t2i_scene": {"seen": 1 / 3, "all": 1 / 3}}
+    md = (tmp_path / "report.md").read_text()
+    assert "| CFG scale | seen 1 | seen 2 | seen 3 | seen all | all |" in md
+    assert "unseen" not in md
