@@ -15,7 +15,8 @@ def report_dir(tmp_path_factory, suite, half_wrong_model, needs_guidance_model):
     lines = [{"step": s, "loss": 5.0 * np.exp(-s / 30) + 0.1, "lr": 1e-3} for s in range(0, 120, 2)]
     lines.insert(10, {"step": 20, "eval/scene": 0.25})
     (out / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    write_report(out, results, sweep=sweep, metrics_jsonl=out / "metrics.jsonl", suite=suite.describe())
+    jsonl = out / "metrics.jsonl"
+    write_report(out, results, sweep=sweep, metrics_jsonl=jsonl, suite=suite.describe(), samples_per_cell=2)
     return out
 
 
