@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -81,6 +82,25 @@ def loss_fn(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
     loss, metrics = model.loss(batch)
     metrics["tokens"] = float(batch["tokens"].numel())
     return loss, metrics
+
+
+def steps_for_minutes(cfg: UnifiedRecipe, minutes: float, device: str = "cpu", probe_steps: int = 6) -> int:
+    """How many optimizer steps fit in ``minutes`` on this machine: times a few forward/backward passes."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model, loader = build(cfg, device)
+    model.train()
+    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+    elapsed = []
+    for _ in range(probe_steps + 2):
+        batch = next(loader)
+        start = time.perf_counter()
+        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+            loss, _ = loss_fn(model, batch)
+        loss.backward()
+        elapsed.append(time.perf_counter() - start)
+    per_step = sorted(elapsed[2:])[len(elapsed[2:]) // 2] * cfg.train.grad_accum * 1.1  # + optimizer step
+    return max(1, int(minutes * 60 / per_step))
 
 
 def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu") -> Path:

@@ -105,3 +105,14 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
         raise RunLoadError(f"{root / 'model.safetensors'}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     model = UnifiedModel(backbone.to(device), vocab, codec, image_slot=meta["image_slot"])
     return model.eval(), meta
+
+
+def update_run_meta(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``RUN/model/run.json`` (atomically), e.g. ``generation={"cfg_scale": 2.5}``."""
+    meta = read_run_meta(run_dir)
+    meta.update(fields)
+    path = Path(run_dir) / MODEL_DIR / "run.json"
+    tmp = path.with_name(f".run.json.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return meta

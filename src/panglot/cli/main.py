@@ -1,0 +1,142 @@
+"""``panglot``: quickstart, train, draw, caption, ask, eval.
+
+User mistakes (a missing run directory, a bad image, an unknown word, a mistyped config key) end with one
+clear line on stderr and exit status 2, never a stack trace from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+# Recipe name (the YAML's `recipe:` key) -> module with `main(argv)`. Only the CLI imports recipes.
+RECIPES = {"unified": "recipes.train_unified", "codec": "recipes.train_codec"}
+
+
+def _recipe_module(name: str):
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(RECIPES)}")
+    return importlib.import_module(RECIPES[name])
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    quickstart = importlib.import_module("recipes.quickstart")
+    argv = ["--out", args.out, "--preset", args.preset]
+    if args.minutes is not None:
+        argv += ["--minutes", str(args.minutes)]
+    quickstart.main(argv)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    path = Path(args.recipe)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a recipe YAML must be a mapping, got {type(data).__name__}")
+    name = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("recipe=")), data.get("recipe", "unified"))
+    argv = [str(path), *args.overrides] + (["--resume"] if args.resume else [])
+    _recipe_module(name).main(argv)
+
+
+def cmd_draw(args: argparse.Namespace) -> None:
+    import panglot
+
+    m = panglot.load(args.run)
+    images = m.draw([args.prompt], seed=args.seed, cfg=args.cfg, n=args.n)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
+    for image, path in zip(images, paths):
+        image.save(path)
+        print(path)
+
+
+def cmd_caption(args: argparse.Namespace) -> None:
+    import panglot
+
+    for path, caption in zip(args.images, panglot.load(args.run).caption(args.images)):
+        print(f"{path}\t{caption}" if len(args.images) > 1 else caption)
+
+
+def cmd_ask(args: argparse.Namespace) -> None:
+    import panglot
+
+    print(panglot.load(args.run).ask([args.image], [args.question])[0])
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from panglot.evaluation.runner import evaluate_run
+
+    metrics = evaluate_run(args.run, n_per_cell=args.n_per_cell, out_dir=args.out)
+    print(json.dumps(metrics["summary"], indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="panglot", description="Unified autoregressive multimodal models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("quickstart", help="train and evaluate a unified model on ShapesWorld, from scratch")
+    p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
+    p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
+    p.add_argument("--preset", choices=["quickstart", "long"], default="quickstart", help="recipe size")
+    p.set_defaults(fn=cmd_quickstart)
+
+    p = sub.add_parser("train", help="run a training recipe: panglot train RECIPE.yaml [key=value ...]")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("draw", help="text -> image")
+    p.add_argument("run")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="out.png")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's tuned scale)")
+    p.add_argument("-n", type=int, default=1, help="images to draw")
+    p.set_defaults(fn=cmd_draw)
+
+    p = sub.add_parser("caption", help="image -> caption")
+    p.add_argument("run")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(fn=cmd_caption)
+
+    p = sub.add_parser("ask", help="image + question -> answer")
+    p.add_argument("run")
+    p.add_argument("image")
+    p.add_argument("question")
+    p.set_defaults(fn=cmd_ask)
+
+    p = sub.add_parser("eval", help="evaluate a run on the test suite; writes metrics.json and a report")
+    p.add_argument("run")
+    p.add_argument("--n-per-cell", type=int, default=50, help="prompts per (seen/unseen, 1/2/3 objects) cell")
+    p.add_argument("--out", default=None, help="where to write metrics.json and the report (default: RUN/eval)")
+    p.set_defaults(fn=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s"
+    )
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError) as exc:
+        if args.verbose:
+            raise
+        print(f"panglot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
