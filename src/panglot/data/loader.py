@@ -30,10 +30,10 @@ class StatefulLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if drop_last and len(dataset) < batch_size:
-            raise ValueError(f"dataset of {len(dataset)} items is smaller than one batch of {batch_size}")
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
+        if drop_last and len(dataset) < batch_size:
+            raise ValueError(f"dataset of {len(dataset)} items is smaller than one batch of {batch_size}")
         if epochs is not None and epochs < 1:
             raise ValueError(f"epochs must be >= 1 or None, got {epochs}")
         self.dataset = dataset

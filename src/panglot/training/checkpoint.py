@@ -203,7 +203,13 @@ def _load_optimizer(ckpt_dir: Path, optimizer: torch.optim.Optimizer) -> None:
         state.setdefault(int(index), {})[name] = tensor
     for index, values in meta["scalar_state"].items():
         state.setdefault(int(index), {}).update(values)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    groups = [_like(saved, current) for saved, current in zip(meta["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _like(saved: dict, current: dict) -> dict:
+    """JSON turned tuples (e.g. AdamW's ``betas``) into lists: give back the types the optimizer uses."""
+    return {k: tuple(v) if isinstance(current.get(k), tuple) else v for k, v in saved.items()}
 
 
 def _describe_groups(groups: list[list[str] | None]) -> str:

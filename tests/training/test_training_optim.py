@@ -1,0 +1,97 @@
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from panglot.training import OptimConfig, TrainConfig, clip_gradients, freeze, lr_at, param_groups
+
+
+def test_warmup_is_linear_up_to_the_peak():
+    cfg = OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    assert [lr_at(s, cfg, max_steps=20) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(4, cfg, max_steps=20) == 1.0  # the cosine starts at the peak
+
+
+def test_cosine_ends_at_min_lr_and_is_halfway_in_the_middle():
+    cfg = OptimConfig(lr=2.0, warmup_steps=2, min_lr_ratio=0.1)
+    lrs = [lr_at(s, cfg, max_steps=12) for s in range(12)]
+    assert lrs[-1] == pytest.approx(0.2)
+    assert lr_at(2 + 9 / 2, cfg, max_steps=12) == pytest.approx((2.0 + 0.2) / 2)
+    assert all(a > b for a, b in itertools.pairwise(lrs[2:]))
+    assert lr_at(50, cfg, max_steps=12) == pytest.approx(0.2)  # past the end: stays at the floor
+
+
+def test_no_warmup_starts_at_the_peak():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=0, min_lr_ratio=0.0)
+    assert lr_at(0, cfg, max_steps=10) == 1e-3
+    assert lr_at(9, cfg, max_steps=10) == pytest.approx(0.0, abs=1e-18)
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 4)
+        self.norm = nn.LayerNorm(4)
+        self.proj = nn.Linear(4, 4)
+        self.encoder = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+
+
+def test_no_weight_decay_on_biases_norms_and_embeddings():
+    groups = param_groups(_Net(), weight_decay=0.1)
+    by_decay = {g["weight_decay"]: set(g["param_names"]) for g in groups}
+    assert by_decay[0.1] == {"proj.weight", "encoder.0.weight", "encoder.1.weight"}
+    assert by_decay[0.0] == {
+        "embed.weight", "norm.weight", "norm.bias", "proj.bias", "encoder.0.bias", "encoder.1.bias",
+    }  # fmt: skip
+
+
+def test_clip_gradients_returns_the_norm_before_clipping():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    assert clip_gradients([a, b], max_norm=1.0).item() == pytest.approx(5.0)
+    assert math.hypot(*a.grad, *b.grad) == pytest.approx(1.0)
+    assert clip_gradients([a, b], max_norm=None).item() == pytest.approx(1.0)  # unclipped: unchanged
+    assert a.grad.tolist() == pytest.approx([0.6, 0.0])
+
+
+def test_freeze_by_module_and_parameter_patterns():
+    net = _Net()
+    report = freeze(net, ["encoder", "*.bias"])
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        "encoder.0.weight",
+        "encoder.0.bias",
+        "encoder.1.weight",
+        "encoder.1.bias",
+        "norm.bias",
+        "proj.bias",
+    }
+    assert report.frozen_tensors == 6 and report.trainable_tensors == 3
+    assert report.frozen_params == 2 * 20 + 4 + 4 and report.trainable_params == 20 + 4 + 16
+    names = {n for g in param_groups(net, 0.1) for n in g["param_names"]}
+    assert names == {"embed.weight", "norm.weight", "proj.weight"}
+
+
+def test_freeze_pattern_matching_nothing_is_an_error():
+    with pytest.raises(ValueError, match=r"\['decoder\.\*'\] match no parameter; parameter names are: embed"):
+        freeze(_Net(), ["encoder", "decoder.*"])
+
+
+def test_config_validation_reports_every_problem():
+    with pytest.raises(ValueError, match=r"max_steps must be >= 1, got 0; grad_accum must be >= 1, got 0"):
+        TrainConfig(max_steps=0, grad_accum=0)
+    with pytest.raises(ValueError, match="precision must be 'bf16' or 'fp32', got 'fp8'"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        OptimConfig(lr=0.0)
+
+
+def test_train_config_loads_through_the_strict_config_loader():
+    from panglot.config import ConfigError, from_dict
+
+    cfg = from_dict(TrainConfig, {"optim": {"lr": "3e-4", "betas": [0.9, 0.99]}, "freeze": ["codec"]})
+    assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.9, 0.99) and cfg.freeze == ["codec"]
+    with pytest.raises(ConfigError, match=r"unknown key 'optim\.learning_rate'"):
+        from_dict(TrainConfig, {"optim": {"learning_rate": 1.0}})
