@@ -119,7 +119,7 @@ class Trainer:
         start = time.perf_counter()
         log = MetricsLog(self.out_dir, tensorboard=self.cfg.tensorboard)
         window = _Window()
-        last_loss, tokens, saved_at, checkpoint, exhausted = None, 0.0, self.step, None, False
+        last_loss, tokens, saved_at, exhausted = None, 0.0, self.step, False
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not sys.stderr.isatty(), unit="step")
         try:
             while self.step < self.cfg.max_steps:
@@ -134,16 +134,17 @@ class Trainer:
                 last_loss, tokens = metrics["loss"], tokens + metrics.get("tokens", 0.0)
                 window.add(metrics)
                 if self.step % self.cfg.log_every == 0:
-                    record = window.flush()
-                    log.write(self.step, record)
-                    bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}")
+                    self._write_record(log, window.flush(), bar)
                 for callback in self.callbacks:
                     if extra := callback(self, metrics):
                         log.write(self.step, extra)
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
-                    checkpoint, saved_at = self.save_checkpoint(), self.step
+                    self.save_checkpoint()
+                    saved_at = self.step
+            if window.steps:  # the last, partial logging window
+                self._write_record(log, window.flush(), bar)
             if self.step != saved_at:
-                checkpoint = self.save_checkpoint()
+                self.save_checkpoint()
         finally:
             bar.close()
             log.close()
@@ -155,9 +156,13 @@ class Trainer:
             tokens=tokens,
             trainable_params=report.trainable_params,
             frozen_params=report.frozen_params,
-            checkpoint=checkpoint or latest_checkpoint(self.out_dir),
+            checkpoint=latest_checkpoint(self.out_dir),
             data_exhausted=exhausted,
         )
+
+    def _write_record(self, log: MetricsLog, record: dict[str, float], bar: tqdm) -> None:
+        log.write(self.step, record)
+        bar.set_postfix(loss=f"{record['loss']:.4g}", lr=f"{record['lr']:.3g}")
 
     def _train_step(self) -> dict[str, float]:
         """One optimizer update over ``grad_accum`` micro-batches; returns its metrics."""
@@ -224,21 +229,21 @@ class _Window:
 
     def _reset(self) -> None:
         self._sums: dict[str, float] = defaultdict(float)
-        self._count = 0
+        self.steps = 0
         self._start = time.perf_counter()
         self._lr = 0.0
 
     def add(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self._sums[name] += value
-        self._count += 1
+        self.steps += 1
         self._lr = metrics["lr"]
 
     def flush(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self._start
-        record = {name: value / self._count for name, value in self._sums.items() if name != "tokens"}
+        record = {name: value / self.steps for name, value in self._sums.items() if name != "tokens"}
         record["lr"] = self._lr
-        record["step_time_s"] = elapsed / self._count
+        record["step_time_s"] = elapsed / self.steps
         if "tokens" in self._sums:
             record["tokens_per_s"] = self._sums["tokens"] / elapsed
         self._reset()
