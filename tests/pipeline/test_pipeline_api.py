@@ -1,0 +1,72 @@
+"""The Python API contract on a tiny trained run: panglot.load -> draw / caption / ask / codec."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import panglot
+from panglot.data.images import ImageInputError
+from panglot.model.run import RunLoadError
+
+
+@pytest.fixture(scope="module")
+def m(debug_run):
+    return panglot.load(debug_run, batch_size=3)
+
+
+def test_training_lowered_the_loss(debug_run):
+    rows = [json.loads(line) for line in (debug_run / "train" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] - 0.5
+
+
+def test_draw_returns_n_images_per_prompt_independent_of_batching(m):
+    prompts = ["a large red circle at the top left", "a small blue square at the center"]
+    images = m.draw(prompts, seed=3, cfg=2.0, n=2)  # 4 rows over batches of 3
+    assert len(images) == 4 and all(isinstance(i, Image.Image) and i.size == (64, 64) for i in images)
+    again = m.draw(prompts[1:], seed=5, cfg=2.0, n=2)  # prompt 1's images carry seeds 5, 6 = 3 + 2, 3 + 3
+    assert [np.asarray(i).tolist() for i in again] == [np.asarray(i).tolist() for i in images[2:]]
+
+
+def test_draw_is_seeded(m):
+    a = m.draw(["a small green square at the top"], seed=1, cfg=1.0)
+    b = m.draw(["a small green square at the top"], seed=1, cfg=1.0)
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_codec_round_trip_through_the_api(m):
+    ids = m.codec.encode([np.full((64, 64, 3), 255, np.uint8)])
+    assert ids.shape == (1, m.codec.tokens_per_item)
+    assert m.codec.decode(ids)[0].size == (64, 64)
+
+
+def test_caption_and_ask_return_strings(m):
+    image = m.draw(["a large red circle at the top left"], seed=0, cfg=1.0)[0]
+    captions = m.caption([image, np.asarray(image)])
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+    answers = m.ask([image], ["how many objects are there?"])
+    assert len(answers) == 1 and isinstance(answers[0], str)
+    assert m.caption([]) == []
+
+
+def test_bad_inputs_get_clear_errors(m, tmp_path):
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        m.draw([" "])
+    with pytest.raises(ValueError, match=r"prompt 1 .*'circel' \(did you mean 'circle'\?\)"):
+        m.draw(["a large red circle at the top left", "a large red circel at the top left"])
+    with pytest.raises(TypeError, match="list of strings"):
+        m.draw("a large red circle at the top left")
+    with pytest.raises(ImageInputError, match="64x64"):
+        m.caption([np.zeros((32, 32, 3), np.uint8)])
+    with pytest.raises(ValueError, match="one question per image"):
+        m.ask([np.zeros((64, 64, 3), np.uint8)], ["what shape is at the top?", "how many objects are there?"])
+    with pytest.raises(ValueError, match=r"is \d+ tokens long"):
+        m.draw([" ".join(["red"] * 5000)])
+    with pytest.raises(RunLoadError, match="does not exist"):
+        panglot.load(tmp_path / "nope")
+    with pytest.raises(RunLoadError, match="not a trained panglot run"):
+        panglot.load(tmp_path)
