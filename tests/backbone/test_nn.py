@@ -47,6 +47,10 @@ def test_rmsnorm_matches_formula_and_keeps_dtype():
     out = RMSNorm(16)(xb)
     assert out.dtype is torch.float32  # fp32 weight * bf16 promotes, as in Llama
     torch.testing.assert_close(out, RMSNorm(16)(xb.float()).bfloat16().float())
+    with autocast_context("cpu", "bf16"):  # cast once for the matmuls that follow
+        out = norm(x)
+    assert out.dtype is torch.bfloat16
+    torch.testing.assert_close(out, expected.bfloat16())
 
 
 def test_rope_scores_depend_only_on_relative_position():
