@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,7 +29,12 @@ def _start(out_dir: Path, *extra: str) -> subprocess.Popen:
 
 def _logged_steps(out_dir: Path) -> list[int]:
     path = out_dir / METRICS_FILE
-    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+    lines = path.read_text().splitlines() if path.is_file() else []
+    steps = []
+    for line in lines:
+        with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+            steps.append(json.loads(line)["step"])
+    return steps
 
 
 def _losses(out_dir: Path) -> dict[int, float]:
@@ -47,15 +53,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path):
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
     victim = _start(killed_dir, "--hang-after", str(HANG_AFTER))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the script does: same kernels, same bits
     try:
+        torch.set_num_threads(1)  # as the script does: same kernels, same bits
         uninterrupted = run(full_dir)  # in this process, while the victim starts up
+        _wait_for_step(victim, killed_dir, HANG_AFTER)
     finally:
         torch.set_num_threads(threads)
-
-    _wait_for_step(victim, killed_dir, HANG_AFTER)
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.communicate()
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.communicate()
     assert victim.returncode == -signal.SIGKILL
     assert latest_checkpoint(killed_dir).name == step_dir_name(CKPT_EVERY)
 
