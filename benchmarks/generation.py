@@ -1,0 +1,275 @@
+"""Text-to-image decoding throughput: panglot's `generate` vs transformers' `LlamaForCausalLM.generate`.
+
+Both decode the same 64 image codes per prompt from the same weights (a random-init backbone over the real
+world tokenizer + a 512-code image block), with classifier-free guidance, multinomial sampling over image
+codes only, and a KV cache:
+
+- panglot: `panglot.generation.generate` as `Panglot.draw` calls it: conditional and unconditional rows in
+  one batched forward, `ModalityConstraint`, `Multinomial`;
+- HF: `LlamaForCausalLM.generate(guidance_scale=..., negative_prompt_ids=...)`, i.e. transformers'
+  `UnbatchedClassifierFreeGuidanceLogitsProcessor` (a second, unconditional forward per step), plus a
+  logits processor that allows image codes only. Its log-softmax guidance differs from panglot's raw-logit
+  guidance by a per-row constant, so both sample from the same distribution.
+
+One process, interleaved rounds (every setting runs once per round, in rotating order) so that load from
+other processes on a shared machine hits all settings alike; medians over rounds. A greedy fp32 run of both
+first checks that they decode the same codes. Codec decoding (ids -> pixels) is left out: it is the same
+for both and is timed once, apart.
+
+    .venv/bin/python benchmarks/generation.py                  # tiny size, batch 1 and 16, CFG 3
+    .venv/bin/python benchmarks/generation.py --size small --rounds 7
+    .venv/bin/python benchmarks/generation.py --profile        # profile panglot's loop at batch 16 instead
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import platform
+import pstats
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
+
+from panglot.backbone import build_transformer, export_hf_state_dict, hf_config_from
+from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
+from panglot.codecs.text import train_world_tokenizer
+from panglot.data.mixture import world_scenes, world_texts
+from panglot.generation import Greedy, ModalityConstraint, Multinomial, Sampler, generate
+from panglot.model import UnifiedModel
+from panglot.multimodal import UnifiedVocab
+from panglot.nn import autocast_context
+from panglot.world import language
+
+Decode = Callable[[int], torch.Tensor]  # seed -> codes (B, 64) long
+
+
+@dataclass
+class Bench:
+    """A unified model (random-init backbone), its HF twin and the t2i prompts of a batch."""
+
+    model: UnifiedModel
+    hf: LlamaForCausalLM
+    captions: list[list[int]]
+
+    @property
+    def layout(self):
+        return self.model.layout
+
+    @property
+    def slot(self):
+        return self.model.vocab.slot(self.model.image_slot)
+
+
+@dataclass
+class Setting:
+    name: str
+    batch: int
+    decode: Decode
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def build_bench(size: str, max_batch: int, seed: int = 0) -> Bench:
+    tokenizer = train_world_tokenizer(world_texts("train", 500, seed))
+    codec = PixelVQ(PixelVQConfig()).eval()  # untrained: speed only
+    vocab = UnifiedVocab.build(tokenizer, [("image", codec, "<boi>", "<eoi>")])
+    torch.manual_seed(seed)
+    model = UnifiedModel(build_transformer(size, vocab.size), vocab, codec).eval()
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config_from(model.backbone.cfg, "llama"))).eval()
+    hf.load_state_dict(export_hf_state_dict(model.backbone, "llama"), strict=True)
+    captions = [tokenizer.encode(language.caption(s)) for s in world_scenes("val", max_batch, seed)]
+    return Bench(model, hf, captions)
+
+
+def panglot_decoder(bench: Bench, batch: int, cfg: float, dtype: str, sampler: Callable[[int], Sampler]) -> Decode:
+    """`generate` exactly as `Panglot.draw` calls it for one chunk of `batch` prompts."""
+    layout, slot = bench.layout, bench.slot
+    prompts = [layout.t2i_prompt(c) for c in bench.captions[:batch]]
+    uncond = [layout.t2i_prompt(None)] * batch
+    lo, hi = slot.id_range
+    constraint = ModalityConstraint(lo, hi, layout.boi, layout.eoi, slot.tokens_per_item)
+
+    def decode(seed: int) -> torch.Tensor:
+        out = generate(
+            bench.model.backbone,
+            prompts,
+            max_new_tokens=slot.tokens_per_item,
+            processors=[constraint],
+            sampler=sampler(seed),
+            uncond_prompts=uncond,
+            cfg_scale=cfg,
+            dtype=dtype,
+        )
+        return torch.tensor(out)
+
+    return decode
+
+
+class ImageCodesOnly(LogitsProcessor):
+    """HF logits processor: only LM ids in [lo, hi) (the image block) may be sampled."""
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi = lo, hi
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        masked = torch.full_like(scores, float("-inf"))
+        masked[:, self.lo : self.hi] = scores[:, self.lo : self.hi]
+        return masked
+
+
+def hf_decoder(bench: Bench, batch: int, cfg: float, dtype: str, do_sample: bool) -> Decode:
+    """`LlamaForCausalLM.generate` with transformers' own CFG, left-padded prompts, image codes only."""
+    layout, slot = bench.layout, bench.slot
+    prompts = [layout.t2i_prompt(c) for c in bench.captions[:batch]]
+    pad = bench.model.vocab.special("<pad>")
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, P)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    uncond = torch.tensor([layout.t2i_prompt(None)] * batch)  # (B, P_u)
+    config = GenerationConfig(
+        do_sample=do_sample,
+        max_new_tokens=slot.tokens_per_item,
+        min_new_tokens=slot.tokens_per_item,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        guidance_scale=cfg,
+        use_cache=True,
+        pad_token_id=pad,
+        bos_token_id=layout.bos,
+        eos_token_id=layout.eos,
+    )
+    processors = LogitsProcessorList([ImageCodesOnly(*slot.id_range)])
+
+    def decode(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with autocast_context("cpu", dtype):
+            out = bench.hf.generate(
+                input_ids,
+                attention_mask=attention_mask,
+                generation_config=config,
+                logits_processor=processors,
+                negative_prompt_ids=uncond,
+                negative_prompt_attention_mask=torch.ones_like(uncond),
+            )
+        return out[:, width:]
+
+    return decode
+
+
+def check_same_codes(bench: Bench, batch: int, cfg: float) -> str:
+    """Greedy fp32 decoding of both must give the same codes (up to rare argmax near-ties)."""
+    ours = panglot_decoder(bench, batch, cfg, "fp32", lambda seed: Greedy())(0)
+    theirs = hf_decoder(bench, batch, cfg, "fp32", do_sample=False)(0)
+    if ours.shape != theirs.shape:
+        raise RuntimeError(f"panglot decoded {tuple(ours.shape)} codes, HF {tuple(theirs.shape)}")
+    rows = int((ours == theirs).all(1).sum())
+    tokens = (ours == theirs).float().mean().item()
+    if tokens < 0.9:
+        raise RuntimeError(f"greedy panglot and HF disagree on {1 - tokens:.1%} of codes: not the same decoding")
+    return f"greedy fp32 check, batch {batch}: {rows}/{batch} rows identical, {tokens:.1%} of codes"
+
+
+def build_settings(bench: Bench, batches: list[int], cfg: float) -> list[Setting]:
+    settings = []
+    for batch in batches:
+        for dtype in ("fp32", "bf16"):
+            multinomial = lambda seed, b=batch: Multinomial(tuple(seed + i for i in range(b)))  # noqa: E731
+            settings.append(Setting(f"panglot {dtype}", batch, panglot_decoder(bench, batch, cfg, dtype, multinomial)))
+            settings.append(Setting(f"HF {dtype}", batch, hf_decoder(bench, batch, cfg, dtype, do_sample=True)))
+    return settings
+
+
+def run_rounds(settings: list[Setting], rounds: int, warmup: int) -> None:
+    for setting in settings:
+        for i in range(warmup):
+            setting.decode(i)
+    for round_index in range(rounds):
+        shift = round_index % len(settings)
+        for setting in settings[shift:] + settings[:shift]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            codes = setting.decode(round_index)
+            setting.wall.append(time.perf_counter() - wall)
+            setting.cpu.append(time.process_time() - cpu)
+            if codes.shape[0] != setting.batch:
+                raise RuntimeError(f"{setting.name} returned {codes.shape[0]} rows for batch {setting.batch}")
+
+
+def report(settings: list[Setting]) -> None:
+    print("| batch | setting | wall s/call (median) | CPU s/call | images/s | panglot / HF (same dtype) |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for s in settings:
+        wall = statistics.median(s.wall)
+        ratio = ""
+        if s.name.startswith("panglot"):
+            hf = next(o for o in settings if o.batch == s.batch and o.name == s.name.replace("panglot", "HF"))
+            ratio = f"{statistics.median(hf.wall) / wall:.1f}x"
+        print(
+            f"| {s.batch} | {s.name} | {wall:.3f} | {statistics.median(s.cpu):.3f} "
+            f"| {s.batch / wall:.1f} | {ratio} |"
+        )
+
+
+def time_codec(bench: Bench, batch: int) -> float:
+    ids = torch.randint(0, bench.slot.vocab_size, (batch, bench.slot.tokens_per_item))
+    with torch.inference_mode():
+        bench.model.codec.decode(ids)
+        start = time.perf_counter()
+        bench.model.codec.decode(ids)
+    return time.perf_counter() - start
+
+
+def profile_panglot(bench: Bench, batch: int, cfg: float, dtype: str, calls: int) -> None:
+    multinomial = lambda seed: Multinomial(tuple(seed + i for i in range(batch)))  # noqa: E731
+    decode = panglot_decoder(bench, batch, cfg, dtype, multinomial)
+    decode(0)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for seed in range(calls):
+        decode(seed)
+    profiler.disable()
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="tiny", help="backbone size (panglot.backbone.SIZES)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="prompts per call")
+    parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting")
+    parser.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds")
+    parser.add_argument("--profile", action="store_true", help="cProfile panglot's loop instead of comparing")
+    parser.add_argument("--dtype", default="bf16", help="with --profile: panglot's dtype")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    bench = build_bench(args.size, max(args.batch))
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.machine()} {platform.processor()}"
+    )
+    print(
+        f"size={args.size} ({sum(p.numel() for p in bench.model.backbone.parameters()) / 1e6:.1f} M params) "
+        f"vocab={bench.model.vocab.size} cfg={args.cfg} codes/image={bench.slot.tokens_per_item}\n"
+    )
+    if args.profile:
+        profile_panglot(bench, max(args.batch), args.cfg, args.dtype, calls=args.rounds)
+        return
+    print(check_same_codes(bench, max(args.batch), args.cfg))
+    settings = build_settings(bench, args.batch, args.cfg)
+    run_rounds(settings, args.rounds, args.warmup)
+    print()
+    report(settings)
+    batch = max(args.batch)
+    print(f"\ncodec decode (ids -> 64x64 pixels), batch {batch}: {time_codec(bench, batch):.3f} s, apart from above")
+
+
+if __name__ == "__main__":
+    main()
