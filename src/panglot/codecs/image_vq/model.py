@@ -1,0 +1,288 @@
+"""Pixel VQ: a small conv autoencoder with a discrete bottleneck, 64 x 64 image -> 8 x 8 = 64 ids.
+
+encoder: a pixel-unshuffle stem (``patch`` x ``patch`` pixels -> channels, cheap on CPU), stride-2 convs
+for the rest of the downsampling, then residual blocks at the token grid;
+quantizer: one of three from ``vector-quantize-pytorch`` (see docs/codecs.md for the comparison):
+``vq`` (cosine-similarity codebook, k-means init, EMA updates, dead-code expiry), ``fsq`` (finite scalar
+quantization, no codebook) or ``lfq`` (lookup-free, binary codes + entropy loss);
+decoder: the mirror image: residual blocks, stride-2 transposed convs, pixel shuffle.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
+
+from panglot.codecs.base import ImageCodec, register_codec
+from panglot.world.scene import BACKGROUND, COLORS
+
+WORLD_PALETTE = [list(BACKGROUND), *(list(rgb) for rgb in COLORS.values())]
+
+
+@dataclass
+class PixelVQConfig:
+    image_size: int = 64
+    patch: int = 4  # stem: pixel-unshuffle by this factor
+    channels: list[int] = field(default_factory=lambda: [64, 128])  # stem width, then one stride-2 stage each
+    res_blocks: int = 2  # at the token grid, in encoder and decoder each
+    latent_dim: int = 64  # quantizer input/output width
+    quantizer: Literal["vq", "fsq", "lfq"] = "vq"
+    codebook_size: int = 512  # vq, lfq (lfq: a power of 2)
+    codebook_dim: int = 16  # vq: codes are looked up in this smaller space (better usage)
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # fsq: vocab = product
+    ema_decay: float = 0.9  # vq codebook EMA
+    dead_code_threshold: float = 1.0  # vq: codes used less than this (EMA count) are re-seeded
+    commitment_weight: float = 0.25  # vq
+    entropy_loss_weight: float = 0.1  # lfq
+    # "rgb": the decoder regresses pixels (MSE + L1); "palette": it classifies each pixel into one of
+    # ``palette``'s colours (cross-entropy) and decodes to exact palette colours; flat-colour worlds only.
+    output: Literal["rgb", "palette"] = "rgb"
+    palette: list[list[int]] = field(default_factory=lambda: [list(c) for c in WORLD_PALETTE])
+
+    def __post_init__(self) -> None:
+        if not self.channels or self.image_size % self.downsample:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by patch * 2**(len(channels) - 1) = {self.downsample}"
+            )
+        if self.quantizer == "lfq" and not math.log2(self.codebook_size).is_integer():
+            raise ValueError(f"lfq needs a power-of-2 codebook_size, got {self.codebook_size}")
+
+    @property
+    def out_channels(self) -> int:
+        return 3 if self.output == "rgb" else len(self.palette)
+
+    @property
+    def downsample(self) -> int:
+        """Pixels per token side."""
+        return self.patch * 2 ** (len(self.channels) - 1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+            nn.GroupNorm(8, ch), nn.SiLU(), nn.Conv2d(ch, ch, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+def build_encoder(cfg: PixelVQConfig) -> nn.Sequential:
+    ch_in = cfg.channels[0]
+    layers: list[nn.Module] = [nn.PixelUnshuffle(cfg.patch), nn.Conv2d(3 * cfg.patch**2, ch_in, 3, padding=1)]
+    for ch in cfg.channels[1:]:
+        layers += [nn.SiLU(), nn.Conv2d(ch_in, ch, 4, stride=2, padding=1)]
+        ch_in = ch
+    layers += [ResBlock(ch_in) for _ in range(cfg.res_blocks)]
+    layers += [nn.GroupNorm(8, ch_in), nn.SiLU(), nn.Conv2d(ch_in, cfg.latent_dim, 1)]
+    return nn.Sequential(*layers)
+
+
+def build_decoder(cfg: PixelVQConfig) -> nn.Sequential:
+    chs = cfg.channels[::-1]
+    layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, chs[0], 3, padding=1)]
+    layers += [ResBlock(chs[0]) for _ in range(cfg.res_blocks)]
+    for ch_in, ch_out in itertools.pairwise(chs):
+        layers += [nn.SiLU(), nn.ConvTranspose2d(ch_in, ch_out, 4, stride=2, padding=1)]
+    layers += [
+        nn.SiLU(),
+        nn.Conv2d(chs[-1], cfg.out_channels * cfg.patch**2, 3, padding=1),
+        nn.PixelShuffle(cfg.patch),
+    ]
+    return nn.Sequential(*layers)
+
+
+class Quantized(NamedTuple):
+    codes: torch.Tensor  # (B, N, D) quantized latents (straight-through gradients)
+    ids: torch.Tensor  # (B, N) long
+    aux_loss: torch.Tensor  # scalar: commitment / entropy loss
+
+
+class CodebookVQ(nn.Module):
+    """Cosine-similarity codebook with k-means init, EMA updates and dead-code expiry."""
+
+    def __init__(self, cfg: PixelVQConfig):
+        super().__init__()
+        self.vocab_size = cfg.codebook_size
+        self.vq = VectorQuantize(
+            dim=cfg.latent_dim,
+            codebook_size=cfg.codebook_size,
+            codebook_dim=cfg.codebook_dim,
+            use_cosine_sim=True,
+            kmeans_init=True,
+            decay=cfg.ema_decay,
+            threshold_ema_dead_code=cfg.dead_code_threshold,
+            commitment_weight=cfg.commitment_weight,
+        )
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        codes, ids, aux = self.vq(z)
+        return Quantized(codes, ids.long(), aux)
+
+    def ids(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code by cosine similarity, computed here so that encoding never initialises or
+        updates the codebook (the library's forward may do both)."""
+        z = F.normalize(self.vq.project_in(z), dim=-1)  # (B, N, d)
+        codebook = F.normalize(self.vq.codebook, dim=-1)  # (K, d)
+        return (z @ codebook.t()).argmax(dim=-1)
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.vq.get_output_from_indices(ids)
+
+
+class ScalarFSQ(nn.Module):
+    """Finite scalar quantization: each latent channel rounded to a few levels; no codebook to learn."""
+
+    def __init__(self, cfg: PixelVQConfig):
+        super().__init__()
+        self.vocab_size = math.prod(cfg.fsq_levels)
+        self.fsq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.latent_dim)
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        codes, ids = self.fsq(z)
+        return Quantized(codes, ids.long(), z.new_zeros(()))
+
+    def ids(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fsq(z)[1].long()
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fsq.indices_to_codes(ids)
+
+
+class LookupFreeQ(nn.Module):
+    """Lookup-free quantization: log2(K) binary channels, with an entropy loss for code usage."""
+
+    def __init__(self, cfg: PixelVQConfig):
+        super().__init__()
+        self.vocab_size = cfg.codebook_size
+        self.lfq = LFQ(
+            dim=cfg.latent_dim, codebook_size=cfg.codebook_size, entropy_loss_weight=cfg.entropy_loss_weight
+        )
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        codes, ids, aux = self.lfq(z)
+        return Quantized(codes, ids.long(), aux)
+
+    def ids(self, z: torch.Tensor) -> torch.Tensor:
+        return self.lfq(z)[1].long()
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lfq.indices_to_codes(ids)
+
+
+_QUANTIZERS = {"vq": CodebookVQ, "fsq": ScalarFSQ, "lfq": LookupFreeQ}
+
+
+class PixelVQOutput(NamedTuple):
+    decoded: torch.Tensor  # (B, 3, S, S) pixels ("rgb") or (B, K, S, S) palette logits ("palette")
+    ids: torch.Tensor  # (B, N)
+    aux_loss: torch.Tensor  # scalar
+
+
+@register_codec
+class PixelVQ(ImageCodec):
+    """64 x 64 image <-> 64 ids (8 x 8 grid, row-major)."""
+
+    kind = "image_vq"
+    config_cls = PixelVQConfig
+
+    def __init__(self, config: PixelVQConfig):
+        super().__init__(config)
+        self.grid = config.image_size // config.downsample
+        self.encoder = build_encoder(config)
+        self.quantizer = _QUANTIZERS[config.quantizer](config)
+        self.decoder = build_decoder(config)
+        palette = torch.tensor(config.palette, dtype=torch.float32) / 127.5 - 1.0  # (K, 3) in [-1, 1]
+        self.register_buffer("palette", palette, persistent=False)
+
+    @classmethod
+    def debug_config(cls) -> PixelVQConfig:
+        return PixelVQConfig(
+            patch=8, channels=[16], res_blocks=1, latent_dim=16, codebook_size=64, codebook_dim=8
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.quantizer.vocab_size
+
+    @property
+    def tokens_per_item(self) -> int:
+        return self.grid * self.grid
+
+    def _latents(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.encoder(x)  # (B, D, h, w)
+        return z.flatten(2).transpose(1, 2).float()  # (B, N, D), quantizer in fp32
+
+    def _pixels(self, codes: torch.Tensor) -> torch.Tensor:
+        b, _, d = codes.shape  # (B, N, D)
+        return self.decoder(codes.transpose(1, 2).reshape(b, d, self.grid, self.grid))
+
+    def forward(self, x: torch.Tensor) -> PixelVQOutput:
+        """Training path: reconstruction, ids and the quantizer's auxiliary loss (updates the codebook
+        in training mode)."""
+        self.check_images(x)
+        z = self._latents(x)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            q = self.quantizer(z)
+        return PixelVQOutput(self._pixels(q.codes), q.ids, q.aux_loss)
+
+    def to_pixels(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> (B, 3, S, S) in [-1, 1] (palette: the most likely colour per pixel)."""
+        if self.config.output == "rgb":
+            return decoded.float()
+        return self.palette[decoded.argmax(dim=1)].permute(0, 3, 1, 2)
+
+    def palette_index(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, S, S) index of the nearest palette colour (0 = background)."""
+        dist = ((x.float().unsqueeze(1) - self.palette[None, :, :, None, None]) ** 2).sum(
+            dim=2
+        )  # (B, K, S, S)
+        return dist.argmin(dim=1)
+
+    def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_images(x)
+        z = self._latents(x)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.quantizer.ids(z)
+
+    def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=ids.device.type, enabled=False):
+            codes = self.quantizer.codes(ids.long())  # (B, N, D)
+        return self.to_pixels(self._pixels(codes))
+
+
+def pixel_vq_loss(
+    codec: PixelVQ, x: torch.Tensor, l1_weight: float = 1.0, fg_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction + the quantizer's aux loss.
+
+    "rgb": MSE + ``l1_weight`` * L1 (L1 keeps flat-colour edges sharp); "palette": cross-entropy against
+    each pixel's nearest palette colour. Pixels that are not background (palette colour 0) weigh
+    ``fg_weight``: in ShapesWorld ~90% of pixels are background, and the shapes are what matters.
+    """
+    out = codec(x)
+    target = codec.palette_index(x)  # (B, S, S)
+    weight = 1.0 + (fg_weight - 1.0) * (target != 0).float()
+    weight = weight / weight.mean()
+    metrics: dict[str, float] = {}
+    if codec.config.output == "rgb":
+        err = out.decoded.float() - x
+        mse = (err.pow(2).mean(dim=1) * weight).mean()
+        l1 = (err.abs().mean(dim=1) * weight).mean()
+        recon = mse + l1_weight * l1
+        metrics.update(mse=mse.item(), l1=l1.item())
+    else:
+        recon = (F.cross_entropy(out.decoded.float(), target, reduction="none") * weight).mean()
+        metrics["ce"] = recon.item()
+    loss = recon + out.aux_loss
+    metrics.update(loss=loss.item(), aux=float(out.aux_loss.detach()))
+    return loss, metrics

@@ -1,0 +1,100 @@
+"""Pixel VQ: shapes per quantizer, config checks, the pure id lookup, and a loss that falls."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from panglot.codecs import images_to_tensor
+from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
+
+
+def tiny(**changes) -> PixelVQConfig:
+    cfg = PixelVQ.debug_config()
+    return PixelVQConfig(**{**cfg.__dict__, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "vocab"),
+    [
+        ({"quantizer": "vq"}, 64),
+        ({"quantizer": "fsq", "fsq_levels": [5, 4, 3]}, 60),
+        ({"quantizer": "lfq"}, 64),
+    ],
+)
+def test_shapes_per_quantizer(changes, vocab, world_images):
+    torch.manual_seed(0)
+    codec = PixelVQ(tiny(**changes))
+    x = images_to_tensor(world_images(3)[1])
+    out = codec(x)
+    assert out.decoded.shape == (3, 3, 64, 64) and out.ids.shape == (3, 64) and out.aux_loss.ndim == 0
+    codec.eval()
+    ids = codec.encode_tensor(x)
+    assert codec.vocab_size == vocab and ids.shape == (3, 64) and ids.dtype == torch.long
+    assert int(ids.min()) >= 0 and int(ids.max()) < vocab
+    assert codec.decode_tensor(ids).shape == (3, 3, 64, 64)
+
+
+def test_palette_output_decodes_to_exact_palette_colours(world_images):
+    torch.manual_seed(0)
+    codec = PixelVQ(tiny(output="palette"))
+    x = images_to_tensor(world_images(2)[1])
+    assert codec(x).decoded.shape == (2, 9, 64, 64)  # background + 8 colours
+    codec.eval()
+    pixels = codec.decode_tensor(codec.encode_tensor(x)).permute(0, 2, 3, 1).reshape(-1, 3)
+    assert torch.cdist(pixels, codec.palette).min(dim=1).values.max() < 1e-6
+    torch.testing.assert_close(codec.palette_index(codec.palette.T[None, :, :, None]), torch.arange(9)[None, :, None])
+
+
+def test_token_grid_follows_the_config():
+    assert PixelVQ(tiny(patch=4, channels=[8, 16])).tokens_per_item == 64
+    assert PixelVQ(tiny(patch=4, channels=[16])).tokens_per_item == 256
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"image_size": 60}, "divisible by patch"),
+        ({"quantizer": "lfq", "codebook_size": 100}, "power-of-2"),
+    ],
+)
+def test_config_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**changes)
+
+
+def test_constructor_wants_its_config():
+    with pytest.raises(TypeError, match="expects a PixelVQConfig"):
+        PixelVQ({"patch": 8})
+
+
+def test_pure_lookup_matches_the_library(world_images):
+    torch.manual_seed(0)
+    codec = PixelVQ(tiny())
+    x = images_to_tensor(world_images(8)[1])
+    codec(x)  # training-mode forward: k-means init
+    codec.eval()
+    with torch.no_grad():
+        _, lib_ids, _ = codec.quantizer.vq(codec._latents(x))
+    torch.testing.assert_close(codec.encode_tensor(x), lib_ids)
+
+
+def test_check_images_names_the_expected_shape():
+    with pytest.raises(ValueError, match=r"expected a float tensor \(B, 3, 64, 64\)"):
+        PixelVQ(tiny()).encode_tensor(torch.zeros(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_a_few_steps_make_the_loss_fall(quantizer, world_images):
+    torch.manual_seed(0)
+    codec = PixelVQ(tiny(quantizer=quantizer, fsq_levels=[4, 4, 4]))
+    opt = torch.optim.AdamW(codec.parameters(), lr=3e-3)
+    x = images_to_tensor(world_images(16, seed=1)[1])
+    losses = []
+    for _ in range(25):
+        loss, _ = pixel_vq_loss(codec, x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
