@@ -35,7 +35,7 @@ class CausalLM(Protocol):
     def parameters(self) -> Any: ...
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: autocast caches its weight casts only outside it
 def generate(
     model: CausalLM,
     prompts: Sequence[Sequence[int]],
@@ -73,24 +73,26 @@ def generate(
     stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
     done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
 
+    # One autocast region for the whole call, so that autocast casts the weights to `dtype` once and not
+    # once per step (its cast cache lives until the outermost region exits); everything between two
+    # forwards (guidance, processors, sampler, callback) runs with autocast suspended, on float32 logits.
     with precision:
         logits = model(tokens[:, :prompt_len], valid=valid[:, :prompt_len], cache=cache)[:, -1]  # (R, V)
-    n_generated = 0
-    for step in range(max_new_tokens):
-        end = prompt_len + step
-        next_logits = logits.float()
-        if guidance is not None:
-            next_logits = guidance(next_logits)  # (B, V)
-        state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
-        ids = sample(process(next_logits, state), step)  # (B,)
-        tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
-        n_generated = step + 1
-        if callback is not None:
-            callback(step, tokens[:n_prompts, prompt_len : end + 1])
-        done |= torch.isin(ids, stops)
-        if n_generated == max_new_tokens or (len(stops) and bool(done.all())):
-            break
-        with precision:
+        n_generated = 0
+        for step in range(max_new_tokens):
+            end = prompt_len + step
+            with torch.autocast(device.type, enabled=False):
+                next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
+                state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
+                ids = sample(process(next_logits, state), step)  # (B,)
+                tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
+                n_generated = step + 1
+                if callback is not None:
+                    callback(step, tokens[:n_prompts, prompt_len : end + 1])
+            if len(stops):
+                done |= torch.isin(ids, stops)
+            if n_generated == max_new_tokens or (len(stops) and bool(done.all())):
+                break
             logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
     generated = tokens[:n_prompts, prompt_len : prompt_len + n_generated].tolist()
     return [_cut_at_stop(row, set(stop_ids)) for row in generated]
