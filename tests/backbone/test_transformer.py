@@ -135,3 +135,27 @@ def test_config_reports_every_error():
     assert "vocab_size must be positive" in message
     assert "dim (30) must be divisible by n_heads (4)" in message
     assert "n_heads (4) must be a multiple of n_kv_heads (3)" in message
+
+
+@torch.no_grad()
+def test_bf16_weights_keep_fp32_rope_tables(model):
+    bf16_model = build_transformer("debug", VOCAB)
+    bf16_model.load_state_dict(model.state_dict())
+    bf16_model = bf16_model.to(torch.bfloat16)
+    assert bf16_model.rope.cos.dtype is torch.float32
+    assert bf16_model.tok_embeddings.weight.dtype is torch.bfloat16
+    tokens = _tokens(2, 10)
+    logits = bf16_model(tokens)
+    assert logits.dtype is torch.bfloat16
+    torch.testing.assert_close(logits.float(), model(tokens), atol=0.1, rtol=0.1)
+
+
+@torch.no_grad()
+def test_debug_model_golden_logits():
+    """Fixed seed -> fixed init -> fixed logits; catches silent changes to init order or the forward."""
+    torch.manual_seed(0)
+    golden = build_transformer("debug", VOCAB).eval()
+    logits = golden(torch.arange(10)[None] * 7 % VOCAB)
+    expected = torch.tensor([-0.059542, 0.260084, -0.327401, -0.328187])
+    torch.testing.assert_close(logits[0, -1, :4], expected, atol=1e-5, rtol=1e-4)
+    assert abs(logits.std().item() - 0.153696) < 1e-5
