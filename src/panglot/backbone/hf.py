@@ -98,13 +98,13 @@ def _model_type(hf_config: dict[str, Any]) -> str:
     return model_type
 
 
-def _rope_theta(hf_config: dict[str, Any], defaults: dict[str, Any]) -> float:
+def _rope_theta(cfg: dict[str, Any]) -> float:
     """rope_theta lives at the top level (transformers 4.x) or in `rope_parameters` (5.x)."""
-    rope = hf_config.get("rope_parameters") or hf_config.get("rope_scaling") or {}
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"unsupported RoPE scaling {rope_type!r}; only plain RoPE ('default') is supported")
-    return float(rope.get("rope_theta", hf_config.get("rope_theta", defaults["rope_theta"])))
+    return float(rope.get("rope_theta", cfg["rope_theta"]))
 
 
 def config_from_hf(hf_config: dict[str, Any]) -> TransformerConfig:
@@ -133,7 +133,7 @@ def config_from_hf(hf_config: dict[str, Any]) -> TransformerConfig:
         n_heads=n_heads,
         n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
         ffn_dim=cfg["intermediate_size"],
-        rope_theta=_rope_theta(hf_config, cfg),
+        rope_theta=_rope_theta(cfg),
         norm_eps=cfg["rms_norm_eps"],
         max_seq_len=cfg["max_position_embeddings"],
         tie_embeddings=cfg["tie_word_embeddings"],
