@@ -40,10 +40,10 @@ from panglot.backbone import build_transformer, export_hf_state_dict, hf_config_
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
 from panglot.codecs.text import train_world_tokenizer
 from panglot.data.mixture import world_scenes, world_texts
-from panglot.generation import Greedy, ModalityConstraint, Multinomial, Sampler, generate
+from panglot.generation import Greedy, ModalityConstraint, Multinomial, Sampler, generate, left_pad
 from panglot.model import UnifiedModel
 from panglot.multimodal import UnifiedVocab
-from panglot.nn import autocast_context
+from panglot.nn import autocast_context, resolve_dtype
 from panglot.world import language
 
 Decode = Callable[[int], torch.Tensor]  # seed -> codes (B, 64) long
@@ -132,13 +132,12 @@ def hf_decoder(bench: Bench, batch: int, cfg: float, dtype: str, do_sample: bool
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])  # (B, P)
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     uncond = torch.tensor([layout.t2i_prompt(None)] * batch)  # (B, P_u)
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 1.0} if do_sample else {}  # plain softmax sampling
     config = GenerationConfig(
         do_sample=do_sample,
+        **sampling,
         max_new_tokens=slot.tokens_per_item,
         min_new_tokens=slot.tokens_per_item,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
         guidance_scale=cfg,
         use_cache=True,
         pad_token_id=pad,
@@ -163,6 +162,56 @@ def hf_decoder(bench: Bench, batch: int, cfg: float, dtype: str, do_sample: bool
     return decode
 
 
+def panglot_forwards(bench: Bench, batch: int, dtype: str) -> Decode:
+    """The model work alone of a panglot call: the same 2B-row prefill and cached single-token forwards,
+    greedy on the conditional rows; no guidance, processors or sampler."""
+    backbone, slot = bench.model.backbone, bench.slot
+    rows = [bench.layout.t2i_prompt(c) for c in bench.captions[:batch]] + [bench.layout.t2i_prompt(None)] * batch
+    tokens, valid = left_pad(rows, 0, torch.device("cpu"))  # (2B, P)
+    cache_dtype = None if dtype == "fp32" else resolve_dtype(dtype)
+
+    def decode(seed: int) -> torch.Tensor:
+        codes = []
+        with torch.no_grad(), autocast_context("cpu", dtype):
+            cache = backbone.new_cache(2 * batch, tokens.shape[1] + slot.tokens_per_item, dtype=cache_dtype)
+            logits = backbone(tokens, valid=valid, cache=cache)[:, -1]  # (2B, V)
+            for step in range(slot.tokens_per_item):
+                codes.append(logits[:batch].argmax(-1))
+                if step + 1 < slot.tokens_per_item:
+                    logits = backbone(codes[-1].repeat(2)[:, None], cache=cache)[:, -1]
+        return torch.stack(codes, 1)
+
+    return decode
+
+
+def hf_forwards(bench: Bench, batch: int, dtype: str) -> Decode:
+    """The model work alone of an HF call: a conditional and an unconditional cached forward per step,
+    greedy on the conditional logits; none of `generate`'s machinery."""
+    layout, slot = bench.layout, bench.slot
+    tokens, valid = left_pad([layout.t2i_prompt(c) for c in bench.captions[:batch]], 0, torch.device("cpu"))
+    uncond = torch.tensor([layout.t2i_prompt(None)] * batch)  # (B, P_u)
+
+    def decode(seed: int) -> torch.Tensor:
+        codes, mask = [], valid.long()
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with torch.no_grad(), autocast_context("cpu", dtype):
+            cond = bench.hf(tokens, attention_mask=mask, position_ids=positions, use_cache=True)
+            free = bench.hf(uncond, use_cache=True)
+            for step in range(slot.tokens_per_item):
+                codes.append(cond.logits[:, -1].argmax(-1))
+                if step + 1 == slot.tokens_per_item:
+                    break
+                ids, mask = codes[-1][:, None], torch.cat([mask, torch.ones(batch, 1, dtype=torch.long)], 1)
+                positions = positions[:, -1:] + 1
+                cond = bench.hf(
+                    ids, attention_mask=mask, position_ids=positions, past_key_values=cond.past_key_values
+                )
+                free = bench.hf(ids, past_key_values=free.past_key_values)
+        return torch.stack(codes, 1)
+
+    return decode
+
+
 def check_same_codes(bench: Bench, batch: int, cfg: float) -> str:
     """Greedy fp32 decoding of both must give the same codes (up to rare argmax near-ties)."""
     ours = panglot_decoder(bench, batch, cfg, "fp32", lambda seed: Greedy())(0)
@@ -176,13 +225,16 @@ def check_same_codes(bench: Bench, batch: int, cfg: float) -> str:
     return f"greedy fp32 check, batch {batch}: {rows}/{batch} rows identical, {tokens:.1%} of codes"
 
 
-def build_settings(bench: Bench, batches: list[int], cfg: float) -> list[Setting]:
+def build_settings(bench: Bench, batches: list[int], cfg: float, breakdown: bool) -> list[Setting]:
     settings = []
     for batch in batches:
         for dtype in ("fp32", "bf16"):
             multinomial = lambda seed, b=batch: Multinomial(tuple(seed + i for i in range(b)))  # noqa: E731
             settings.append(Setting(f"panglot {dtype}", batch, panglot_decoder(bench, batch, cfg, dtype, multinomial)))
             settings.append(Setting(f"HF {dtype}", batch, hf_decoder(bench, batch, cfg, dtype, do_sample=True)))
+            if breakdown:
+                settings.append(Setting(f"panglot {dtype} forwards only", batch, panglot_forwards(bench, batch, dtype)))
+                settings.append(Setting(f"HF {dtype} forwards only", batch, hf_forwards(bench, batch, dtype)))
     return settings
 
 
@@ -245,6 +297,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting")
     parser.add_argument("--rounds", type=int, default=5, help="timed interleaved rounds")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time each side's model forwards alone (greedy, no processors)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile panglot's loop instead of comparing")
     parser.add_argument("--dtype", default="bf16", help="with --profile: panglot's dtype")
     args = parser.parse_args()
@@ -263,7 +318,7 @@ def main() -> None:
         profile_panglot(bench, max(args.batch), args.cfg, args.dtype, calls=args.rounds)
         return
     print(check_same_codes(bench, max(args.batch), args.cfg))
-    settings = build_settings(bench, args.batch, args.cfg)
+    settings = build_settings(bench, args.batch, args.cfg, args.breakdown)
     run_rounds(settings, args.rounds, args.warmup)
     print()
     report(settings)
