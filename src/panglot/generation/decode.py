@@ -8,6 +8,7 @@ both rows of its pair (see `guidance.py`).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -35,7 +36,6 @@ class CausalLM(Protocol):
     def parameters(self) -> Any: ...
 
 
-@torch.no_grad()  # not inference_mode: autocast caches its weight casts only outside it
 def generate(
     model: CausalLM,
     prompts: Sequence[Sequence[int]],
@@ -64,24 +64,20 @@ def generate(
     process = ProcessorList(processors)
     device = next(iter(model.parameters())).device
     n_prompts = len(prompts)
-    tokens, valid = left_pad([*prompts, *(uncond_prompts or ())], max_new_tokens, device)  # (R, P + N)
-    prompt_len = tokens.shape[1] - max_new_tokens
     cache_dtype = None if dtype is None else resolve_dtype(dtype)
-    precision = autocast_context(device, cache_dtype or torch.float32)
-    cache = model.new_cache(tokens.shape[0], tokens.shape[1], dtype=cache_dtype)
-    sample = (sampler or Greedy()).start(n_prompts, max_new_tokens, device)
-    stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
+    with _decode_mode(device, cache_dtype):
+        tokens, valid = left_pad([*prompts, *(uncond_prompts or ())], max_new_tokens, device)  # (R, P + N)
+        prompt_len = tokens.shape[1] - max_new_tokens
+        cache = model.new_cache(tokens.shape[0], tokens.shape[1], dtype=cache_dtype)
+        sample = (sampler or Greedy()).start(n_prompts, max_new_tokens, device)
+        stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+        done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
 
-    # One autocast region for the whole call, so that autocast casts the weights to `dtype` once and not
-    # once per step (its cast cache lives until the outermost region exits); everything between two
-    # forwards (guidance, processors, sampler, callback) runs with autocast suspended, on float32 logits.
-    with precision:
         logits = model(tokens[:, :prompt_len], valid=valid[:, :prompt_len], cache=cache)[:, -1]  # (R, V)
         n_generated = 0
         for step in range(max_new_tokens):
             end = prompt_len + step
-            with torch.autocast(device.type, enabled=False):
+            with torch.autocast(device.type, enabled=False):  # guidance, processors, sampler: float32
                 next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
                 state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
                 ids = sample(process(next_logits, state), step)  # (B,)
@@ -96,6 +92,22 @@ def generate(
             logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
     generated = tokens[:n_prompts, prompt_len : prompt_len + n_generated].tolist()
     return [_cut_at_stop(row, set(stop_ids)) for row in generated]
+
+
+def _decode_mode(device: torch.device, dtype: torch.dtype | None) -> contextlib.ExitStack:
+    """Autograd off, and one autocast region for a whole `generate` call.
+
+    One region, not one per forward: autocast casts each weight to `dtype` once and reuses the cast until
+    the outermost region exits. That cache works only outside inference mode, so autocast decoding turns
+    autograd off with `no_grad`; full-precision decoding uses the cheaper `inference_mode`.
+    """
+    mode = contextlib.ExitStack()
+    if dtype is None or dtype == torch.float32:
+        mode.enter_context(torch.inference_mode())
+    else:
+        mode.enter_context(torch.no_grad())
+        mode.enter_context(autocast_context(device, dtype))
+    return mode
 
 
 def left_pad(
