@@ -16,9 +16,12 @@ other processes on a shared machine hits all settings alike; medians over rounds
 first checks that they decode the same codes. Codec decoding (ids -> pixels) is left out: it is the same
 for both and is timed once, apart.
 
-    .venv/bin/python benchmarks/generation.py                  # tiny size, batch 1 and 16, CFG 3
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/generation.py --breakdown   # tiny, batch 1 and 16, CFG 3
     .venv/bin/python benchmarks/generation.py --size small --rounds 7
-    .venv/bin/python benchmarks/generation.py --profile        # profile panglot's loop at batch 16 instead
+    .venv/bin/python benchmarks/generation.py --profile --threads 1  # cProfile panglot's loop at batch 16 instead
+
+`OMP_WAIT_POLICY=PASSIVE` matters on a loaded machine: with OpenMP's spin-waiting, two threads on two busy
+cores make every small op wait for the other thread (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
