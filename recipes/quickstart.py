@@ -18,10 +18,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import torch
+import yaml
 
+import configs
 import panglot
 from panglot.config import from_dict
 from panglot.evaluation import EvalSuite, cfg_sweep, evaluate_model, tqdm_progress
@@ -33,34 +36,22 @@ logger = logging.getLogger("panglot.quickstart")
 
 @dataclass
 class Preset:
-    codec: dict = field(default_factory=dict)  # overrides of train_codec.CodecRecipe
-    unified: dict = field(default_factory=dict)  # overrides of train_unified.UnifiedRecipe
+    codec_config: str  # YAML in configs/ for recipes/train_codec.py
+    unified_config: str  # YAML in configs/ for recipes/train_unified.py
+    codec: dict = field(default_factory=dict)  # overrides on top of the codec YAML
     val_per_cell: int = 24  # val scenes per object count for tuning the CFG scale
     test_per_cell: int = 50  # test scenes per (seen/unseen, object count) cell
     scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 PRESETS = {
-    "quickstart": Preset(
-        codec={"train": {"max_minutes": 2.5}},
-        unified={
-            "model": {"size": "tiny"},
-            "data": {"n_scenes": 20000},
-            "batch_size": 32,
-            "train": {"max_steps": 3000, "optim": {"lr": 2e-3, "warmup_steps": 100}, "ckpt_every": 500},
-        },
-    ),
-    "long": Preset(
-        codec={"train": {"max_minutes": 5.0, "max_steps": 4000}},
-        unified={
-            "model": {"size": "small"},
-            "data": {"n_scenes": 60000},
-            "batch_size": 32,
-            "train": {"max_steps": 8000, "optim": {"lr": 1e-3, "warmup_steps": 200}, "ckpt_every": 1000},
-        },
-        test_per_cell=100,
-    ),
+    "quickstart": Preset("codec_pixel_vq.yaml", "unified_quickstart.yaml"),
+    "long": Preset("codec_pixel_vq.yaml", "unified_long.yaml", codec={"train": {"max_minutes": 6.0}}, test_per_cell=100),
 }
+
+
+def _config_dict(name: str) -> dict:
+    return yaml.safe_load(resources.files(configs).joinpath(name).read_text())
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -75,15 +66,16 @@ def train_codec_stage(preset: Preset, out: Path) -> Path:
     if (codec_dir / "codec.json").is_file():
         logger.info("codec: reusing %s", codec_dir)
         return codec_dir
-    cfg = from_dict(train_codec.CodecRecipe, _merge(preset.codec, {"out_dir": str(codec_dir)}))
+    data = _merge(_merge(_config_dict(preset.codec_config), preset.codec), {"out_dir": str(codec_dir)})
+    cfg = from_dict(train_codec.CodecRecipe, data, source=preset.codec_config)
     metrics = train_codec.run(cfg)
     logger.info("codec: %s", json.dumps({k: v for k, v in metrics.items() if k != "train"}))
     return codec_dir
 
 
 def train_unified_stage(preset: Preset, out: Path, codec_dir: Path, minutes: float | None) -> None:
-    overrides = _merge(preset.unified, {"out_dir": str(out), "codec_dir": str(codec_dir)})
-    cfg = from_dict(train_unified.UnifiedRecipe, overrides)
+    data = _merge(_config_dict(preset.unified_config), {"out_dir": str(out), "codec_dir": str(codec_dir)})
+    cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
     if minutes is not None:
         cfg.train.max_steps = train_unified.steps_for_minutes(cfg, minutes)
         logger.info("unified: %.1f minutes -> %d steps on this machine", minutes, cfg.train.max_steps)

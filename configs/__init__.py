@@ -1,0 +1,1 @@
+"""Recipe YAMLs, shipped with panglot so `panglot quickstart` finds them from a wheel too."""
