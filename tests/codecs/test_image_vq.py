@@ -17,9 +17,9 @@ def tiny(**changes) -> PixelVQConfig:
 @pytest.mark.parametrize(
     ("changes", "vocab"),
     [
-        ({"quantizer": "vq"}, 64),
-        ({"quantizer": "fsq", "fsq_levels": [5, 4, 3]}, 60),
-        ({"quantizer": "lfq"}, 64),
+        ({"quantizer": "vq", "pixels": "rgb"}, 64),
+        ({"quantizer": "fsq", "fsq_levels": [5, 4, 3], "pixels": "rgb"}, 60),
+        ({"quantizer": "lfq", "pixels": "rgb"}, 64),
     ],
 )
 def test_shapes_per_quantizer(changes, vocab, world_images):
@@ -37,13 +37,15 @@ def test_shapes_per_quantizer(changes, vocab, world_images):
 
 def test_palette_output_decodes_to_exact_palette_colours(world_images):
     torch.manual_seed(0)
-    codec = PixelVQ(tiny(output="palette"))
+    codec = PixelVQ(tiny(pixels="palette"))
     x = images_to_tensor(world_images(2)[1])
     assert codec(x).decoded.shape == (2, 9, 64, 64)  # background + 8 colours
     codec.eval()
     pixels = codec.decode_tensor(codec.encode_tensor(x)).permute(0, 2, 3, 1).reshape(-1, 3)
     assert torch.cdist(pixels, codec.palette).min(dim=1).values.max() < 1e-6
-    torch.testing.assert_close(codec.palette_index(codec.palette.T[None, :, :, None]), torch.arange(9)[None, :, None])
+    torch.testing.assert_close(
+        codec.palette_index(codec.palette.T[None, :, :, None]), torch.arange(9)[None, :, None]
+    )
 
 
 def test_token_grid_follows_the_config():
@@ -70,7 +72,7 @@ def test_constructor_wants_its_config():
 
 def test_pure_lookup_matches_the_library(world_images):
     torch.manual_seed(0)
-    codec = PixelVQ(tiny())
+    codec = PixelVQ(tiny(quantizer="vq"))
     x = images_to_tensor(world_images(8)[1])
     codec(x)  # training-mode forward: k-means init
     codec.eval()
@@ -87,7 +89,7 @@ def test_check_images_names_the_expected_shape():
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])
 def test_a_few_steps_make_the_loss_fall(quantizer, world_images):
     torch.manual_seed(0)
-    codec = PixelVQ(tiny(quantizer=quantizer, fsq_levels=[4, 4, 4]))
+    codec = PixelVQ(tiny(quantizer=quantizer, fsq_levels=[4, 4, 4], pixels="rgb"))
     opt = torch.optim.AdamW(codec.parameters(), lr=3e-3)
     x = images_to_tensor(world_images(16, seed=1)[1])
     losses = []

@@ -30,20 +30,21 @@ WORLD_PALETTE = [list(BACKGROUND), *(list(rgb) for rgb in COLORS.values())]
 class PixelVQConfig:
     image_size: int = 64
     patch: int = 4  # stem: pixel-unshuffle by this factor
-    channels: list[int] = field(default_factory=lambda: [64, 128])  # stem width, then one stride-2 stage each
-    res_blocks: int = 2  # at the token grid, in encoder and decoder each
-    latent_dim: int = 64  # quantizer input/output width
-    quantizer: Literal["vq", "fsq", "lfq"] = "vq"
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # stem width, then one stride-2 stage each
+    res_blocks: int = 1  # at the token grid, in encoder and decoder each
+    latent_dim: int = 32  # quantizer input/output width
+    quantizer: Literal["vq", "fsq", "lfq"] = "fsq"  # see docs/codecs.md for the comparison
     codebook_size: int = 512  # vq, lfq (lfq: a power of 2)
     codebook_dim: int = 16  # vq: codes are looked up in this smaller space (better usage)
-    fsq_levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # fsq: vocab = product
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 6, 5])  # fsq: vocab = product (240)
     ema_decay: float = 0.9  # vq codebook EMA
     dead_code_threshold: float = 1.0  # vq: codes used less than this (EMA count) are re-seeded
     commitment_weight: float = 0.25  # vq
     entropy_loss_weight: float = 0.1  # lfq
-    # "rgb": the decoder regresses pixels (MSE + L1); "palette": it classifies each pixel into one of
-    # ``palette``'s colours (cross-entropy) and decodes to exact palette colours; flat-colour worlds only.
-    output: Literal["rgb", "palette"] = "rgb"
+    # "rgb": the encoder reads RGB and the decoder regresses it (MSE + L1). "palette" (flat-colour worlds):
+    # each pixel is its nearest ``palette`` colour, one-hot in, classified out (cross-entropy), so decoded
+    # images hold exact palette colours.
+    pixels: Literal["rgb", "palette"] = "palette"
     palette: list[list[int]] = field(default_factory=lambda: [list(c) for c in WORLD_PALETTE])
 
     def __post_init__(self) -> None:
@@ -55,8 +56,8 @@ class PixelVQConfig:
             raise ValueError(f"lfq needs a power-of-2 codebook_size, got {self.codebook_size}")
 
     @property
-    def out_channels(self) -> int:
-        return 3 if self.output == "rgb" else len(self.palette)
+    def pixel_channels(self) -> int:
+        return 3 if self.pixels == "rgb" else len(self.palette)
 
     @property
     def downsample(self) -> int:
@@ -78,7 +79,10 @@ class ResBlock(nn.Module):
 
 def build_encoder(cfg: PixelVQConfig) -> nn.Sequential:
     ch_in = cfg.channels[0]
-    layers: list[nn.Module] = [nn.PixelUnshuffle(cfg.patch), nn.Conv2d(3 * cfg.patch**2, ch_in, 3, padding=1)]
+    layers: list[nn.Module] = [
+        nn.PixelUnshuffle(cfg.patch),
+        nn.Conv2d(cfg.pixel_channels * cfg.patch**2, ch_in, 3, padding=1),
+    ]
     for ch in cfg.channels[1:]:
         layers += [nn.SiLU(), nn.Conv2d(ch_in, ch, 4, stride=2, padding=1)]
         ch_in = ch
@@ -95,7 +99,7 @@ def build_decoder(cfg: PixelVQConfig) -> nn.Sequential:
         layers += [nn.SiLU(), nn.ConvTranspose2d(ch_in, ch_out, 4, stride=2, padding=1)]
     layers += [
         nn.SiLU(),
-        nn.Conv2d(chs[-1], cfg.out_channels * cfg.patch**2, 3, padding=1),
+        nn.Conv2d(chs[-1], cfg.pixel_channels * cfg.patch**2, 3, padding=1),
         nn.PixelShuffle(cfg.patch),
     ]
     return nn.Sequential(*layers)
@@ -219,6 +223,10 @@ class PixelVQ(ImageCodec):
         return self.grid * self.grid
 
     def _latents(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.pixels == "palette":
+            x = (
+                F.one_hot(self.palette_index(x), len(self.palette)).permute(0, 3, 1, 2).to(x.dtype)
+            )  # (B, K, S, S)
         z = self.encoder(x)  # (B, D, h, w)
         return z.flatten(2).transpose(1, 2).float()  # (B, N, D), quantizer in fp32
 
@@ -237,7 +245,7 @@ class PixelVQ(ImageCodec):
 
     def to_pixels(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoder output -> (B, 3, S, S) in [-1, 1] (palette: the most likely colour per pixel)."""
-        if self.config.output == "rgb":
+        if self.config.pixels == "rgb":
             return decoded.float()
         return self.palette[decoded.argmax(dim=1)].permute(0, 3, 1, 2)
 
@@ -274,7 +282,7 @@ def pixel_vq_loss(
     weight = 1.0 + (fg_weight - 1.0) * (target != 0).float()
     weight = weight / weight.mean()
     metrics: dict[str, float] = {}
-    if codec.config.output == "rgb":
+    if codec.config.pixels == "rgb":
         err = out.decoded.float() - x
         mse = (err.pow(2).mean(dim=1) * weight).mean()
         l1 = (err.abs().mean(dim=1) * weight).mean()
