@@ -4,8 +4,9 @@ Both decode the same 64 image codes per prompt from the same weights (a random-i
 world tokenizer + a 512-code image block), with classifier-free guidance, multinomial sampling over image
 codes only, and a KV cache:
 
-- panglot: `panglot.generation.generate` as `Panglot.draw` calls it: conditional and unconditional rows in
-  one batched forward, `ModalityConstraint`, `Multinomial`;
+- panglot: `panglot.generation.generate` as `Panglot.draw` calls it: on the backbone's decoding copy
+  (`Transformer.for_decoding`: weights cast once, fused projections), conditional and unconditional rows
+  in one batched forward, `ModalityConstraint`, `Multinomial`;
 - HF: `LlamaForCausalLM.generate(guidance_scale=..., negative_prompt_ids=...)`, i.e. transformers'
   `UnbatchedClassifierFreeGuidanceLogitsProcessor` (a second, unconditional forward per step), plus a
   logits processor that allows image codes only. Its log-softmax guidance differs from panglot's raw-logit
@@ -97,10 +98,11 @@ def panglot_decoder(bench: Bench, batch: int, cfg: float, dtype: str, sampler: C
     uncond = [layout.t2i_prompt(None)] * batch
     lo, hi = slot.id_range
     constraint = ModalityConstraint(lo, hi, layout.boi, layout.eoi, slot.tokens_per_item)
+    decoder = bench.model.backbone.for_decoding(resolve_dtype(dtype))  # made once, as `Panglot` does
 
     def decode(seed: int) -> torch.Tensor:
         out = generate(
-            bench.model.backbone,
+            decoder,
             prompts,
             max_new_tokens=slot.tokens_per_item,
             processors=[constraint],
@@ -166,17 +168,18 @@ def hf_decoder(bench: Bench, batch: int, cfg: float, dtype: str, do_sample: bool
 
 
 def panglot_forwards(bench: Bench, batch: int, dtype: str) -> Decode:
-    """The model work alone of a panglot call: the same 2B-row prefill and cached single-token forwards,
-    greedy on the conditional rows; no guidance, processors or sampler."""
-    backbone, slot = bench.model.backbone, bench.slot
+    """The model work alone of a panglot call: the same decoding copy, 2B-row prefill and cached
+    single-token forwards, greedy on the conditional rows; no guidance, processors or sampler."""
+    slot = bench.slot
     rows = [bench.layout.t2i_prompt(c) for c in bench.captions[:batch]] + [bench.layout.t2i_prompt(None)] * batch
     tokens, valid = left_pad(rows, 0, torch.device("cpu"))  # (2B, P)
-    cache_dtype = None if dtype == "fp32" else resolve_dtype(dtype)
+
+    backbone = bench.model.backbone.for_decoding(resolve_dtype(dtype))
 
     def decode(seed: int) -> torch.Tensor:
         codes = []
-        with torch.no_grad(), autocast_context("cpu", dtype):
-            cache = backbone.new_cache(2 * batch, tokens.shape[1] + slot.tokens_per_item, dtype=cache_dtype)
+        with torch.inference_mode():
+            cache = backbone.new_cache(2 * batch, tokens.shape[1] + slot.tokens_per_item)
             logits = backbone(tokens, valid=valid, cache=cache)[:, -1]  # (2B, V)
             for step in range(slot.tokens_per_item):
                 codes.append(logits[:batch].argmax(-1))

@@ -24,6 +24,7 @@ from panglot.data.images import ImageLike
 from panglot.generation import Greedy, ModalityConstraint, Multinomial, Temperature, TopK, generate
 from panglot.model.run import load_model
 from panglot.model.unified import UnifiedModel
+from panglot.nn import resolve_dtype
 
 ProgressFn = Callable[[int, int], None]  # (rows done, rows total)
 
@@ -51,6 +52,7 @@ class Panglot:
         self.defaults = defaults or DrawDefaults()
         self.batch_size = batch_size
         self.dtype = dtype
+        self._decoder = model.backbone.for_decoding(None if dtype is None else resolve_dtype(dtype))
         self.tokenizer = model.vocab.text
         self.layout = model.layout
         self._slot = model.vocab.slot(model.image_slot)
@@ -122,7 +124,7 @@ class Panglot:
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             out = generate(
-                self.model.backbone,
+                self._decoder,
                 chunk,
                 max_new_tokens=self._slot.tokens_per_item,
                 processors=processors,
@@ -160,7 +162,7 @@ class Panglot:
         answers = []
         for start in range(0, len(prompts), self.batch_size):
             out = generate(
-                self.model.backbone,
+                self._decoder,
                 prompts[start : start + self.batch_size],
                 max_new_tokens=max_tokens,
                 processors=[forbid_images],

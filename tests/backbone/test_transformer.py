@@ -159,3 +159,23 @@ def test_debug_model_golden_logits():
     expected = torch.tensor([-0.059542, 0.260084, -0.327401, -0.328187])
     torch.testing.assert_close(logits[0, -1, :4], expected, atol=1e-5, rtol=1e-4)
     assert abs(logits.std().item() - 0.153696) < 1e-5
+
+
+@torch.no_grad()
+def test_decoding_copy_gives_the_same_logits_and_leaves_the_model_alone(model):
+    keys = set(model.state_dict())
+    decoder = model.for_decoding()
+    assert decoder.is_decoding_copy and not model.is_decoding_copy and set(model.state_dict()) == keys
+    assert decoder.for_decoding() is decoder
+    tokens = _tokens(2, 9, seed=6)
+    cache = decoder.new_cache(batch=2, max_len=9)
+    steps = [decoder(tokens[:, :4], cache=cache)] + [
+        decoder(tokens[:, t : t + 1], cache=cache) for t in range(4, 9)
+    ]
+    torch.testing.assert_close(torch.cat(steps, dim=1), model(tokens), atol=1e-5, rtol=1e-5)
+    bf16 = model.for_decoding(torch.bfloat16)
+    assert (
+        bf16.layers[0].attention.wqkv.weight.dtype is torch.bfloat16 and bf16.rope.cos.dtype is torch.float32
+    )
+    assert model.layers[0].attention.wq.weight.dtype is torch.float32
+    torch.testing.assert_close(bf16(tokens).float(), model(tokens), atol=0.1, rtol=0.1)

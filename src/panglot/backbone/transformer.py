@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -87,6 +88,32 @@ class Transformer(nn.Module):
             device=weight.device,
         )
 
+    def for_decoding(self, dtype: torch.dtype | None = None) -> Transformer:
+        """An inference copy for decoding: weights cast once to `dtype` (None keeps them), q/k/v and
+        the SwiGLU gate/up projections fused into one matmul each, autograd off.
+
+        Same numbers as this model (norms still compute in fp32, RoPE tables stay fp32), but its
+        state_dict keys differ: decode with it, save this one. Weights that keep their dtype and are
+        not fused are shared with this model, the others copied once: far less than a decode, which
+        reads all of them at every step. On a decoding copy of `dtype` already, returns it as it is.
+        """
+        if self.is_decoding_copy and dtype in (None, self.tok_embeddings.weight.dtype):
+            return self
+        weights = {
+            id(p): nn.Parameter(p.detach().to(dtype or p.dtype), requires_grad=False)
+            for p in self.parameters()
+        }
+        decoder = copy.deepcopy(self, memo=weights).eval()
+        for block in decoder.layers:
+            block.attention.fuse_qkv()
+            block.feed_forward.fuse_gate_up()
+        return decoder
+
+    @property
+    def is_decoding_copy(self) -> bool:
+        """Made by `for_decoding` (fused projections)."""
+        return self.layers[0].attention.wqkv is not None
+
     def forward_hidden(
         self,
         tokens: torch.Tensor | None = None,
@@ -115,7 +142,8 @@ class Transformer(nn.Module):
                 positions, mask = torch.arange(t, device=x.device)[None], None
             else:
                 positions, mask = (valid.long().cumsum(1) - 1).clamp(min=0), attention_mask(valid)
-        cos, sin = self.rope(positions)
+        cos, sin = self.rope(positions)  # fp32 tables, cast once here rather than in every layer
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i)
         return self.norm(x)

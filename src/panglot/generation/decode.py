@@ -8,7 +8,6 @@ both rows of its pair (see `guidance.py`).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -17,7 +16,7 @@ import torch
 from panglot.generation.guidance import ClassifierFreeGuidance
 from panglot.generation.processors import DecodeState, LogitsProcessor, ProcessorList
 from panglot.generation.sampling import Greedy, Sampler
-from panglot.nn.precision import autocast_context, resolve_dtype
+from panglot.nn.precision import resolve_dtype
 
 StepCallback = Callable[[int, torch.Tensor], None]
 
@@ -32,6 +31,10 @@ class CausalLM(Protocol):
         ...
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> Any: ...
+
+    def for_decoding(self, dtype: torch.dtype | None = None) -> CausalLM:
+        """An inference copy with weights in `dtype` (None keeps them), laid out for fast decoding."""
+        ...
 
     def parameters(self) -> Any: ...
 
@@ -56,8 +59,9 @@ def generate(
     order on float32 logits; `sampler` defaults to :class:`Greedy`. `uncond_prompts` (one per prompt)
     turn on classifier-free guidance with `cfg_scale`. `callback(step, tokens)` is called after every
     step with the ids generated so far, (B, step + 1), a view of the decode buffer (copy what you keep).
-    `dtype` (e.g. "bf16") runs the forwards under autocast and keeps the KV cache in that dtype; None
-    keeps the model's own dtype.
+    `dtype` (e.g. "bf16") decodes with the weights and KV cache cast once to that dtype (logits go to
+    float32 for the processors); None keeps the model's own dtype. The forwards run on
+    `model.for_decoding(dtype)`, a copy made once per call.
     """
     _check_request(prompts, uncond_prompts, cfg_scale, max_new_tokens)
     guidance = ClassifierFreeGuidance(cfg_scale) if uncond_prompts is not None else None
@@ -65,7 +69,8 @@ def generate(
     device = next(iter(model.parameters())).device
     n_prompts = len(prompts)
     cache_dtype = None if dtype is None else resolve_dtype(dtype)
-    with _decode_mode(device, cache_dtype):
+    model = model.for_decoding(cache_dtype)
+    with torch.inference_mode():
         tokens, valid = left_pad([*prompts, *(uncond_prompts or ())], max_new_tokens, device)  # (R, P + N)
         prompt_len = tokens.shape[1] - max_new_tokens
         cache = model.new_cache(tokens.shape[0], tokens.shape[1], dtype=cache_dtype)
@@ -77,14 +82,13 @@ def generate(
         n_generated = 0
         for step in range(max_new_tokens):
             end = prompt_len + step
-            with torch.autocast(device.type, enabled=False):  # guidance, processors, sampler: float32
-                next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
-                state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
-                ids = sample(process(next_logits, state), step)  # (B,)
-                tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
-                n_generated = step + 1
-                if callback is not None:
-                    callback(step, tokens[:n_prompts, prompt_len : end + 1])
+            next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
+            state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
+            ids = sample(process(next_logits, state), step)  # (B,)
+            tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
+            n_generated = step + 1
+            if callback is not None:
+                callback(step, tokens[:n_prompts, prompt_len : end + 1])
             if len(stops):
                 done |= torch.isin(ids, stops)
             if n_generated == max_new_tokens or (len(stops) and bool(done.all())):
@@ -92,22 +96,6 @@ def generate(
             logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
     generated = tokens[:n_prompts, prompt_len : prompt_len + n_generated].tolist()
     return [_cut_at_stop(row, set(stop_ids)) for row in generated]
-
-
-def _decode_mode(device: torch.device, dtype: torch.dtype | None) -> contextlib.ExitStack:
-    """Autograd off, and one autocast region for a whole `generate` call.
-
-    One region, not one per forward: autocast casts each weight to `dtype` once and reuses the cast until
-    the outermost region exits. That cache works only outside inference mode, so autocast decoding turns
-    autograd off with `no_grad`; full-precision decoding uses the cheaper `inference_mode`.
-    """
-    mode = contextlib.ExitStack()
-    if dtype is None or dtype == torch.float32:
-        mode.enter_context(torch.inference_mode())
-    else:
-        mode.enter_context(torch.no_grad())
-        mode.enter_context(autocast_context(device, dtype))
-    return mode
 
 
 def left_pad(

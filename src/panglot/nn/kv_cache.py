@@ -77,6 +77,10 @@ def attention_mask(key_valid: torch.Tensor, query_start: int = 0) -> torch.Tenso
     nothing (an all-masked row would give NaN that then leaks through the next layer's values).
     """
     n_keys = key_valid.shape[1]
+    if query_start == n_keys - 1:  # one query in the last slot (a decode step): causality hides nothing
+        mask = key_valid.clone()
+        mask[:, -1] = True
+        return mask[:, None, None]
     query_slots = torch.arange(query_start, n_keys, device=key_valid.device)[:, None]  # (T, 1)
     key_slots = torch.arange(n_keys, device=key_valid.device)[None, :]  # (1, S)
     causal = key_slots <= query_slots  # (T, S)
