@@ -52,6 +52,7 @@ class CodecTrainConfig:
     grad_clip: float = 1.0
     l1_weight: float = 1.0  # rgb output: loss = MSE + l1_weight * L1
     fg_weight: float = 3.0  # weight of non-background pixels relative to background ones
+    edge_weight: float = 5.0  # extra weight of pixels at a colour edge
     precision: Literal["bf16", "fp32"] = "bf16"
     seed: int = 0
     log_every: int = 50
@@ -155,7 +156,7 @@ def train(codec: PixelVQ, cfg: CodecTrainConfig, data_seed: int) -> dict[str, An
         for group in opt.param_groups:
             group["lr"] = cfg.lr * lr_factor(progress, step, cfg.warmup_steps, cfg.min_lr_ratio)
         with autocast_context(device, cfg.precision):
-            loss, metrics = pixel_vq_loss(codec, x.to(device), cfg.l1_weight, cfg.fg_weight)
+            loss, metrics = pixel_vq_loss(codec, x.to(device), cfg.l1_weight, cfg.fg_weight, cfg.edge_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.parameters(), cfg.grad_clip)

@@ -7,6 +7,7 @@ import torch
 
 from panglot.codecs import images_to_tensor
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
+from panglot.codecs.image_vq.model import edge_mask
 
 
 def tiny(**changes) -> PixelVQConfig:
@@ -100,3 +101,11 @@ def test_a_few_steps_make_the_loss_fall(quantizer, world_images):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_edge_mask_marks_both_sides_of_a_colour_edge():
+    classes = torch.zeros(1, 6, 6, dtype=torch.long)
+    classes[0, 2:4, 2:4] = 3  # a 2 x 2 square: every pixel within one step of it is an edge pixel
+    expected = torch.zeros(1, 6, 6, dtype=torch.bool)
+    expected[0, 1:5, 1:5] = True
+    torch.testing.assert_close(edge_mask(classes), expected)

@@ -21,7 +21,7 @@ TINY = ["codec.patch=4", "codec.channels=[16,32]", "codec.latent_dim=16", "codec
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("codec_run")
     argv = [*TINY, f"out_dir={out}", "threads=1", "train.max_steps=250", "train.batch_size=16",
-            "train.max_minutes=null", "eval.n_images=200", "eval.splits=[val,test-unseen]"]  # fmt: skip
+            "train.max_minutes=null", "train.edge_weight=1", "eval.n_images=200", "eval.splits=[val,test-unseen]"]  # fmt: skip
     return out, train_codec.main(argv)
 
 

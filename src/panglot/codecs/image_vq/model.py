@@ -268,18 +268,27 @@ class PixelVQ(ImageCodec):
         return self.to_pixels(self._pixels(codes))
 
 
+def edge_mask(classes: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) colour classes -> (B, S, S) bool: pixels with another class in their 3x3 neighbourhood."""
+    padded = F.pad(classes[:, None].float(), (1, 1, 1, 1), mode="replicate")
+    hi = F.max_pool2d(padded, 3, stride=1)[:, 0]
+    lo = -F.max_pool2d(-padded, 3, stride=1)[:, 0]
+    return hi != lo
+
+
 def pixel_vq_loss(
-    codec: PixelVQ, x: torch.Tensor, l1_weight: float = 1.0, fg_weight: float = 1.0
+    codec: PixelVQ, x: torch.Tensor, l1_weight: float = 1.0, fg_weight: float = 1.0, edge_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction + the quantizer's aux loss.
 
     "rgb": MSE + ``l1_weight`` * L1 (L1 keeps flat-colour edges sharp); "palette": cross-entropy against
     each pixel's nearest palette colour. Pixels that are not background (palette colour 0) weigh
-    ``fg_weight``: in ShapesWorld ~90% of pixels are background, and the shapes are what matters.
+    ``fg_weight``: in ShapesWorld ~90% of pixels are background, and the shapes are what matters;
+    pixels at a colour edge weigh ``edge_weight`` more on top (small shapes are almost all edge).
     """
     out = codec(x)
     target = codec.palette_index(x)  # (B, S, S)
-    weight = 1.0 + (fg_weight - 1.0) * (target != 0).float()
+    weight = 1.0 + (fg_weight - 1.0) * (target != 0).float() + (edge_weight - 1.0) * edge_mask(target).float()
     weight = weight / weight.mean()
     metrics: dict[str, float] = {}
     if codec.config.pixels == "rgb":
