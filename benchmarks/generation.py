@@ -260,14 +260,15 @@ def run_rounds(settings: list[Setting], rounds: int, warmup: int) -> None:
 
 
 def report(settings: list[Setting]) -> None:
-    print("| batch | setting | wall s/call (median) | CPU s/call | images/s | panglot / HF (same dtype) |")
+    print("| batch | setting | wall s/call (median) | CPU s/call | images/s | panglot / HF (same dtype): wall (CPU) |")
     print("|---:|---|---:|---:|---:|---:|")
     for s in settings:
         wall = statistics.median(s.wall)
         ratio = ""
         if s.name.startswith("panglot"):
             hf = next(o for o in settings if o.batch == s.batch and o.name == s.name.replace("panglot", "HF"))
-            ratio = f"{statistics.median(hf.wall) / wall:.1f}x"
+            cpu_ratio = statistics.median(hf.cpu) / statistics.median(s.cpu)
+            ratio = f"{statistics.median(hf.wall) / wall:.1f}x ({cpu_ratio:.1f}x)"
         print(
             f"| {s.batch} | {s.name} | {wall:.3f} | {statistics.median(s.cpu):.3f} "
             f"| {s.batch / wall:.1f} | {ratio} |"
