@@ -39,14 +39,33 @@ class Preset:
     codec_config: str  # YAML in configs/ for recipes/train_codec.py
     unified_config: str  # YAML in configs/ for recipes/train_unified.py
     codec: dict = field(default_factory=dict)  # overrides on top of the codec YAML
+    unified: dict = field(default_factory=dict)  # overrides on top of the unified YAML
+    unified_minutes: float | None = None  # fit the unified training to this budget (None: the YAML's steps)
     val_per_cell: int = 24  # val scenes per object count for tuning the CFG scale
     test_per_cell: int = 50  # test scenes per (seen/unseen, object count) cell
     scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
 
 
 PRESETS = {
-    "quickstart": Preset("codec_pixel_vq.yaml", "unified_quickstart.yaml"),
-    "long": Preset("codec_pixel_vq.yaml", "unified_long.yaml", codec={"train": {"max_minutes": 6.0}}, test_per_cell=100),
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 9 min unified model, the rest tuning and evaluation.
+    "quickstart": Preset("codec_pixel_vq.yaml", "unified_quickstart.yaml", unified_minutes=9.0),
+    # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
+    "ci": Preset(
+        "codec_pixel_vq.yaml",
+        "unified_quickstart.yaml",
+        codec={"train": {"max_minutes": 1.0}, "eval": {"n_images": 200}},
+        unified={"data": {"n_scenes": 4000}, "tokenizer_scenes": 1000, "train": {"max_steps": 250, "ckpt_every": 0}},
+        val_per_cell=8,
+        test_per_cell=16,
+        scales=(1.0, 3.0),
+    ),
+    "long": Preset(
+        "codec_pixel_vq.yaml",
+        "unified_long.yaml",
+        codec={"train": {"max_minutes": 8.0}},
+        unified_minutes=45.0,
+        test_per_cell=100,
+    ),
 }
 
 
@@ -74,10 +93,15 @@ def train_codec_stage(preset: Preset, out: Path) -> Path:
 
 
 def train_unified_stage(preset: Preset, out: Path, codec_dir: Path, minutes: float | None) -> None:
-    data = _merge(_config_dict(preset.unified_config), {"out_dir": str(out), "codec_dir": str(codec_dir)})
+    data = _merge(_config_dict(preset.unified_config), preset.unified)
+    data = _merge(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
     cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
-    if minutes is not None:
-        cfg.train.max_steps = train_unified.steps_for_minutes(cfg, minutes)
+    if minutes is not None:  # calibrated once; a resumed quickstart keeps the same step count
+        budget = out / "unified_steps.json"
+        if not budget.is_file():
+            steps = train_unified.steps_for_minutes(cfg, minutes)
+            budget.write_text(json.dumps({"minutes": minutes, "max_steps": steps}) + "\n")
+        cfg.train.max_steps = json.loads(budget.read_text())["max_steps"]
         logger.info("unified: %.1f minutes -> %d steps on this machine", minutes, cfg.train.max_steps)
     train_unified.run(cfg, resume=True)
 
@@ -109,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     codec_dir = train_codec_stage(preset, out)
     lap("codec_s")
-    train_unified_stage(preset, out, codec_dir, args.minutes)
+    train_unified_stage(preset, out, codec_dir, args.minutes if args.minutes is not None else preset.unified_minutes)
     lap("unified_s")
     m = panglot.load(out)
     tune_cfg(m, out, preset)

@@ -121,7 +121,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     args = parser.parse_args(argv)
-    cfg = load_config(UnifiedRecipe, args.config, args.overrides)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # overrides only, no YAML
+        config, overrides = None, [config, *overrides]
+    cfg = load_config(UnifiedRecipe, config, overrides)
     return run(cfg, resume=args.resume)
 
 

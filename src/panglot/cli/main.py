@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="train and evaluate a unified model on ShapesWorld, from scratch")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
-    p.add_argument("--preset", choices=["quickstart", "long"], default="quickstart", help="recipe size")
+    p.add_argument("--preset", choices=["quickstart", "long", "ci"], default="quickstart", help="recipe size")
     p.set_defaults(fn=cmd_quickstart)
 
     p = sub.add_parser("train", help="run a training recipe: panglot train RECIPE.yaml [key=value ...]")
