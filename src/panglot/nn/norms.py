@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,8 +20,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., D) -> (..., D)
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)  # one fused op: x / rms(x)
-        out = self.weight * normed.to(x.dtype)
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        out = self.weight * x32.to(x.dtype)
         if torch.is_autocast_enabled(x.device.type):
             out = out.to(torch.get_autocast_dtype(x.device.type))
         return out
