@@ -96,14 +96,7 @@ def train_unified_stage(preset: Preset, out: Path, codec_dir: Path, minutes: flo
     data = _merge(_config_dict(preset.unified_config), preset.unified)
     data = _merge(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
     cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
-    if minutes is not None:  # calibrated once; a resumed quickstart keeps the same step count
-        budget = out / "unified_steps.json"
-        if not budget.is_file():
-            steps = train_unified.steps_for_minutes(cfg, minutes)
-            budget.write_text(json.dumps({"minutes": minutes, "max_steps": steps}) + "\n")
-        cfg.train.max_steps = json.loads(budget.read_text())["max_steps"]
-        logger.info("unified: %.1f minutes -> %d steps on this machine", minutes, cfg.train.max_steps)
-    train_unified.run(cfg, resume=True)
+    train_unified.run(cfg, resume=True, minutes=minutes)
 
 
 def tune_cfg(m: panglot.pipeline.Panglot, out: Path, preset: Preset) -> dict:

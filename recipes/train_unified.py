@@ -10,6 +10,7 @@ Needs a trained image codec (``recipes/train_codec.py``), named by ``codec_dir``
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -84,30 +85,47 @@ def loss_fn(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return loss, metrics
 
 
-def steps_for_minutes(cfg: UnifiedRecipe, minutes: float, device: str = "cpu", probe_steps: int = 6) -> int:
-    """How many optimizer steps fit in ``minutes`` on this machine: times a few forward/backward passes."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    model, loader = build(cfg, device)
+def seconds_per_step(model: UnifiedModel, loader: StatefulLoader, cfg: UnifiedRecipe, probe_steps: int = 6) -> float:
+    """Median time of a training step on this machine, from a few forward/backward passes.
+
+    The loader is rewound and the gradients dropped afterwards, so the run that follows is the same as one
+    that never probed.
+    """
+    state = loader.state_dict()
     model.train()
     dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     elapsed = []
     for _ in range(probe_steps + 2):
         batch = next(loader)
         start = time.perf_counter()
-        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device_type=model.device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss, _ = loss_fn(model, batch)
         loss.backward()
         elapsed.append(time.perf_counter() - start)
-    per_step = sorted(elapsed[2:])[len(elapsed[2:]) // 2] * cfg.train.grad_accum * 1.1  # + optimizer step
-    return max(1, int(minutes * 60 / per_step))
+    loader.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    timed = sorted(elapsed[2:])  # the first passes warm up
+    return timed[len(timed) // 2] * cfg.train.grad_accum * 1.1  # + the optimizer step
 
 
-def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu") -> Path:
-    """Train and export; returns the run directory."""
+def fit_steps_to_minutes(cfg: UnifiedRecipe, model: UnifiedModel, loader: StatefulLoader, minutes: float) -> int:
+    """``train.max_steps`` for a wall-clock budget, measured once and kept in ``OUT/train_budget.json`` so a
+    resumed run trains the same number of steps."""
+    path = Path(cfg.out_dir) / "train_budget.json"
+    if not path.is_file():
+        steps = max(1, int(minutes * 60 / seconds_per_step(model, loader, cfg)))
+        path.write_text(json.dumps({"minutes": minutes, "max_steps": steps}) + "\n")
+    return json.loads(path.read_text())["max_steps"]
+
+
+def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu", minutes: float | None = None) -> Path:
+    """Train and export; returns the run directory. ``minutes`` fits ``train.max_steps`` to a time budget."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, loader = build(cfg, device)
+    if minutes is not None:
+        cfg.train.max_steps = fit_steps_to_minutes(cfg, model, loader, minutes)
+        logger.info("%.1f minutes -> %d steps on this machine", minutes, cfg.train.max_steps)
     trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train")
     summary = trainer.train(resume=resume)
     logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))
@@ -120,12 +138,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("config", nargs="?", help="recipe YAML")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--minutes", type=float, default=None, help="fit train.max_steps to this time budget")
     args = parser.parse_args(argv)
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
     cfg = load_config(UnifiedRecipe, config, overrides)
-    return run(cfg, resume=args.resume)
+    return run(cfg, resume=args.resume, minutes=args.minutes)
 
 
 if __name__ == "__main__":
