@@ -1,4 +1,5 @@
-"""The codec recipe end to end on a tiny budget: it trains, measures, saves, and what it saves loads.
+"""The codec recipe on the shared trainer, on a tiny budget: it trains, measures, saves, and what it saves
+loads; a resumed run equals an uninterrupted one; a minutes budget becomes a step count.
 
 The real quality figures come from the recipe at full budget (see docs/codecs.md), not from this test.
 """
@@ -6,15 +7,23 @@ The real quality figures come from the recipe at full budget (see docs/codecs.md
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from panglot.codecs import load_codec
 from panglot.codecs.image_vq import PixelVQ
+from panglot.config import load_config
+from panglot.training import latest_checkpoint
 from recipes import train_codec
 
 TINY = ["codec.patch=4", "codec.channels=[16,32]", "codec.latent_dim=16", "codec.codebook_size=64"]
+MICRO = ["codec.patch=8", "codec.channels=[8,8]", "codec.latent_dim=8", "codec.fsq_levels=[4,4]"]
+
+
+def micro_recipe(*overrides: str) -> train_codec.CodecRecipe:
+    return load_config(train_codec.CodecRecipe, None, [*MICRO, "train.batch_size=4", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +34,17 @@ def tiny_run(tmp_path_factory):
     return out, train_codec.main(argv)
 
 
-def test_recipe_writes_a_loadable_codec_and_metrics(tiny_run):
+def test_recipe_writes_a_loadable_codec_checkpoints_and_metrics(tiny_run):
     out, metrics = tiny_run
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["config"]["codec"]["channels"] == [16, 32]
     for split in ("val", "test-unseen"):
         m = on_disk[split]
         assert m["n_images"] == 200 and 0 <= m["codebook_usage"] <= 1 and 0 <= m["oracle_preserved"] <= 1
-    assert (
-        on_disk["train"]["steps"] == 250 and on_disk["train"]["final_loss"] < on_disk["train"]["first_loss"]
-    )
+    summary = on_disk["train"]
+    assert summary["steps"] == summary["max_steps"] == 250 and summary["resumed_from"] is None
+    assert summary["final_loss"] < summary["first_loss"]
+    assert latest_checkpoint(out / "train").name == "step_00000250"
     codec = load_codec(out)
     assert isinstance(codec, PixelVQ) and codec.metrics["val"] == metrics["val"]
 
@@ -52,6 +62,76 @@ def test_training_beats_an_untrained_codec(tiny_run):
     assert trained["psnr_db"] > untrained["psnr_db"] + 10
 
 
+def test_train_images_resume_where_they_stopped():
+    data = train_codec.TrainImages(batch_size=3, seed=1)
+    next(data)
+    state = json.loads(json.dumps(data.state_dict()))
+    expected = next(data)
+    restored = train_codec.TrainImages(batch_size=3, seed=1)
+    restored.load_state_dict(state)
+    assert torch.equal(next(restored), expected)
+    assert not torch.equal(next(train_codec.TrainImages(batch_size=3, seed=2)), expected)
+    with pytest.raises(ValueError, match=r"\(batch_size, seed\) = \(3, 1\).*\(4, 1\)"):
+        train_codec.TrainImages(batch_size=4, seed=1).load_state_dict(state)
+
+
+def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
+    cfg = micro_recipe("train.max_steps=6", "train.ckpt_every=3", "train.log_every=1")
+
+    def fresh_codec(seed: int) -> PixelVQ:
+        torch.manual_seed(seed)
+        return PixelVQ(cfg.codec)
+
+    reference = fresh_codec(0)
+    train_codec.train(reference, cfg.train, cfg.data_seed, tmp_path / "ref")
+
+    def crash(trainer, metrics):
+        if trainer.step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_codec.train(fresh_codec(0), cfg.train, cfg.data_seed, tmp_path / "run", callbacks=[crash])
+    resumed = fresh_codec(1)  # other initial weights: everything must come from the checkpoint
+    summary = train_codec.train(resumed, cfg.train, cfg.data_seed, tmp_path / "run", resume=True)
+    assert summary["resumed_from"] == 3 and summary["steps"] == 6
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+              for d in ("ref", "run")]  # fmt: skip
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+
+
+def test_steps_for_minutes_is_capped_by_max_steps():
+    assert train_codec.steps_for_minutes(1.0, per_step_s=0.5, max_steps=1000) == 120
+    assert train_codec.steps_for_minutes(1.0, per_step_s=0.5, max_steps=50) == 50
+    assert train_codec.steps_for_minutes(0.001, per_step_s=0.5, max_steps=50) == 1
+
+
+def test_a_minutes_budget_is_timed_into_steps_and_kept_on_resume(tmp_path):
+    cfg = micro_recipe("train.max_minutes=0.05", "train.max_steps=1000000")
+    steps = train_codec.planned_steps(cfg, tmp_path, resume=False)
+    per_step = train_codec.seconds_per_step(cfg.codec, cfg.train, cfg.data_seed)
+    assert 1 <= steps < 1_000_000 and 0 < per_step < 3  # 3 s = 0.05 min: at least one step fits
+    capped = micro_recipe("train.max_minutes=0.05", "train.max_steps=2")
+    assert train_codec.planned_steps(capped, tmp_path, resume=False) == 2
+    steps_only = micro_recipe("train.max_minutes=null", "train.max_steps=7")
+    assert train_codec.planned_steps(steps_only, tmp_path, resume=False) == 7
+    torch.manual_seed(0)
+    train_codec.train(PixelVQ(cfg.codec), replace(cfg.train, max_steps=3), cfg.data_seed, tmp_path)
+    assert train_codec.planned_steps(cfg, tmp_path, resume=True) == 3  # the checkpoint's count, not re-timed
+
+
 def test_overrides_without_a_yaml_and_unknown_keys(tmp_path):
     with pytest.raises(ValueError, match=r"unknown key 'train\.max_stepz'"):
         train_codec.main([f"out_dir={tmp_path}", "train.max_stepz=3"])
+
+
+def test_the_shipped_config_loads_with_the_quickstart_overrides():
+    cfg = load_config(train_codec.CodecRecipe, "configs/codec_pixel_vq.yaml", ["train.max_minutes=1", "eval.n_images=10"])  # fmt: skip
+    assert cfg.train.max_minutes == 1 and cfg.train.optim.lr == 3e-3 and cfg.train.optim.betas == (0.9, 0.99)
+    assert (
+        load_config(train_codec.CodecRecipe).train
+        == load_config(
+            train_codec.CodecRecipe, "configs/codec_pixel_vq.yaml", ["train.max_minutes=3.0"]
+        ).train
+    )
