@@ -90,8 +90,7 @@ class WorldMixture:
         task = self._tasks[int(np.searchsorted(self._cum, rng.random(), side="right").clip(0, len(self._tasks) - 1))]
         weight = self.cfg.loss_weights.get(task, 1.0)
         if task == "vqa":
-            qa = vqa.questions(scene, rng)
-            pick = qa[int(rng.integers(len(qa)))]
+            pick = vqa.questions(scene, rng, k=1)[0]  # a random kind first, so rare kinds (count) are learnt too
             return self.layout.vqa(codes, self.tok.encode(pick.question), self.tok.encode(pick.answer), weight)
         if task == "caption":  # answers are always in the canonical language
             return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)
