@@ -5,7 +5,7 @@ world tokenizer + a 512-code image block), with classifier-free guidance, multin
 codes only, and a KV cache:
 
 - panglot: `panglot.generation.generate` as `Panglot.draw` calls it: on the backbone's decoding copy
-  (`Transformer.for_decoding`: weights cast once, fused projections), conditional and unconditional rows
+  (`Transformer.for_decoding`: weights cast once to the decoding dtype), conditional and unconditional rows
   in one batched forward, `ModalityConstraint`, `Multinomial`;
 - HF: `LlamaForCausalLM.generate(guidance_scale=..., negative_prompt_ids=...)`, i.e. transformers'
   `UnbatchedClassifierFreeGuidanceLogitsProcessor` (a second, unconditional forward per step), plus a

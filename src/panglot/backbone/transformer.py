@@ -89,30 +89,17 @@ class Transformer(nn.Module):
         )
 
     def for_decoding(self, dtype: torch.dtype | None = None) -> Transformer:
-        """An inference copy for decoding: weights cast once to `dtype` (None keeps them), q/k/v and
-        the SwiGLU gate/up projections fused into one matmul each, autograd off.
+        """This model with its weights in `dtype`, for decoding: itself when they already are (or
+        dtype is None), else an inference copy with the weights cast once, autograd off.
 
-        Same numbers as this model (norms still compute in fp32, RoPE tables stay fp32), but its
-        state_dict keys differ: decode with it, save this one. Weights that keep their dtype and are
-        not fused are shared with this model, the others copied once: far less than a decode, which
-        reads all of them at every step. On a decoding copy of `dtype` already, returns it as it is.
+        Decoding on a bf16 copy instead of under autocast saves autocast's casts and dispatch on every
+        op of every step. Norms still compute in fp32 and RoPE tables stay fp32. The copy costs one
+        cast of the weights, far less than a decode, which reads all of them at every step.
         """
-        if self.is_decoding_copy and dtype in (None, self.tok_embeddings.weight.dtype):
+        if dtype is None or dtype == self.tok_embeddings.weight.dtype:
             return self
-        weights = {
-            id(p): nn.Parameter(p.detach().to(dtype or p.dtype), requires_grad=False)
-            for p in self.parameters()
-        }
-        decoder = copy.deepcopy(self, memo=weights).eval()
-        for block in decoder.layers:
-            block.attention.fuse_qkv()
-            block.feed_forward.fuse_gate_up()
-        return decoder
-
-    @property
-    def is_decoding_copy(self) -> bool:
-        """Made by `for_decoding` (fused projections)."""
-        return self.layers[0].attention.wqkv is not None
+        weights = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
+        return copy.deepcopy(self, memo=weights).eval()
 
     def forward_hidden(
         self,

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from panglot.nn.kv_cache import KVCache
-from panglot.nn.linear import stack_linears
 from panglot.nn.rope import apply_rotary
 
 
@@ -15,8 +14,7 @@ class Attention(nn.Module):
     """Causal self-attention through `F.scaled_dot_product_attention`.
 
     n_kv_heads < n_heads gives grouped-query attention (each key/value head serves
-    n_heads / n_kv_heads query heads). `qkv_bias` adds biases to q/k/v (Qwen2). `fuse_qkv()` turns
-    an inference copy's three input projections into one matmul.
+    n_heads / n_kv_heads query heads). `qkv_bias` adds biases to q/k/v (Qwen2).
     """
 
     def __init__(
@@ -30,23 +28,6 @@ class Attention(nn.Module):
         self.wk = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.wv = nn.Linear(dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.wo = nn.Linear(n_heads * head_dim, dim, bias=False)
-        self.wqkv: nn.Linear | None = None  # set by fuse_qkv
-
-    def fuse_qkv(self) -> None:
-        """Replace wq, wk, wv by one Linear `wqkv` over their stacked weights: one matmul per forward
-        instead of three. For inference copies: the state_dict keys change (see `Transformer.for_decoding`).
-        """
-        if self.wqkv is not None:
-            return
-        self.wqkv = stack_linears(self.wq, self.wk, self.wv)
-        self.wq = self.wk = self.wv = None
-
-    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, T, D) -> q (B, T, H * Dh), k and v (B, T, H_kv * Dh)."""
-        if self.wqkv is None:
-            return self.wq(x), self.wk(x), self.wv(x)
-        kv_width = self.n_kv_heads * self.head_dim
-        return self.wqkv(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
 
     def forward(
         self,
@@ -63,10 +44,9 @@ class Attention(nn.Module):
         and the queries attend over everything cached so far.
         """
         b, t, _ = x.shape
-        q, k, v = self._project_qkv(x)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, Dh)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, H_kv, T, Dh)
+        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k.to(cache.keys[layer].dtype), v.to(cache.values[layer].dtype))
