@@ -183,7 +183,7 @@ def codec_loss(
 
 
 def seconds_per_step(
-    codec_cfg: PixelVQConfig, cfg: CodecTrainConfig, data_seed: int, device: str = "cpu", probe_steps: int = 4
+    codec_cfg: PixelVQConfig, cfg: CodecTrainConfig, data_seed: int, device: str = "cpu", probe_steps: int = 8
 ) -> float:
     """Median time of one training step on this machine (render a batch, forward, backward; + 10% for the
     optimizer step), measured on a throwaway codec after two warm-up steps."""
