@@ -54,7 +54,7 @@ PRESETS = {
         "codec_pixel_vq.yaml",
         "unified_quickstart.yaml",
         codec={"train": {"max_minutes": 1.0}, "eval": {"n_images": 200}},
-        unified={"data": {"n_scenes": 4000}, "tokenizer_scenes": 1000, "train": {"max_steps": 250, "ckpt_every": 0}},
+        unified={"data": {"n_scenes": 4000}, "tokenizer_scenes": 1000, "train": {"max_steps": 400, "ckpt_every": 0}},
         val_per_cell=8,
         test_per_cell=16,
         scales=(1.0, 3.0),

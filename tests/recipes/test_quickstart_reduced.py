@@ -1,0 +1,29 @@
+"""One end-to-end run of the quickstart (the `ci` preset: a minute of codec, a few hundred unified steps):
+data -> codec -> unified model -> CFG tuning on val -> test evaluation -> report. Learning must be real:
+question answering well above chance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recipes import quickstart
+
+pytestmark = pytest.mark.slow
+
+# Chance for the suite's kind-balanced questions is about 30 %: yes/no and size 50 %, count 33 %,
+# shape 25-20 %, colour 12.5 %, position 11 %.
+VQA_FLOOR = 0.45
+
+
+def test_reduced_quickstart_learns(tmp_path):
+    metrics = quickstart.main(["--preset", "ci", "--out", str(tmp_path)])
+    vqa = metrics["vqa"]["all"]["all"]["accuracy"]
+    assert vqa >= VQA_FLOOR, f"VQA accuracy {vqa:.3f} is not well above chance"
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["summary"] == metrics["summary"]
+    report = (tmp_path / "eval" / "report.md").read_text()
+    assert "Text to image" in report and (tmp_path / "eval" / "t2i_samples.png").stat().st_size > 1000
+    run = json.loads((tmp_path / "model" / "run.json").read_text())
+    assert run["generation"]["cfg_scale"] in quickstart.PRESETS["ci"].scales
