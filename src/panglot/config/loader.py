@@ -1,4 +1,4 @@
-"""Strict dataclass <- dict/YAML conversion with dotted overrides (``train.lr=3e-4``)."""
+"""Strict dataclass <- dict/YAML conversion with dotted overrides (``train.optim.lr=3e-4``)."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def to_dict(cfg: Any) -> dict:
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["train.lr=3e-4", "model.size=small"]`` -> nested dict; values are parsed as YAML scalars."""
+    """``["train.optim.lr=3e-4", "model.size=small"]`` -> nested dict; values are parsed as YAML scalars."""
     out: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
