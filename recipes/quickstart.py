@@ -26,7 +26,7 @@ import yaml
 
 import configs
 import panglot
-from panglot.config import from_dict
+from panglot.config import from_dict, merge_dicts
 from panglot.evaluation import EvalSuite, cfg_sweep, evaluate_model, tqdm_progress
 from panglot.model.run import update_run_meta
 from recipes import train_codec, train_unified
@@ -73,19 +73,12 @@ def _config_dict(name: str) -> dict:
     return yaml.safe_load(resources.files(configs).joinpath(name).read_text())
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def train_codec_stage(preset: Preset, out: Path) -> Path:
     codec_dir = out / "codec"
     if (codec_dir / "codec.json").is_file():
         logger.info("codec: reusing %s", codec_dir)
         return codec_dir
-    data = _merge(_merge(_config_dict(preset.codec_config), preset.codec), {"out_dir": str(codec_dir)})
+    data = merge_dicts(merge_dicts(_config_dict(preset.codec_config), preset.codec), {"out_dir": str(codec_dir)})
     cfg = from_dict(train_codec.CodecRecipe, data, source=preset.codec_config)
     metrics = train_codec.run(cfg)
     logger.info("codec: %s", json.dumps({k: v for k, v in metrics.items() if k != "train"}))
@@ -93,8 +86,8 @@ def train_codec_stage(preset: Preset, out: Path) -> Path:
 
 
 def train_unified_stage(preset: Preset, out: Path, codec_dir: Path, minutes: float | None) -> None:
-    data = _merge(_config_dict(preset.unified_config), preset.unified)
-    data = _merge(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
+    data = merge_dicts(_config_dict(preset.unified_config), preset.unified)
+    data = merge_dicts(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
     cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
     train_unified.run(cfg, resume=True, minutes=minutes)
 

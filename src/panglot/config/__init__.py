@@ -4,6 +4,6 @@ An unknown or mistyped key is an error that names it, suggests the closest valid
 ones; every error in a config is reported at once, not the first only.
 """
 
-from panglot.config.loader import ConfigError, from_dict, load_config, parse_overrides, to_dict
+from panglot.config.loader import ConfigError, from_dict, load_config, merge_dicts, parse_overrides, to_dict
 
-__all__ = ["ConfigError", "from_dict", "load_config", "parse_overrides", "to_dict"]
+__all__ = ["ConfigError", "from_dict", "load_config", "merge_dicts", "parse_overrides", "to_dict"]

@@ -159,11 +159,12 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
     return out
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """``base`` with ``extra`` merged in, recursively for nested mappings (neither input is changed)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
@@ -186,5 +187,5 @@ def load_config(
             raise ConfigError([f"not valid YAML: {exc}"], source) from exc
         if not isinstance(data, dict):
             raise ConfigError([f"top level must be a mapping, got {type(data).__name__}"], source)
-    data = _merge(data, parse_overrides(list(overrides)))
+    data = merge_dicts(data, parse_overrides(list(overrides)))
     return from_dict(cls, data, source)
