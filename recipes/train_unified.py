@@ -28,6 +28,7 @@ from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, wor
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.multimodal import UnifiedVocab
+from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
 
 logger = logging.getLogger("panglot.recipes.train_unified")
@@ -93,12 +94,11 @@ def seconds_per_step(model: UnifiedModel, loader: StatefulLoader, cfg: UnifiedRe
     """
     state = loader.state_dict()
     model.train()
-    dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
     elapsed = []
     for _ in range(probe_steps + 2):
         batch = next(loader)
         start = time.perf_counter()
-        with torch.autocast(device_type=model.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast_context(model.device, cfg.train.precision):
             loss, _ = loss_fn(model, batch)
         loss.backward()
         elapsed.append(time.perf_counter() - start)

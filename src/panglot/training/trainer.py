@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from panglot.nn.precision import autocast_context
 from panglot.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -175,7 +175,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         for _ in range(cfg.grad_accum):
             batch = next(self.data)
-            with self._autocast():
+            with autocast_context(self.device, self.cfg.precision):
                 loss, metrics = self.loss_fn(self.model, batch)
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach().float()
@@ -188,11 +188,6 @@ class Trainer:
         self.optimizer.step()
         means = {name: value if name == "tokens" else value / cfg.grad_accum for name, value in sums.items()}
         return {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), **means}
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     def save_checkpoint(self) -> Path:
         """Checkpoint the current step (weights, optimizer, data position, RNG) and prune old ones."""
