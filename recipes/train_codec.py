@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -33,6 +32,7 @@ import torch
 from panglot.codecs import images_to_tensor, tensor_to_images
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
 from panglot.config import load_config, to_dict
+from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, latest_checkpoint, read_state
 from panglot.world.dataset import example_rng
@@ -277,9 +277,7 @@ def run(cfg: CodecRecipe, resume: bool = False, device: str = "cpu") -> dict[str
         metrics[split] = evaluate(codec, scenes, cfg.eval.batch_size)
         logger.info("%s: %s", split, json.dumps(metrics[split]))
     codec.save(out, metrics=metrics)
-    tmp = out / f".metrics.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"config": to_dict(cfg), **metrics}, indent=2) + "\n")
-    os.replace(tmp, out / "metrics.json")
+    atomic_write_json(out / "metrics.json", {"config": to_dict(cfg), **metrics}, indent=2)
     return metrics
 
 

@@ -34,6 +34,7 @@ from torch import nn
 import panglot
 from panglot.config import ConfigError, from_dict, to_dict
 from panglot.data.images import ImageLike, load_images
+from panglot.files import atomic_write
 
 WEIGHTS_FILE = "codec.safetensors"
 META_FILE = "codec.json"
@@ -179,10 +180,10 @@ class Codec(nn.Module, ABC):
             "metrics": metrics or {},
         }
         # Weights first, then the JSON that marks the directory as a complete codec.
-        _atomic_write(
+        atomic_write(
             out / WEIGHTS_FILE, lambda tmp: save_file(weights, str(tmp), metadata={"kind": self.kind})
         )
-        _atomic_write(
+        atomic_write(
             out / META_FILE, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         )
         return out
@@ -193,15 +194,6 @@ class Codec(nn.Module, ABC):
         codec = load_codec(directory, map_location=map_location, kind=cls.kind)
         assert isinstance(codec, cls)
         return codec
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_codec_meta(directory: str | os.PathLike) -> dict[str, Any]:

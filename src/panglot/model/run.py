@@ -24,6 +24,7 @@ import panglot
 from panglot.backbone import Transformer, TransformerConfig
 from panglot.codecs import load_codec
 from panglot.codecs.text import TextTokenizer
+from panglot.files import atomic_write_json
 from panglot.model.unified import UnifiedModel
 from panglot.multimodal import UnifiedVocab
 
@@ -111,8 +112,5 @@ def update_run_meta(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]
     """Merge ``fields`` into ``RUN/model/run.json`` (atomically), e.g. ``generation={"cfg_scale": 2.5}``."""
     meta = read_run_meta(run_dir)
     meta.update(fields)
-    path = Path(run_dir) / MODEL_DIR / "run.json"
-    tmp = path.with_name(f".run.json.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(Path(run_dir) / MODEL_DIR / "run.json", meta, indent=2, sort_keys=True)
     return meta

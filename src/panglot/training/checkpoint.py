@@ -31,6 +31,8 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from panglot.files import atomic_write_text, fsync_path
+
 CHECKPOINT_KIND = "panglot.train_state"
 FORMAT_VERSION = 1
 LATEST = "latest"
@@ -67,11 +69,11 @@ def save_checkpoint(
         if final.exists():  # the same step saved again (e.g. after a resume): replace it
             _remove_dir(final)
         os.rename(tmp, final)
-        _fsync_dir(out_dir)
+        fsync_path(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(out_dir / LATEST, final.name + "\n")
+    atomic_write_text(out_dir / LATEST, final.name + "\n", durable=True)
     return final
 
 
@@ -85,8 +87,8 @@ def _write_checkpoint(
     header = {"kind": CHECKPOINT_KIND, "format_version": FORMAT_VERSION, "step": step}
     _write_json(ckpt / STATE_FILE, {**header, **state, "versions": library_versions()})
     for name in (MODEL_FILE, OPTIMIZER_FILE):
-        _fsync_file(ckpt / name)
-    _fsync_dir(ckpt)
+        fsync_path(ckpt / name)
+    fsync_path(ckpt)
 
 
 def load_checkpoint(
@@ -226,30 +228,9 @@ def _write_json(path: Path, data: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def _remove_dir(path: Path) -> None:
     """Rename out of sight first, so a half-deleted directory never looks like a checkpoint."""
     trash = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}trash-", dir=path.parent))
     os.rename(path, trash / path.name)
     shutil.rmtree(trash)
 
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from panglot.files import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -39,9 +40,7 @@ def truncate_after(out_dir: str | Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if (s := _step_of(line)) is not None and s <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _step_of(line: str) -> int | None:
