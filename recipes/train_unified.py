@@ -68,11 +68,9 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     torch.manual_seed(cfg.train.seed)
     backbone = build_transformer(model_cfg.size, vocab.size, **model_cfg.overrides).to(device)
     model = UnifiedModel(backbone, vocab, codec)
-    weights = {t: w * model_cfg.loss_weights.get(t, 1.0) for t, w in cfg.data.loss_weights.items()}
-    mixture_cfg = MixtureConfig(**{**to_dict(cfg.data), "loss_weights": weights})
     scenes = world_scenes("train", cfg.data.n_scenes, cfg.data.seed)
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
-    dataset = WorldMixture(mixture_cfg, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
+    dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
     loader = StatefulLoader(
         dataset, cfg.batch_size, seed=cfg.train.seed, collate_fn=partial(collate, pad_id=vocab.special("<pad>"))
     )

@@ -14,16 +14,11 @@ from panglot.multimodal import TASKS, SequenceLayout, TaskSequence, UnifiedVocab
 
 @dataclass
 class UnifiedModelConfig:
-    """Backbone size by name plus overrides of its fields (``dim``, ``n_layers`` ...)."""
+    """Backbone size by name plus overrides of its fields (``dim``, ``n_layers`` ...). Per-task loss weights
+    are data (``MixtureConfig.loss_weights``): each document carries its weights."""
 
     size: str = "small"
     overrides: dict[str, int | float | bool] = field(default_factory=dict)
-    loss_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
-
-    def __post_init__(self) -> None:
-        unknown = sorted(set(self.loss_weights) - set(TASKS))
-        if unknown:
-            raise ValueError(f"loss_weights has unknown tasks {unknown}; tasks are {list(TASKS)}")
 
 
 class UnifiedModel(nn.Module):
