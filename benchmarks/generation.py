@@ -43,12 +43,13 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Logits
 from panglot.backbone import build_transformer, export_hf_state_dict, hf_config_from
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
 from panglot.codecs.text import train_world_tokenizer
-from panglot.data.mixture import world_scenes, world_texts
+from panglot.data.mixture import world_texts
 from panglot.generation import Greedy, ModalityConstraint, Multinomial, Sampler, generate, left_pad
 from panglot.model import UnifiedModel
 from panglot.multimodal import UnifiedVocab
 from panglot.nn import autocast_context, resolve_dtype
 from panglot.world import language
+from panglot.world.dataset import split_scenes
 
 Decode = Callable[[int], torch.Tensor]  # seed -> codes (B, 64) long
 
@@ -87,7 +88,7 @@ def build_bench(size: str, max_batch: int, seed: int = 0) -> Bench:
     model = UnifiedModel(build_transformer(size, vocab.size), vocab, codec).eval()
     hf = LlamaForCausalLM(LlamaConfig(**hf_config_from(model.backbone.cfg, "llama"))).eval()
     hf.load_state_dict(export_hf_state_dict(model.backbone, "llama"), strict=True)
-    captions = [tokenizer.encode(language.caption(s)) for s in world_scenes("val", max_batch, seed)]
+    captions = [tokenizer.encode(language.caption(s)) for s in split_scenes("val", max_batch, seed)]
     return Bench(model, hf, captions)
 
 

@@ -10,8 +10,8 @@ scene survives encode -> decode). Writes ``OUT/train/`` (checkpoints, metrics.js
 
 Training is ``panglot.training.Trainer``, as for every stage: AdamW, warmup + cosine, bf16 autocast,
 checkpoints and exact resume. A ``train.max_minutes`` budget is turned into a step count *before* training
-by timing a few steps on this machine (``min(max_steps, what fits)``), so the schedule is fixed from the
-start; a resumed run keeps the step count of its checkpoint.
+by timing a few steps on this machine (``panglot.training.budget``: ``min(max_steps, what fits)``, kept in
+``OUT/train_budget.json``), so the schedule is fixed from the start and a resumed run trains the same steps.
 """
 
 from __future__ import annotations
@@ -29,17 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from panglot.codecs import images_to_tensor, tensor_to_images
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
 from panglot.config import load_config, to_dict
+from panglot.data.world_images import WorldImages
+from panglot.evaluation.codec import evaluate_image_codec
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
-from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, latest_checkpoint, read_state
-from panglot.world.dataset import example_rng
-from panglot.world.oracle import parse_images
-from panglot.world.render import render
-from panglot.world.scene import Scene
-from panglot.world.splits import sample_scene
+from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
+from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.world.dataset import split_scenes
 
 logger = logging.getLogger("panglot.recipes.train_codec")
 
@@ -99,81 +97,6 @@ class CodecRecipe:
     eval: CodecEvalConfig = field(default_factory=CodecEvalConfig)
 
 
-# --- data ---------------------------------------------------------------------------------------------
-def split_scenes(split: str, n: int, seed: int, start: int = 0) -> list[Scene]:
-    """Scenes ``start .. start + n - 1`` of a split: the same scenes as ``world.dataset.make_example``."""
-    return [sample_scene(example_rng(split, seed, i), split) for i in range(start, start + n)]
-
-
-def render_batch(scenes: list[Scene]) -> np.ndarray:
-    return np.stack([render(s) for s in scenes])  # (B, 64, 64, 3) uint8
-
-
-class TrainImages:
-    """Endless fresh ``train`` images as (B, 3, 64, 64) tensors in [-1, 1]: batch ``k`` renders scenes
-    ``k * batch_size ..`` of the split. The state is the index of the next scene, so a resume is exact."""
-
-    def __init__(self, batch_size: int, seed: int):
-        self.batch_size = batch_size
-        self.seed = seed
-        self.start = 0
-
-    def __iter__(self) -> TrainImages:
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        scenes = split_scenes("train", self.batch_size, self.seed, self.start)
-        self.start += self.batch_size
-        return images_to_tensor(render_batch(scenes))
-
-    def state_dict(self) -> dict:
-        return {"start": self.start, "batch_size": self.batch_size, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        saved = (state.get("batch_size"), state.get("seed"))
-        if saved != (self.batch_size, self.seed):
-            raise ValueError(
-                f"TrainImages state is for (batch_size, seed) = {saved}, this iterator has "
-                f"{(self.batch_size, self.seed)}"
-            )
-        self.start = int(state["start"])
-
-
-# --- evaluation -----------------------------------------------------------------------------------------
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-image PSNR in dB of uint8 images (B, H, W, 3); identical images count as 100 dB."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return np.where(mse > 0, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)
-
-
-@torch.no_grad()
-def evaluate(codec: PixelVQ, scenes: list[Scene], batch_size: int = 250) -> dict[str, float]:
-    """PSNR, codebook usage and oracle-preserved rate of ``codec`` on the renders of ``scenes``."""
-    codec.eval()
-    used = torch.zeros(codec.vocab_size, dtype=torch.bool)
-    psnrs, kept, found, kept_by_n = [], [], [], {1: [], 2: [], 3: []}
-    for start in range(0, len(scenes), batch_size):
-        chunk = scenes[start : start + batch_size]
-        imgs = render_batch(chunk)
-        ids = codec.encode_tensor(images_to_tensor(imgs).to(codec.device))
-        used[ids.flatten().cpu()] = True
-        recon = tensor_to_images(codec.decode_tensor(ids))
-        psnrs.append(psnr(imgs, recon))
-        for scene, parsed in zip(chunk, parse_images(recon)):
-            kept.append(parsed == scene)
-            found += [obj in parsed.objects for obj in scene.objects]
-            kept_by_n[len(scene)].append(parsed == scene)
-    out = {
-        "n_images": len(scenes),
-        "oracle_preserved": float(np.mean(kept)),
-        "object_recall": float(np.mean(found)),  # share of objects the oracle still finds, every attribute
-        "psnr_db": float(np.concatenate(psnrs).mean()),
-        "codebook_usage": float(used.float().mean()),
-    }
-    out.update({f"oracle_preserved_{n}obj": float(np.mean(v)) for n, v in kept_by_n.items() if v})
-    return out
-
-
 # --- training -------------------------------------------------------------------------------------------
 def codec_loss(
     cfg: CodecTrainConfig, codec: PixelVQ, x: torch.Tensor
@@ -183,47 +106,29 @@ def codec_loss(
 
 
 def seconds_per_step(
-    codec_cfg: PixelVQConfig, cfg: CodecTrainConfig, data_seed: int, device: str = "cpu", probe_steps: int = 8
+    codec_cfg: PixelVQConfig, cfg: CodecTrainConfig, data_seed: int, device: str = "cpu"
 ) -> float:
-    """Median time of one training step on this machine (render a batch, forward, backward; + 10% for the
-    optimizer step), measured on a throwaway codec after two warm-up steps."""
-    codec = PixelVQ(copy.deepcopy(codec_cfg)).to(device)
-    codec.train()
-    data = TrainImages(cfg.batch_size, data_seed)
-    elapsed = []
-    for _ in range(probe_steps + 2):
-        start = time.perf_counter()
-        x = next(data)
+    """Median forward + backward time of one training step (rendering included) on a throwaway codec."""
+    codec = PixelVQ(copy.deepcopy(codec_cfg)).to(device).train()
+    data = WorldImages(cfg.batch_size, data_seed)
+
+    def step() -> None:
         with autocast_context(device, cfg.precision):
-            loss, _ = codec_loss(cfg, codec, x)
+            loss, _ = codec_loss(cfg, codec, next(data))
         loss.backward()
-        elapsed.append(time.perf_counter() - start)
-    timed = sorted(elapsed[2:])
-    return timed[len(timed) // 2] * cfg.grad_accum * 1.1
+
+    return median_step_seconds(step) * cfg.grad_accum
 
 
-def steps_for_minutes(minutes: float, per_step_s: float, max_steps: int) -> int:
-    """Steps that fit in ``minutes`` at ``per_step_s`` each, at least 1 and at most ``max_steps``."""
-    return max(1, min(max_steps, int(minutes * 60 / per_step_s)))
-
-
-def planned_steps(cfg: CodecRecipe, train_dir: Path, resume: bool, device: str = "cpu") -> int:
-    """``train.max_steps``, or with ``train.max_minutes`` the steps that fit, calibrated once: a resumed
-    run keeps its checkpoint's step count (so its schedule is the one it started with)."""
-    tcfg = cfg.train
-    if tcfg.max_minutes is None:
-        return tcfg.max_steps
-    ckpt = latest_checkpoint(train_dir) if resume else None
-    if ckpt is not None:
-        steps = int(read_state(ckpt)["config"]["max_steps"])
-        logger.info(
-            "resuming a %.1f-minute budget: %d steps, as calibrated at the start", tcfg.max_minutes, steps
-        )
-        return steps
-    per_step = seconds_per_step(cfg.codec, tcfg, cfg.data_seed, device)
-    steps = steps_for_minutes(tcfg.max_minutes, per_step, tcfg.max_steps)
-    logger.info("%.1f-minute budget at %.3f s/step: %d steps", tcfg.max_minutes, per_step, steps)
-    return steps
+def planned_steps(cfg: CodecRecipe, device: str = "cpu") -> int:
+    """``train.max_steps``, or with ``train.max_minutes`` the steps that fit, fitted once per run
+    (``OUT/train_budget.json``; a resumed run reads it back)."""
+    return fit_steps_to_minutes(
+        cfg.out_dir,
+        cfg.train.max_minutes,
+        cfg.train.max_steps,
+        lambda: seconds_per_step(cfg.codec, cfg.train, cfg.data_seed, device),
+    )
 
 
 def train(
@@ -240,7 +145,7 @@ def train(
     def record_loss(trainer: Trainer, metrics: dict[str, float]) -> None:
         losses.append(metrics["loss"])
 
-    data = TrainImages(cfg.batch_size, data_seed)
+    data = WorldImages(cfg.batch_size, data_seed)
     trainer = Trainer(
         cfg, codec, partial(codec_loss, cfg), data, out_dir, callbacks=[record_loss, *callbacks]
     )
@@ -264,7 +169,7 @@ def run(cfg: CodecRecipe, resume: bool = False, device: str = "cpu") -> dict[str
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     train_dir = out / "train"
-    train_cfg = replace(cfg.train, max_steps=planned_steps(cfg, train_dir, resume, device))
+    train_cfg = replace(cfg.train, max_steps=planned_steps(cfg, device))
     torch.manual_seed(train_cfg.seed)
     codec = PixelVQ(cfg.codec).to(device)
     summary = train(codec, train_cfg, cfg.data_seed, train_dir, resume=resume)
@@ -274,7 +179,7 @@ def run(cfg: CodecRecipe, resume: bool = False, device: str = "cpu") -> dict[str
     metrics: dict[str, Any] = {"train": summary, "threads": torch.get_num_threads()}
     for split in cfg.eval.splits:
         scenes = split_scenes(split, cfg.eval.n_images, cfg.data_seed)
-        metrics[split] = evaluate(codec, scenes, cfg.eval.batch_size)
+        metrics[split] = evaluate_image_codec(codec, scenes, cfg.eval.batch_size)
         logger.info("%s: %s", split, json.dumps(metrics[split]))
     codec.save(out, metrics=metrics)
     atomic_write_json(out / "metrics.json", {"config": to_dict(cfg), **metrics}, indent=2)

@@ -10,9 +10,7 @@ Needs a trained image codec (``recipes/train_codec.py``), named by ``codec_dir``
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -24,12 +22,14 @@ from panglot.codecs import load_codec
 from panglot.codecs.text import TextTokenizer, train_world_tokenizer
 from panglot.config import load_config, to_dict
 from panglot.data.loader import StatefulLoader
-from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, world_scenes, world_texts
+from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, world_texts
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.multimodal import UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
+from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.world.dataset import split_scenes
 
 logger = logging.getLogger("panglot.recipes.train_unified")
 
@@ -68,7 +68,7 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     torch.manual_seed(cfg.train.seed)
     backbone = build_transformer(model_cfg.size, vocab.size, **model_cfg.overrides).to(device)
     model = UnifiedModel(backbone, vocab, codec)
-    scenes = world_scenes("train", cfg.data.n_scenes, cfg.data.seed)
+    scenes = split_scenes("train", cfg.data.n_scenes, cfg.data.seed)
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
     loader = StatefulLoader(
@@ -84,36 +84,21 @@ def loss_fn(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return loss, metrics
 
 
-def seconds_per_step(model: UnifiedModel, loader: StatefulLoader, cfg: UnifiedRecipe, probe_steps: int = 6) -> float:
-    """Median time of a training step on this machine, from a few forward/backward passes.
-
-    The loader is rewound and the gradients dropped afterwards, so the run that follows is the same as one
-    that never probed.
-    """
+def seconds_per_step(model: UnifiedModel, loader: StatefulLoader, cfg: UnifiedRecipe) -> float:
+    """Median forward + backward time of a training step on this machine. The loader is rewound and the
+    gradients dropped afterwards, so the run that follows is the same as one that never probed."""
     state = loader.state_dict()
     model.train()
-    elapsed = []
-    for _ in range(probe_steps + 2):
-        batch = next(loader)
-        start = time.perf_counter()
+
+    def step() -> None:
         with autocast_context(model.device, cfg.train.precision):
-            loss, _ = loss_fn(model, batch)
+            loss, _ = loss_fn(model, next(loader))
         loss.backward()
-        elapsed.append(time.perf_counter() - start)
+
+    per_step = median_step_seconds(step) * cfg.train.grad_accum
     loader.load_state_dict(state)
     model.zero_grad(set_to_none=True)
-    timed = sorted(elapsed[2:])  # the first passes warm up
-    return timed[len(timed) // 2] * cfg.train.grad_accum * 1.1  # + the optimizer step
-
-
-def fit_steps_to_minutes(cfg: UnifiedRecipe, model: UnifiedModel, loader: StatefulLoader, minutes: float) -> int:
-    """``train.max_steps`` for a wall-clock budget, measured once and kept in ``OUT/train_budget.json`` so a
-    resumed run trains the same number of steps."""
-    path = Path(cfg.out_dir) / "train_budget.json"
-    if not path.is_file():
-        steps = max(1, int(minutes * 60 / seconds_per_step(model, loader, cfg)))
-        path.write_text(json.dumps({"minutes": minutes, "max_steps": steps}) + "\n")
-    return json.loads(path.read_text())["max_steps"]
+    return per_step
 
 
 def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu", minutes: float | None = None) -> Path:
@@ -121,9 +106,9 @@ def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu", minutes: 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, loader = build(cfg, device)
-    if minutes is not None:
-        cfg.train.max_steps = fit_steps_to_minutes(cfg, model, loader, minutes)
-        logger.info("%.1f minutes -> %d steps on this machine", minutes, cfg.train.max_steps)
+    cfg.train.max_steps = fit_steps_to_minutes(
+        cfg.out_dir, minutes, cfg.train.max_steps, lambda: seconds_per_step(model, loader, cfg)
+    )
     trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train")
     summary = trainer.train(resume=resume)
     logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))

@@ -7,7 +7,6 @@ The real quality figures come from the recipe at full budget (see docs/codecs.md
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -15,7 +14,9 @@ import torch
 from panglot.codecs import load_codec
 from panglot.codecs.image_vq import PixelVQ
 from panglot.config import load_config
+from panglot.evaluation.codec import evaluate_image_codec
 from panglot.training import latest_checkpoint
+from panglot.world.dataset import split_scenes
 from recipes import train_codec
 
 TINY = ["codec.patch=4", "codec.channels=[16,32]", "codec.latent_dim=16", "codec.codebook_size=64"]
@@ -53,26 +54,13 @@ def test_training_beats_an_untrained_codec(tiny_run):
     out, metrics = tiny_run
     torch.manual_seed(0)
     cfg = load_codec(out).config
-    scenes = train_codec.split_scenes("val", 200, seed=0)
-    untrained = train_codec.evaluate(PixelVQ(cfg), scenes)
+    scenes = split_scenes("val", 200, seed=0)
+    untrained = evaluate_image_codec(PixelVQ(cfg), scenes)
     trained = metrics["val"]
     # 250 tiny steps: far from the recipe's figures, but clearly past an untrained codec.
     assert untrained["oracle_preserved"] == 0 and untrained["object_recall"] < 0.01
     assert trained["oracle_preserved"] > 0.005 and trained["object_recall"] > 0.03, (trained, untrained)
     assert trained["psnr_db"] > untrained["psnr_db"] + 10
-
-
-def test_train_images_resume_where_they_stopped():
-    data = train_codec.TrainImages(batch_size=3, seed=1)
-    next(data)
-    state = json.loads(json.dumps(data.state_dict()))
-    expected = next(data)
-    restored = train_codec.TrainImages(batch_size=3, seed=1)
-    restored.load_state_dict(state)
-    assert torch.equal(next(restored), expected)
-    assert not torch.equal(next(train_codec.TrainImages(batch_size=3, seed=2)), expected)
-    with pytest.raises(ValueError, match=r"\(batch_size, seed\) = \(3, 1\).*\(4, 1\)"):
-        train_codec.TrainImages(batch_size=4, seed=1).load_state_dict(state)
 
 
 def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
@@ -101,24 +89,18 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
     assert len(losses[0]) == 6 and losses[0] == losses[1]
 
 
-def test_steps_for_minutes_is_capped_by_max_steps():
-    assert train_codec.steps_for_minutes(1.0, per_step_s=0.5, max_steps=1000) == 120
-    assert train_codec.steps_for_minutes(1.0, per_step_s=0.5, max_steps=50) == 50
-    assert train_codec.steps_for_minutes(0.001, per_step_s=0.5, max_steps=50) == 1
-
-
 def test_a_minutes_budget_is_timed_into_steps_and_kept_on_resume(tmp_path):
-    cfg = micro_recipe("train.max_minutes=0.05", "train.max_steps=1000000")
-    steps = train_codec.planned_steps(cfg, tmp_path, resume=False)
+    cfg = micro_recipe("train.max_minutes=0.05", "train.max_steps=1000000", f"out_dir={tmp_path / 'a'}")
+    steps = train_codec.planned_steps(cfg)
     per_step = train_codec.seconds_per_step(cfg.codec, cfg.train, cfg.data_seed)
     assert 1 <= steps < 1_000_000 and 0 < per_step < 3  # 3 s = 0.05 min: at least one step fits
-    capped = micro_recipe("train.max_minutes=0.05", "train.max_steps=2")
-    assert train_codec.planned_steps(capped, tmp_path, resume=False) == 2
-    steps_only = micro_recipe("train.max_minutes=null", "train.max_steps=7")
-    assert train_codec.planned_steps(steps_only, tmp_path, resume=False) == 7
-    torch.manual_seed(0)
-    train_codec.train(PixelVQ(cfg.codec), replace(cfg.train, max_steps=3), cfg.data_seed, tmp_path)
-    assert train_codec.planned_steps(cfg, tmp_path, resume=True) == 3  # the checkpoint's count, not re-timed
+    assert json.loads((tmp_path / "a" / "train_budget.json").read_text())["max_steps"] == steps
+    capped = micro_recipe("train.max_minutes=0.05", "train.max_steps=2", f"out_dir={tmp_path / 'b'}")
+    assert train_codec.planned_steps(capped) == 2
+    steps_only = micro_recipe("train.max_minutes=null", "train.max_steps=7", f"out_dir={tmp_path / 'c'}")
+    assert train_codec.planned_steps(steps_only) == 7 and not (tmp_path / "c").exists()
+    (tmp_path / "a" / "train_budget.json").write_text(json.dumps({"max_steps": 3}))
+    assert train_codec.planned_steps(cfg) == 3  # the recorded count, not re-timed
 
 
 def test_overrides_without_a_yaml_and_unknown_keys(tmp_path):

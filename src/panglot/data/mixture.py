@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from panglot.codecs.base import images_to_tensor
 from panglot.codecs.text import TextTokenizer
 from panglot.multimodal import TASKS, SequenceLayout, TaskSequence
 from panglot.world import language, vqa
-from panglot.world.render import render
+from panglot.world.dataset import split_scenes
+from panglot.world.render import render_batch
 from panglot.world.scene import Scene
-from panglot.world.splits import sample_scene
 
 
 @dataclass
@@ -42,19 +43,12 @@ class MixtureConfig:
             raise ValueError("; ".join(problems) + f" (tasks are {list(TASKS)})")
 
 
-def world_scenes(split: str, n: int, seed: int) -> list[Scene]:
-    """``n`` seeded scenes of a split, 1 to 3 objects each."""
-    rng = np.random.default_rng([seed, 7919])
-    return [sample_scene(rng, split) for _ in range(n)]
-
-
 @torch.no_grad()
 def encode_scenes(codec, scenes: Sequence[Scene], batch_size: int = 256) -> torch.Tensor:
     """Render and encode scenes -> codec ids ``(N, tokens_per_item)`` long."""
     out = []
     for start in range(0, len(scenes), batch_size):
-        imgs = np.stack([render(s) for s in scenes[start : start + batch_size]])  # (B, 64, 64, 3)
-        x = torch.from_numpy(imgs).to(codec.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = images_to_tensor(render_batch(scenes[start : start + batch_size])).to(codec.device)
         out.append(codec.encode_tensor(x).cpu())
     return torch.cat(out)
 
@@ -103,7 +97,7 @@ def world_texts(split: str, n: int, seed: int) -> list[str]:
     """Every kind of text the world produces for ``n`` scenes: tokenizer training material."""
     rng = np.random.default_rng([seed, 104729])
     texts = []
-    for scene in world_scenes(split, n, seed):
+    for scene in split_scenes(split, n, seed):
         texts.append(language.caption(scene))
         texts.append(language.paraphrase(scene, rng))
         for qa in vqa.questions(scene, rng):

@@ -1,10 +1,10 @@
 """ShapesWorld: scenes, language, renderer, oracle (see shared/specs/shapesworld.md)."""
 
-from panglot.world.dataset import Example, iter_examples, make_example, make_examples
+from panglot.world.dataset import Example, iter_examples, make_example, make_examples, split_scenes
 from panglot.world.edits import Edit, all_edits, apply_edit, edits, parse_instruction
 from panglot.world.language import caption, instruction, object_phrase, paraphrase, parse_caption, question
 from panglot.world.oracle import parse_image, parse_images
-from panglot.world.render import render, shape_mask
+from panglot.world.render import render, render_batch, shape_mask
 from panglot.world.scene import (
     COLORS,
     HELD_OUT,
@@ -55,7 +55,9 @@ __all__ = [
     "question",
     "questions",
     "render",
+    "render_batch",
     "sample_scene",
     "scene_errors",
     "shape_mask",
+    "split_scenes",
 ]

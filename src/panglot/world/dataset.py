@@ -45,6 +45,12 @@ def example_rng(split: str, seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLITS.index(check_split(split)), index])
 
 
+def split_scenes(split: str, n: int, seed: int, start: int = 0) -> list[Scene]:
+    """Scenes ``start .. start + n - 1`` of ``split``: the scenes of ``make_example(split, seed, i)``, without
+    the text. Every stage that needs world scenes (codecs, encoders, the unified mixture) takes them here."""
+    return [sample_scene(example_rng(split, seed, i), split) for i in range(start, start + n)]
+
+
 def make_example(split: str, seed: int, index: int, n_objects: int | None = None) -> Example:
     """Example ``index`` of ``split`` under ``seed`` (deterministic; random 1-3 objects when None)."""
     rng = example_rng(split, seed, index)

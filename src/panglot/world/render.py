@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 
 import numpy as np
@@ -54,3 +55,8 @@ def render(scene: Scene) -> np.ndarray:
         mask = shape_mask(obj.shape, extent)
         img[y0 : y0 + extent, x0 : x0 + extent][mask] = COLORS[obj.color]
     return img
+
+
+def render_batch(scenes: Sequence[Scene]) -> np.ndarray:
+    """(B, 64, 64, 3) uint8 renders of ``scenes``."""
+    return np.stack([render(s) for s in scenes])
