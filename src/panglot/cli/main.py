@@ -16,7 +16,11 @@ from pathlib import Path
 import yaml
 
 # Recipe name (the YAML's `recipe:` key) -> module with `main(argv)`. Only the CLI imports recipes.
-RECIPES = {"unified": "recipes.train_unified", "codec": "recipes.train_codec"}
+RECIPES = {
+    "unified": "recipes.train_unified",
+    "codec": "recipes.train_codec",
+    "dual_encoder": "recipes.train_dual_encoder",
+}
 
 
 def _recipe_module(name: str):
