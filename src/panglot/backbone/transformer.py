@@ -11,6 +11,7 @@ from torch import nn
 
 from panglot.backbone.config import TransformerConfig
 from panglot.nn import Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, attention_mask
+from panglot.nn.attention import document_layout
 
 
 class TransformerBlock(nn.Module):
@@ -108,24 +109,33 @@ class Transformer(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final normed hidden states (B, T, D).
 
         Give exactly one of tokens (B, T) or inputs_embeds (B, T, D). valid (B, T) bool marks real
         tokens (False = left padding); each row's RoPE positions count only its valid tokens.
         With a cache, the T new tokens are appended after everything already cached.
+        document_ids (B, T) (packed training rows, no cache, no valid): each run of equal ids is one
+        document; attention never leaves it and RoPE positions restart at 0 where it starts, so every
+        token sees exactly what it would see with its document alone.
         """
         x = self._inputs(tokens, inputs_embeds)  # (B, T, D)
         b, t, _ = x.shape
-        if valid is not None and valid.shape != (b, t):
-            raise ValueError(f"valid must have shape {(b, t)} (batch, time), got {tuple(valid.shape)}")
+        for name, given in (("valid", valid), ("document_ids", document_ids)):
+            if given is not None and given.shape != (b, t):
+                raise ValueError(f"{name} must have shape {(b, t)} (batch, time), got {tuple(given.shape)}")
+        if document_ids is not None and (cache is not None or valid is not None):
+            raise ValueError("document_ids is for packed training rows: give it without cache and valid")
         if cache is not None:
             valid = torch.ones(b, t, dtype=torch.bool, device=x.device) if valid is None else valid
             positions, mask = cache.extend(valid)
         else:
             if t > self.cfg.max_seq_len:
                 raise ValueError(f"sequence length {t} exceeds max_seq_len {self.cfg.max_seq_len}")
-            if valid is None:  # training route: plain causal, SDPA's is_causal fast path
+            if document_ids is not None:  # packed rows: block-diagonal causal
+                positions, mask = document_layout(document_ids)
+            elif valid is None:  # training route: plain causal, SDPA's is_causal fast path
                 positions, mask = torch.arange(t, device=x.device)[None], None
             else:
                 positions, mask = (valid.long().cumsum(1) - 1).clamp(min=0), attention_mask(valid)
@@ -142,9 +152,12 @@ class Transformer(nn.Module):
         inputs_embeds: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V); arguments as in `forward_hidden`."""
-        hidden = self.forward_hidden(tokens, inputs_embeds=inputs_embeds, valid=valid, cache=cache)
+        hidden = self.forward_hidden(
+            tokens, inputs_embeds=inputs_embeds, valid=valid, cache=cache, document_ids=document_ids
+        )
         return self.logits(hidden)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -51,20 +51,55 @@ class UnifiedModel(nn.Module):
         return self.backbone(tokens, **kwargs)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted next-token cross-entropy over a padded batch; metrics per task."""
-        tokens, weights, task = batch["tokens"], batch["weights"], batch["task"]  # (B, T), (B, T), (B,)
-        logits = self.backbone(tokens[:, :-1])  # (B, T-1, V)
-        targets, w = tokens[:, 1:], weights[:, 1:].float()
+        """Weighted next-token cross-entropy over a padded or a packed batch; metrics per task.
+
+        Padded (``collate``): ``tokens``/``weights`` (B, T), ``task`` (B,). Packed
+        (``panglot.data.packing.collate_packed``): ``tokens``/``weights``/``doc``/``task`` (B, T); attention
+        and positions stay inside each document and no target crosses a boundary. Both give the same
+        numbers for the same documents: the loss is ``sum(weight * nll) / sum(weight)`` over every target
+        token, and ``loss_<task>`` is the mean over that task's documents of each document's mean nll
+        over its weighted tokens.
+        """
+        tokens, weights = batch["tokens"], batch["weights"]
+        b, t = tokens.shape
+        targets, w = tokens[:, 1:], weights[:, 1:].float()  # (B, T-1)
+        if "doc" in batch:
+            doc = batch["doc"]
+            logits = self.backbone(tokens[:, :-1], document_ids=doc[:, :-1])  # (B, T-1, V)
+            w = w * (doc[:, 1:] == doc[:, :-1])
+            document = doc[:, 1:] + t * torch.arange(b, device=doc.device)[:, None]  # unique in the batch
+            task = batch["task"][:, 1:]
+        else:
+            logits = self.backbone(tokens[:, :-1])
+            document = torch.arange(b, device=tokens.device)[:, None].expand(b, t - 1)
+            task = batch["task"][:, None].expand(b, t - 1)
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T-1)
         loss = (nll * w).sum() / w.sum().clamp_min(1.0)
-        metrics = {}
         with torch.no_grad():
-            per_row = (nll * (w > 0)).sum(1) / (w > 0).sum(1).clamp_min(1)
-            for i, name in enumerate(TASKS):
-                rows = task == i
-                if rows.any():
-                    metrics[f"loss_{name}"] = float(per_row[rows].mean())
+            metrics = task_losses(nll, w > 0, document, task, n_documents=b * t)
         return loss, metrics
+
+
+def task_losses(
+    nll: torch.Tensor, counted: torch.Tensor, document: torch.Tensor, task: torch.Tensor, n_documents: int
+) -> dict[str, float]:
+    """``loss_<task>``: mean over the task's documents of the mean ``nll`` over each one's counted tokens.
+
+    nll (B, T) float, counted (B, T) bool, document (B, T) long in [0, n_documents), task (B, T) long
+    (index in ``TASKS``; -1 = no document, e.g. a packed row's tail).
+    """
+    document, task, counted = document.reshape(-1), task.reshape(-1), counted.reshape(-1).float()
+    sums = nll.new_zeros(n_documents).index_add_(0, document, nll.reshape(-1) * counted)
+    counts = nll.new_zeros(n_documents).index_add_(0, document, counted)
+    doc_task = torch.full((n_documents,), -1, dtype=torch.long, device=task.device).scatter_(
+        0, document, task
+    )
+    per_document = sums / counts.clamp_min(1.0)
+    return {
+        f"loss_{name}": float(per_document[doc_task == i].mean())
+        for i, name in enumerate(TASKS)
+        if (doc_task == i).any()
+    }
 
 
 def collate(docs: list[TaskSequence], pad_id: int) -> dict[str, torch.Tensor]:

@@ -57,3 +57,22 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+def document_layout(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and attention mask of packed rows: several documents one after another in each row.
+
+    document_ids (B, T): each maximal run of equal ids is one document (so ids may repeat across rows
+    or even within a row, as long as neighbours differ). Returns positions (B, T) long, restarting at
+    0 where each run starts, and a block-diagonal causal mask (B, 1, T, T) bool (True = attend): a
+    query sees the keys of its own run up to itself, never another document's.
+    """
+    b, t = document_ids.shape
+    index = torch.arange(t, device=document_ids.device).expand(b, t)  # (B, T)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    run_start = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T) index where each run begins
+    run = starts.long().cumsum(1)  # (B, T) run number, unique within a row
+    causal = index[:, None, :] <= index[:, :, None]  # (B, T_q, T_k)
+    mask = causal & (run[:, :, None] == run[:, None, :])
+    return index - run_start, mask[:, None]
