@@ -43,7 +43,10 @@ C = TypeVar("C", bound="Codec")
 
 _REGISTRY: dict[str, type[Codec]] = {}
 # Built-in kinds are imported on first use, so loading a text codec never imports the image stack.
-_BUILTIN_MODULES = {"image_vq": "panglot.codecs.image_vq"}
+_BUILTIN_MODULES = {
+    "image_vq": "panglot.codecs.image_vq",
+    "image_semantic_vq": "panglot.codecs.image_semantic",
+}
 
 
 class CodecLoadError(ValueError):
