@@ -35,7 +35,7 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
-    "dual_encoder": Stage("recipes.train_dual_encoder", "dual_encoder.yaml", "dual_encoder.json"),
+    "dual_encoder": Stage("recipes.train_dual_encoder", "dual_encoder.yaml", "encoder.json"),
     "pixel_vq": Stage("recipes.train_codec", "codec_pixel_vq.yaml", "codec.json"),
     "semantic_vq": Stage(
         "recipes.train_semantic_codec", "codec_semantic_vq.yaml", "codec.json", {"teacher_dir": "dual_encoder"}
