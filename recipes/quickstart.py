@@ -1,8 +1,9 @@
 """The quickstart: from nothing to a trained, tuned and evaluated unified model on ShapesWorld.
 
-    panglot quickstart [--out runs/quickstart] [--minutes M] [--preset quickstart|long]
+    panglot quickstart [--out runs/quickstart] [--minutes M] [--preset quickstart|long] [--codec pixel_vq]
 
-1. trains the pixel VQ image codec (recipes/train_codec.py),
+1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` with the
+   dual encoder and pixel codec they need; recipes/stages.py),
 2. trains the unified model on text-to-image + captioning + VQA (recipes/train_unified.py),
 3. tunes the default classifier-free guidance scale on ``val`` (seen prompts only),
 4. evaluates on the test suite (seen/unseen x 1/2/3 objects) and writes ``OUT/eval/report.md``.
@@ -29,16 +30,15 @@ import panglot
 from panglot.config import from_dict, merge_dicts
 from panglot.evaluation import EvalSuite, cfg_sweep, evaluate_model, tqdm_progress
 from panglot.model.run import update_run_meta
-from recipes import train_codec, train_unified
+from recipes import stages, train_unified
 
 logger = logging.getLogger("panglot.quickstart")
 
 
 @dataclass
 class Preset:
-    codec_config: str  # YAML in configs/ for recipes/train_codec.py
     unified_config: str  # YAML in configs/ for recipes/train_unified.py
-    codec: dict = field(default_factory=dict)  # overrides on top of the codec YAML
+    stages: dict = field(default_factory=dict)  # stage name (recipes/stages.py) -> overrides of its YAML
     unified: dict = field(default_factory=dict)  # overrides on top of the unified YAML
     unified_minutes: float | None = None  # fit the unified training to this budget (None: the YAML's steps)
     val_per_cell: int = 24  # val scenes per object count for tuning the CFG scale
@@ -48,21 +48,20 @@ class Preset:
 
 PRESETS = {
     # <= 15 minutes on 2 CPU cores: 3 min codec, 9 min unified model, the rest tuning and evaluation.
-    "quickstart": Preset("codec_pixel_vq.yaml", "unified_quickstart.yaml", unified_minutes=9.0),
+    # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
+    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=9.0),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
-        "codec_pixel_vq.yaml",
         "unified_quickstart.yaml",
-        codec={"train": {"max_minutes": 1.0}, "eval": {"n_images": 200}},
+        stages={"pixel_vq": {"train": {"max_minutes": 1.0}, "eval": {"n_images": 200}}},
         unified={"data": {"n_scenes": 4000}, "tokenizer_scenes": 1000, "train": {"max_steps": 400, "ckpt_every": 0}},
         val_per_cell=8,
         test_per_cell=16,
         scales=(1.0, 3.0),
     ),
     "long": Preset(
-        "codec_pixel_vq.yaml",
         "unified_long.yaml",
-        codec={"train": {"max_minutes": 8.0}},
+        stages={"pixel_vq": {"train": {"max_minutes": 8.0}}},
         unified_minutes=45.0,
         test_per_cell=100,
     ),
@@ -73,15 +72,11 @@ def _config_dict(name: str) -> dict:
     return yaml.safe_load(resources.files(configs).joinpath(name).read_text())
 
 
-def train_codec_stage(preset: Preset, out: Path) -> Path:
-    codec_dir = out / "codec"
-    if (codec_dir / "codec.json").is_file():
-        logger.info("codec: reusing %s", codec_dir)
-        return codec_dir
-    data = merge_dicts(merge_dicts(_config_dict(preset.codec_config), preset.codec), {"out_dir": str(codec_dir)})
-    cfg = from_dict(train_codec.CodecRecipe, data, source=preset.codec_config)
-    metrics = train_codec.run(cfg)
-    logger.info("codec: %s", json.dumps({k: v for k, v in metrics.items() if k != "train"}))
+def train_codec_stage(preset: Preset, out: Path, codec: str) -> Path:
+    """The image codec (and the stages it needs) under ``OUT/stages/``; a finished stage is reused."""
+    codec_dir = stages.build(codec, out / "stages", preset.stages)
+    metrics = json.loads((codec_dir / "codec.json").read_text()).get("metrics", {})
+    logger.info("codec %s: %s", codec, json.dumps({k: v for k, v in metrics.items() if k != "train"}))
     return codec_dir
 
 
@@ -108,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/quickstart")
     parser.add_argument("--minutes", type=float, default=None, help="budget for the unified model's training")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
+    parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default="pixel_vq", help="the image codec")
     args = parser.parse_args(argv)
     preset, out = PRESETS[args.preset], Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     def lap(name: str) -> None:
         times[name] = round(time.perf_counter() - start - sum(times.values()), 1)
 
-    codec_dir = train_codec_stage(preset, out)
+    codec_dir = train_codec_stage(preset, out, args.codec)
     lap("codec_s")
     train_unified_stage(preset, out, codec_dir, args.minutes if args.minutes is not None else preset.unified_minutes)
     lap("unified_s")
@@ -130,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         EvalSuite("test", n_per_cell=preset.test_per_cell),
         sweep_scales=sorted({1.0, m.defaults.cfg_scale}),
         metrics_jsonl=out / "train" / "metrics.jsonl",
-        title=f"panglot quickstart ({args.preset})",
+        title=f"panglot quickstart ({args.preset}, {args.codec})",
     )
     lap("eval_s")
     times["total_s"] = round(time.perf_counter() - start, 1)

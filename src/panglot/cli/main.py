@@ -32,7 +32,7 @@ def _recipe_module(name: str):
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart = importlib.import_module("recipes.quickstart")
-    argv = ["--out", args.out, "--preset", args.preset]
+    argv = ["--out", args.out, "--preset", args.preset, "--codec", args.codec]
     if args.minutes is not None:
         argv += ["--minutes", str(args.minutes)]
     quickstart.main(argv)
@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
     p.add_argument("--preset", choices=["quickstart", "long", "ci"], default="quickstart", help="recipe size")
+    p.add_argument(
+        "--codec", choices=["pixel_vq", "semantic_vq", "qformer"], default="pixel_vq", help="the image codec"
+    )
     p.set_defaults(fn=cmd_quickstart)
 
     p = sub.add_parser("train", help="run a training recipe: panglot train RECIPE.yaml [key=value ...]")
