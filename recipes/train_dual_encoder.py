@@ -39,7 +39,7 @@ from panglot.encoders import DualEncoder, DualEncoderConfig, PairBatch, dual_enc
 from panglot.evaluation.retrieval import image_text_retrieval
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
-from panglot.training import OptimConfig, TrainConfig, Trainer
+from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
 from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
 from panglot.world.dataset import example_rng, split_scenes
 from panglot.world.language import caption, paraphrase
@@ -186,7 +186,12 @@ def seconds_per_step(cfg: DualEncoderRecipe, tokenizer: TextTokenizer, device: s
 
 
 def train(
-    encoder: DualEncoder, cfg: DualTrainConfig, data_seed: int, out_dir: str | Path, resume: bool = False
+    encoder: DualEncoder,
+    cfg: DualTrainConfig,
+    data_seed: int,
+    out_dir: str | Path,
+    resume: bool = False,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
 ) -> dict[str, Any]:
     """Train in place for ``cfg.max_steps`` with checkpoints in ``out_dir``; returns a summary."""
     history: list[dict[str, float]] = []
@@ -195,7 +200,7 @@ def train(
         history.append(metrics)
 
     data = WorldPairs(cfg.batch_size, data_seed, cfg.paraphrase_prob)
-    trainer = Trainer(cfg, encoder, dual_encoder_loss, data, out_dir, callbacks=[record])
+    trainer = Trainer(cfg, encoder, dual_encoder_loss, data, out_dir, callbacks=[record, *callbacks])
     wall0, cpu0 = time.perf_counter(), time.process_time()
     summary = trainer.train(resume=resume)
     encoder.eval()

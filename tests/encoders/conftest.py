@@ -12,6 +12,15 @@ from panglot.encoders import DualEncoder, DualEncoderConfig
 from panglot.world import make_examples
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and spinning threads cost a lot on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def examples():
     return make_examples("train", 300, seed=0)
