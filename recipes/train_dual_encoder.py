@@ -10,7 +10,8 @@ scenes (deterministic, so a resumed run rebuilds the same one).
 
 Evaluation: image->text and text->image recall@1 and @5 on a gallery of ``eval.n_pairs`` (image, canonical
 caption) pairs per split (``test-seen``, ``test-unseen`` by default); a retrieved caption or image counts as
-correct when its caption equals the query's, and chance level is reported alongside. Writes ``OUT/train/``
+correct when its caption equals the query's, and chance level is reported alongside; also the same images
+retrieved by the scenes' paraphrases (``paraphrase_to_image``). Writes ``OUT/train/``
 (checkpoints, metrics.jsonl), the encoder (``OUT/encoder.safetensors``, ``OUT/encoder.json``,
 ``OUT/tokenizer/``) and ``OUT/metrics.json``.
 
@@ -36,14 +37,15 @@ from panglot.codecs.base import images_to_tensor
 from panglot.codecs.text import TextTokenizer, train_world_tokenizer
 from panglot.config import load_config, to_dict
 from panglot.encoders import DualEncoder, DualEncoderConfig, PairBatch, dual_encoder_loss
-from panglot.evaluation.retrieval import image_text_retrieval
+from panglot.evaluation.retrieval import image_text_retrieval, recall_at_k
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
 from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
-from panglot.world.dataset import example_rng, split_scenes
+from panglot.world.dataset import example_rng
 from panglot.world.language import caption, paraphrase
 from panglot.world.render import render_batch
+from panglot.world.scene import Scene
 from panglot.world.splits import sample_scene
 
 logger = logging.getLogger("panglot.recipes.train_dual_encoder")
@@ -106,16 +108,23 @@ def world_tokenizer(n_examples: int, seed: int) -> TextTokenizer:
     """The world BPE tokenizer trained on captions and paraphrases of train scenes ``0 .. n - 1``."""
     texts = []
     for i in range(n_examples):
-        rng = example_rng("train", seed, i)
-        scene = sample_scene(rng, "train")
-        texts += [caption(scene), paraphrase(scene, rng)]
+        _, text, para, _ = world_pair("train", seed, i)
+        texts += [text, para]
     return train_world_tokenizer(texts)
+
+
+def world_pair(split: str, seed: int, index: int) -> tuple[Scene, str, str, np.random.Generator]:
+    """Scene ``index`` of ``split`` with its canonical caption and its paraphrase (those of
+    ``world.dataset.make_example``), and the example's generator for any further draws."""
+    rng = example_rng(split, seed, index)
+    scene = sample_scene(rng, split)
+    return scene, caption(scene), paraphrase(scene, rng), rng  # paraphrase drawn right after, as make_example
 
 
 class WorldPairs:
     """Endless ``train`` (image, text) pairs as :class:`PairBatch`: batch ``k`` holds scenes
-    ``k * batch_size ..`` (those of ``world.dataset.make_example``, paraphrase included). The state is the
-    index of the next scene, so a resume is exact."""
+    ``k * batch_size ..``, each with its caption or (with probability ``paraphrase_prob``) its paraphrase.
+    The state is the index of the next scene, so a resume is exact."""
 
     def __init__(self, batch_size: int, seed: int, paraphrase_prob: float):
         self.batch_size = batch_size
@@ -129,12 +138,10 @@ class WorldPairs:
     def __next__(self) -> PairBatch:
         scenes, texts, keys = [], [], []
         for i in range(self.start, self.start + self.batch_size):
-            rng = example_rng("train", self.seed, i)
-            scene = sample_scene(rng, "train")
-            para = paraphrase(scene, rng)  # drawn right after the scene, as make_example does
+            scene, text, para, rng = world_pair("train", self.seed, i)
             scenes.append(scene)
-            keys.append(caption(scene))
-            texts.append(para if rng.random() < self.paraphrase_prob else keys[-1])
+            keys.append(text)
+            texts.append(para if rng.random() < self.paraphrase_prob else text)
         self.start += self.batch_size
         return PairBatch(images_to_tensor(render_batch(scenes)), texts, keys)
 
@@ -159,16 +166,22 @@ class WorldPairs:
 def evaluate(
     encoder: DualEncoder, split: str, n_pairs: int, seed: int, batch_size: int = 250
 ) -> dict[str, Any]:
-    """Recall@1/@5 both ways (and chance) on the first ``n_pairs`` scenes of ``split`` with their captions."""
+    """Recall@1/@5 both ways (and chance) on the first ``n_pairs`` scenes of ``split`` with their canonical
+    captions, plus ``paraphrase_to_image``: the same images retrieved by the scenes' paraphrases."""
     encoder.eval()
-    scenes = split_scenes(split, n_pairs, seed)
-    captions = [caption(s) for s in scenes]
-    image_emb, text_emb = [], []
+    scenes, captions, paraphrases = zip(*(world_pair(split, seed, i)[:3] for i in range(n_pairs)))
+    image_emb, caption_emb, paraphrase_emb = [], [], []
     for start in range(0, n_pairs, batch_size):
-        chunk = scenes[start : start + batch_size]
-        image_emb.append(encoder.embed_images(images_to_tensor(render_batch(chunk))))
-        text_emb.append(encoder.embed_texts(captions[start : start + batch_size]))
-    return image_text_retrieval(torch.cat(image_emb), torch.cat(text_emb), captions, ks=(1, 5))
+        chunk = slice(start, start + batch_size)
+        image_emb.append(encoder.embed_images(images_to_tensor(render_batch(scenes[chunk]))))
+        caption_emb.append(encoder.embed_texts(captions[chunk]))
+        paraphrase_emb.append(encoder.embed_texts(paraphrases[chunk]))
+    images = torch.cat(image_emb)
+    out = image_text_retrieval(images, torch.cat(caption_emb), captions, ks=(1, 5))
+    out["paraphrase_to_image"] = recall_at_k(
+        torch.cat(paraphrase_emb) @ images.t(), captions, captions, ks=(1, 5)
+    )
+    return out
 
 
 # --- training -------------------------------------------------------------------------------------------

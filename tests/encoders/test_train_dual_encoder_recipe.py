@@ -14,6 +14,7 @@ import torch
 from panglot.config import load_config
 from panglot.encoders import DualEncoder, load_dual_encoder
 from panglot.training import latest_checkpoint
+from panglot.world import make_example
 from recipes import train_dual_encoder
 
 DEBUG = [f"encoder.{tower}.{key}={value}" for tower in ("image", "text")
@@ -37,7 +38,7 @@ def test_recipe_trains_an_encoder_that_retrieves_above_chance(tiny_run):
     for split in ("test-seen", "test-unseen"):
         m = metrics[split]
         assert m["n"] == 100
-        for direction in ("image_to_text", "text_to_image"):
+        for direction in ("image_to_text", "text_to_image", "paraphrase_to_image"):
             # 30 tiny steps: far from the recipe's figures, but clearly above a random ranking (~5% at 5).
             assert m[direction]["r@5"] > 5 * m["chance"]["r@5"], (split, m)
 
@@ -102,3 +103,10 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path, world_tokenizer)
     assert summary["resumed_from"] == 3 and summary["steps"] == 6
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_world_pair_is_make_example():
+    for split, index in (("train", 3), ("test-unseen", 7)):
+        example = make_example(split, 0, index)
+        scene, text, para, _ = train_dual_encoder.world_pair(split, 0, index)
+        assert (scene, text, para) == (example.scene, example.caption, example.paraphrase)
