@@ -20,6 +20,7 @@ RECIPES = {
     "unified": "recipes.train_unified",
     "codec": "recipes.train_codec",
     "dual_encoder": "recipes.train_dual_encoder",
+    "qformer_codec": "recipes.train_qformer_codec",
     "semantic_codec": "recipes.train_semantic_codec",
 }
 

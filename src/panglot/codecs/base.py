@@ -46,6 +46,7 @@ _REGISTRY: dict[str, type[Codec]] = {}
 _BUILTIN_MODULES = {
     "image_vq": "panglot.codecs.image_vq",
     "image_semantic_vq": "panglot.codecs.image_semantic",
+    "image_qformer": "panglot.codecs.image_qformer",
 }
 
 

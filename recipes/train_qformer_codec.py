@@ -1,0 +1,307 @@
+"""Train SEED's causal Q-Former image codec on ShapesWorld ``train`` scenes, in two stages, and measure it.
+
+    python recipes/train_qformer_codec.py configs/codec_qformer.yaml out_dir=runs/codec_qformer
+    python recipes/train_qformer_codec.py configs/codec_qformer.yaml out_dir=runs/codec_qformer --resume
+
+Needs a trained dual encoder (``teacher_dir``, from recipes/train_dual_encoder.py) and a trained pixel VQ
+codec (``pixel_codec_dir``, from recipes/train_codec.py); both are copied, frozen, into the codec, whose
+``codec.json`` nests their configs (``codec.teacher`` and ``codec.pixel`` are taken from those directories).
+
+- stage 1 (``qformer_train``, ``OUT/qformer_train/``): Q-Former + codebook + embedding decoder, with the
+  contrastive loss of the last query against the teacher's caption embeddings, the cosine reconstruction of
+  the teacher's image embedding from the quantized codes, and the commitment loss;
+- stage 2 (``detokenizer_train``, ``OUT/detokenizer_train/``): the diffusion detokenizer on the pixel
+  codec's latents, conditioned on the embeddings the frozen stage-1 codec reconstructs.
+
+Both stages run on ``panglot.training.Trainer`` (AdamW, warmup + cosine, bf16 autocast, checkpoints, exact
+resume); each stage's ``max_minutes`` becomes a step count before it trains (``panglot.training.budget``).
+
+Reports, per evaluation split (``val``, ``test-unseen``): the oracle-preserved rate (overall and by 1/2/3
+objects), object recall, PSNR and codebook usage (``evaluate_image_codec``), the cosine between the
+reconstructed and the teacher's image embedding, and caption retrieval (recall@1/5 among the split's
+captions) with the reconstructed embedding next to the teacher's own. Writes ``OUT/codec.safetensors``,
+``OUT/codec.json`` (with the metrics) and ``OUT/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from panglot.codecs.base import images_to_tensor
+from panglot.codecs.image_qformer import QFormerCodec, QFormerCodecConfig, detokenizer_loss, qformer_loss
+from panglot.codecs.image_vq import PixelVQ
+from panglot.config import load_config, to_dict
+from panglot.data.world_captions import CaptionedImages, WorldCaptionedImages
+from panglot.encoders import DualEncoder, load_dual_encoder
+from panglot.evaluation.codec import evaluate_image_codec
+from panglot.evaluation.retrieval import image_text_retrieval
+from panglot.files import atomic_write_json
+from panglot.nn.precision import autocast_context
+from panglot.training import OptimConfig, TrainConfig, Trainer
+from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.world.dataset import split_scenes
+from panglot.world.language import caption
+from panglot.world.render import render_batch
+
+logger = logging.getLogger("panglot.recipes.train_qformer_codec")
+
+STAGE1_TRAINS = ["qformer", "query_proj", "codebook", "embed_decoder"]  # stage 2 freezes these
+STAGE2_TRAINS = ["detokenizer"]  # stage 1 freezes this
+
+
+@dataclass
+class QFormerOptimConfig(OptimConfig):
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.05
+
+
+@dataclass
+class StageTrainConfig(TrainConfig):
+    """The trainer's config plus the stage's batch size and wall-clock budget."""
+
+    optim: QFormerOptimConfig = field(default_factory=QFormerOptimConfig)
+    max_steps: int = 5000
+    log_every: int = 25
+    batch_size: int = 64
+    max_minutes: float | None = 2.5  # -> min(max_steps, steps that fit), timed before training; None = steps
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = []
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            problems.append(f"max_minutes must be > 0 or null, got {self.max_minutes}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class QFormerLossConfig:
+    temperature: float = 0.07  # of the contrastive loss (fixed)
+    contrastive_weight: float = 1.0
+    embed_weight: float = 1.0  # weight of 1 - cos(reconstructed, teacher image embedding)
+
+
+@dataclass
+class QFormerEvalConfig:
+    splits: list[str] = field(default_factory=lambda: ["val", "test-unseen"])
+    n_images: int = 1000  # per split
+    batch_size: int = 250
+
+
+@dataclass
+class QFormerRecipe:
+    recipe: str = "qformer_codec"
+    out_dir: str = "runs/codec_qformer"
+    teacher_dir: str = "runs/dual_encoder"  # a trained panglot dual encoder (frozen teacher)
+    pixel_codec_dir: str = "runs/codec_pixel"  # a trained pixel VQ codec (the detokenizer's latent space)
+    threads: int | None = 1  # torch intra-op threads; None = torch's default
+    data_seed: int = 0
+    codec: QFormerCodecConfig = field(default_factory=QFormerCodecConfig)  # teacher/pixel: from the dirs
+    loss: QFormerLossConfig = field(default_factory=QFormerLossConfig)
+    qformer_train: StageTrainConfig = field(default_factory=StageTrainConfig)
+    detokenizer_train: StageTrainConfig = field(default_factory=StageTrainConfig)
+    eval: QFormerEvalConfig = field(default_factory=QFormerEvalConfig)
+
+
+# --- building -------------------------------------------------------------------------------------------
+def build_codec(
+    cfg: QFormerRecipe, teacher: DualEncoder, pixel: PixelVQ, device: str = "cpu"
+) -> QFormerCodec:
+    """A fresh codec (seeded by stage 1's seed) holding frozen copies of ``teacher``'s image tower and
+    ``pixel``; its config nests theirs."""
+    torch.manual_seed(cfg.qformer_train.seed)
+    codec = QFormerCodec(replace(cfg.codec, teacher=teacher.config, pixel=pixel.config))
+    codec.load_frozen_parts(teacher, pixel)
+    return codec.to(device)
+
+
+# --- training -------------------------------------------------------------------------------------------
+def stage1_loss(
+    loss_cfg: QFormerLossConfig, teacher: DualEncoder, codec: QFormerCodec, batch: CaptionedImages
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The trainer's ``loss_fn`` for stage 1 (bound to the loss config and the teacher)."""
+    with torch.no_grad():
+        text_embedding = teacher.embed_texts(batch.captions)
+    return qformer_loss(
+        codec, batch.images, text_embedding, batch.captions,
+        loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight,
+    )  # fmt: skip
+
+
+def stage2_loss(codec: QFormerCodec, batch: CaptionedImages) -> tuple[torch.Tensor, dict[str, float]]:
+    return detokenizer_loss(codec, batch.images)
+
+
+def seconds_per_step(
+    codec: QFormerCodec, loss_fn: Callable, cfg: StageTrainConfig, data_seed: int, device: str
+) -> float:
+    """Median forward + backward time of one step (rendering included) on a throwaway copy of ``codec``."""
+    probe = copy.deepcopy(codec).train()
+    data = WorldCaptionedImages(cfg.batch_size, data_seed)
+
+    def step() -> None:
+        with autocast_context(device, cfg.precision):
+            loss, _ = loss_fn(probe, next(data))
+        loss.backward()
+
+    return median_step_seconds(step) * cfg.grad_accum
+
+
+def train_stage(
+    name: str,
+    codec: QFormerCodec,
+    loss_fn: Callable,
+    cfg: StageTrainConfig,
+    freeze: list[str],
+    data_seed: int,
+    out_dir: Path,
+    resume: bool,
+    device: str,
+) -> dict[str, Any]:
+    """Fit the stage's budget to steps (once per run), then train ``codec`` in place; returns a summary."""
+    steps = fit_steps_to_minutes(
+        out_dir,
+        cfg.max_minutes,
+        cfg.max_steps,
+        lambda: seconds_per_step(codec, loss_fn, cfg, data_seed, device),
+    )
+    cfg = replace(cfg, max_steps=steps, freeze=[*cfg.freeze, *freeze])
+    losses: list[float] = []
+    trainer = Trainer(
+        cfg, codec, loss_fn, WorldCaptionedImages(cfg.batch_size, data_seed), out_dir,
+        callbacks=[lambda trainer, metrics: losses.append(metrics["loss"])],
+    )  # fmt: skip
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    summary = trainer.train(resume=resume)
+    codec.requires_grad_(False)
+    codec.eval()
+    out = {
+        "steps": summary.steps,
+        "resumed_from": summary.resumed_from,
+        "wall_s": round(time.perf_counter() - wall0, 1),
+        "cpu_s": round(time.process_time() - cpu0, 1),
+        "first_loss": losses[0] if losses else None,  # of this run's first step (after a resume: not step 1)
+        "final_loss": float(np.mean(losses[-20:])) if losses else None,
+    }
+    logger.info("%s: %d steps in %.0f s wall, %.0f s CPU", name, out["steps"], out["wall_s"], out["cpu_s"])
+    return out
+
+
+def train(
+    cfg: QFormerRecipe, codec: QFormerCodec, teacher: DualEncoder, resume: bool = False, device: str = "cpu"
+) -> dict[str, Any]:
+    """Both stages, in place; returns their summaries."""
+    out = Path(cfg.out_dir)
+    loss1 = partial(stage1_loss, cfg.loss, teacher)
+    summary = {
+        "qformer": train_stage(
+            "stage 1 (Q-Former)", codec, loss1, cfg.qformer_train, STAGE2_TRAINS, cfg.data_seed,
+            out / "qformer_train", resume, device,
+        )
+    }  # fmt: skip
+    codec.requires_grad_(True)
+    codec.freeze_frozen_parts()
+    summary["detokenizer"] = train_stage(
+        "stage 2 (detokenizer)", codec, stage2_loss, cfg.detokenizer_train, STAGE1_TRAINS, cfg.data_seed,
+        out / "detokenizer_train", resume, device,
+    )  # fmt: skip
+    summary["total"] = {
+        k: round(sum(s[k] for s in summary.values()), 1) for k in ("steps", "wall_s", "cpu_s")
+    }
+    return summary
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+@torch.no_grad()
+def embedding_metrics(
+    codec: QFormerCodec, teacher: DualEncoder, scenes: list, batch_size: int = 250
+) -> dict[str, Any]:
+    """Cosine between the embedding reconstructed from the ids and the teacher's image embedding, and
+    caption retrieval among the scenes' captions with either embedding."""
+    recon, target, texts = [], [], []
+    captions = [caption(s) for s in scenes]
+    for start in range(0, len(scenes), batch_size):
+        x = images_to_tensor(render_batch(scenes[start : start + batch_size])).to(codec.device)
+        recon.append(codec.embed_ids(codec.encode_tensor(x)))
+        target.append(teacher.embed_images(x))
+        texts.append(teacher.embed_texts(captions[start : start + batch_size]))
+    recon, target, texts = torch.cat(recon), torch.cat(target), torch.cat(texts)
+    return {
+        "embed_cosine": float((recon * target).sum(dim=-1).mean()),
+        "retrieval_reconstructed": image_text_retrieval(recon, texts, captions)["image_to_text"],
+        "retrieval_teacher": image_text_retrieval(target, texts, captions)["image_to_text"],
+    }
+
+
+def evaluate(cfg: QFormerRecipe, codec: QFormerCodec, teacher: DualEncoder) -> dict[str, Any]:
+    metrics = {}
+    for split in cfg.eval.splits:
+        scenes = split_scenes(split, cfg.eval.n_images, cfg.data_seed)
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        metrics[split] = {
+            **evaluate_image_codec(codec, scenes, cfg.eval.batch_size),
+            **embedding_metrics(codec, teacher, scenes, cfg.eval.batch_size),
+            "eval_wall_s": round(time.perf_counter() - wall0, 1),
+            "eval_cpu_s": round(time.process_time() - cpu0, 1),
+        }
+        logger.info("%s: %s", split, json.dumps(metrics[split]))
+    return metrics
+
+
+def run(cfg: QFormerRecipe, resume: bool = False, device: str = "cpu") -> dict[str, Any]:
+    """Train both stages, evaluate and save the codec; returns the metrics (also in ``OUT/metrics.json``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    teacher = load_dual_encoder(cfg.teacher_dir, map_location=device).requires_grad_(False)
+    pixel = PixelVQ.load(cfg.pixel_codec_dir, map_location=device)
+    codec = build_codec(cfg, teacher, pixel, device)
+    summary = train(cfg, codec, teacher, resume=resume, device=device)
+    metrics: dict[str, Any] = {
+        "train": summary,
+        "threads": torch.get_num_threads(),
+        "teacher_dir": cfg.teacher_dir,
+        "pixel_codec_dir": cfg.pixel_codec_dir,
+        **evaluate(cfg, codec, teacher),
+    }
+    out = Path(cfg.out_dir)
+    codec.save(out, metrics=metrics)
+    atomic_write_json(out / "metrics.json", {"config": to_dict(cfg), **metrics}, indent=2)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="recipe YAML (configs/codec_qformer.yaml)")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. qformer_train.max_minutes=1"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue both stages from their latest checkpoints"
+    )
+    args = parser.parse_args(argv)
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config:  # overrides only, no YAML
+        config, overrides = None, [config, *overrides]
+    return run(load_config(QFormerRecipe, config, overrides), resume=args.resume)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    main()

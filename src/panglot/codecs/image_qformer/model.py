@@ -1,0 +1,512 @@
+"""SEED's causal Q-Former image tokenizer (Ge et al. 2023): 64 x 64 image -> 32 causal ids -> image.
+
+encode: the frozen teacher's image tower (the CLIP-style dual encoder's ViT) gives per-patch features; a
+Q-Former's 32 learned queries read them through cross-attention while attending to each other
+*causally* (query i sees queries <= i only), so the ids form a left-to-right sequence an LM can predict;
+each query output is quantized by a cosine-similarity codebook (``vector-quantize-pytorch``).
+
+decode: an embedding decoder (a small bidirectional transformer over the 32 codes) reconstructs the
+teacher's global image embedding; the detokenizer, a conditional diffusion model (``diffusers``
+``UNet2DConditionModel`` + ``DDIMScheduler``, as SEED's unCLIP Stable Diffusion), denoises the latent grid
+of a frozen pixel VQ codec conditioned on that embedding (cross-attention tokens + an embedding added to
+the timestep embedding, as unCLIP); the denoised latents are snapped to the pixel codec's nearest codes
+and drawn by its decoder. Decoding is deterministic: DDIM with eta = 0 from a fixed-seed start.
+
+Training (stage 1, :func:`qformer_loss`): contrastive alignment of the last query's output (it sees every
+query) with the teacher's caption embeddings, reconstruction of the teacher's image embedding from the
+quantized codes, and the codebook's commitment loss. Stage 2 (:func:`detokenizer_loss`): the diffusion
+loss of the detokenizer on the frozen stage-1 embeddings.
+
+Self-contained: the teacher's image tower and the whole pixel codec are frozen submodules, saved in this
+codec's ``codec.safetensors`` with their configs nested in ``codec.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from torch import nn
+from vector_quantize_pytorch import VectorQuantize
+
+from panglot.codecs.base import ImageCodec, register_codec
+from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
+from panglot.encoders import DualEncoder, DualEncoderConfig, TowerConfig, contrastive_loss
+from panglot.encoders.dual import Tower
+from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+
+
+# --- config ---------------------------------------------------------------------------------------------
+@dataclass
+class QFormerConfig:
+    """The causal Q-Former: ``n_queries`` learned queries, ``n_layers`` blocks of causal self-attention,
+    cross-attention to the image features and a SwiGLU feed-forward."""
+
+    n_queries: int = 32  # = tokens per image
+    dim: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 384
+
+    def __post_init__(self) -> None:
+        if min(self.n_queries, self.dim, self.n_layers, self.n_heads, self.ffn_dim) < 1:
+            raise ValueError(f"every Q-Former size must be >= 1, got {self}")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ValueError(
+                f"dim {self.dim} must split into n_heads {self.n_heads} heads of even width (RoPE)"
+            )
+
+
+@dataclass
+class DetokenizerConfig:
+    """The diffusion detokenizer: a ``UNet2DConditionModel`` over the pixel codec's latent grid and a DDIM
+    sampler."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
+    layers_per_block: int = 1
+    norm_groups: int = 8
+    attention_heads: int = 2  # per cross-attention block (diffusers calls it ``attention_head_dim``)
+    cond_tokens: int = 4  # the embedding becomes this many cross-attention tokens of width cross_dim
+    cross_dim: int = 64
+    num_train_timesteps: int = 1000
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
+    inference_steps: int = 10  # DDIM steps at decode time
+    seed: int = 0  # seed of the start noise: decoding is deterministic (DDIM, eta = 0)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.block_out_channels or any(c % self.norm_groups for c in self.block_out_channels):
+            problems.append(
+                f"block_out_channels {self.block_out_channels} must be non-empty multiples of norm_groups "
+                f"{self.norm_groups}"
+            )
+        if min(self.cond_tokens, self.cross_dim, self.inference_steps, self.layers_per_block) < 1:
+            problems.append("cond_tokens, cross_dim, inference_steps and layers_per_block must be >= 1")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass
+class QFormerCodecConfig:
+    image_size: int = 64
+    teacher: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # frozen image tower inside
+    pixel: PixelVQConfig = field(default_factory=PixelVQConfig)  # frozen pixel codec (detokenizer space)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    codebook_size: int = 1024
+    codebook_dim: int = 32  # codes are looked up in this smaller space (better usage, as SEED)
+    ema_decay: float = 0.95
+    dead_code_threshold: float = 1.0  # codes whose EMA count falls below this are re-seeded
+    commitment_weight: float = 0.25
+    embed_decoder: TowerConfig = field(
+        default_factory=lambda: TowerConfig(dim=128, n_layers=2, n_heads=4, ffn_dim=384)
+    )
+    detokenizer: DetokenizerConfig = field(default_factory=DetokenizerConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name, size in (("teacher", self.teacher.image_size), ("pixel", self.pixel.image_size)):
+            if size != self.image_size:
+                problems.append(f"{name}.image_size is {size}, expected image_size {self.image_size}")
+        if self.codebook_size < 2 or self.codebook_dim < 1:
+            problems.append(
+                f"codebook_size must be >= 2 and codebook_dim >= 1, got {self.codebook_size}, {self.codebook_dim}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+# --- the teacher's image tower --------------------------------------------------------------------------
+class TeacherImageTower(nn.Module):
+    """The image half of a :class:`~panglot.encoders.DualEncoder` (same parameter names), kept frozen
+    inside the codec so that encoding needs no teacher directory."""
+
+    PREFIXES = ("patch_embed.", "image_pos", "image_tower.", "image_proj.")
+
+    def __init__(self, cfg: DualEncoderConfig):
+        super().__init__()
+        self.config = cfg
+        n_patches = cfg.grid_size**2
+        self.patch_embed = nn.Linear(3 * cfg.patch**2, cfg.image.dim)
+        self.image_pos = nn.Parameter(torch.zeros(n_patches, cfg.image.dim))
+        self.image_tower = Tower(cfg.image, n_patches, cfg.norm_eps)
+        self.image_proj = nn.Linear(cfg.image.dim, cfg.embed_dim, bias=False)
+
+    def copy_from(self, encoder: DualEncoder) -> None:
+        """Load the image tower's weights from ``encoder`` (its config must equal this tower's)."""
+        if encoder.config != self.config:
+            raise ValueError("the dual encoder's config differs from the codec's teacher config")
+        state = {k: v for k, v in encoder.state_dict().items() if k.startswith(self.PREFIXES)}
+        self.load_state_dict(state, strict=True)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, N, 3 * p * p): the dual encoder's own patching (it reads only ``config``),
+        so the features stay exactly the teacher's."""
+        return DualEncoder.patches(self, x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, S, S) -> per-patch features (B, N, grid_dim) and the L2-normalised image
+        embedding (B, embed_dim) float32, exactly as the dual encoder's ``encode_images``."""
+        grid = self.image_tower(self.patch_embed(self.patches(x)) + self.image_pos)  # (B, N, D)
+        return grid, F.normalize(self.image_proj(grid.mean(dim=1)).float(), dim=-1)
+
+
+# --- the causal Q-Former --------------------------------------------------------------------------------
+class CrossAttention(nn.Module):
+    """Queries (B, T, D) attend to every context vector (B, S, C); no positions, no mask."""
+
+    def __init__(self, dim: int, context_dim: int, n_heads: int):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(context_dim, dim, bias=False)
+        self.wv = nn.Linear(context_dim, dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        s = context.shape[1]
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        k = self.wk(context).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
+        v = self.wv(context).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class QFormerBlock(nn.Module):
+    """x + causal_self_attn(norm(x)), x + cross_attn(norm(x), image), x + ffn(norm(x))."""
+
+    def __init__(self, cfg: QFormerConfig, context_dim: int, eps: float = 1e-6):
+        super().__init__()
+        head_dim = cfg.dim // cfg.n_heads
+        self.self_norm = RMSNorm(cfg.dim, eps)
+        self.self_attention = Attention(cfg.dim, cfg.n_heads, cfg.n_heads, head_dim)
+        self.cross_norm = RMSNorm(cfg.dim, eps)
+        self.cross_attention = CrossAttention(cfg.dim, context_dim, cfg.n_heads)
+        self.ffn_norm = RMSNorm(cfg.dim, eps)
+        self.feed_forward = SwiGLU(cfg.dim, cfg.ffn_dim)
+
+    def forward(
+        self, x: torch.Tensor, image: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        x = x + self.self_attention(self.self_norm(x), cos, sin, mask=None)  # mask=None: causal
+        x = x + self.cross_attention(self.cross_norm(x), image)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class CausalQFormer(nn.Module):
+    """Learned queries (T, D) -> (B, T, D) outputs; output i depends on queries 0..i and the image only."""
+
+    def __init__(self, cfg: QFormerConfig, image_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(cfg.n_queries, cfg.dim) * 0.02)
+        self.image_norm = RMSNorm(image_dim, eps)
+        self.layers = nn.ModuleList(QFormerBlock(cfg, image_dim, eps) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, eps)
+        self.rope = RotaryEmbedding(cfg.dim // cfg.n_heads, cfg.n_queries)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image features (B, N, C) -> query outputs (B, T, D)."""
+        b, t = image.shape[0], self.queries.shape[0]
+        cos, sin = self.rope(torch.arange(t, device=image.device)[None])
+        image = self.image_norm(image)
+        x = self.queries[None].expand(b, -1, -1).to(image.dtype)
+        for block in self.layers:
+            x = block(x, image, cos, sin)
+        return self.norm(x)
+
+
+# --- codebook and embedding decoder ---------------------------------------------------------------------
+class Codebook(nn.Module):
+    """Cosine-similarity VQ (k-means init, EMA updates, dead-code expiry) from ``vector-quantize-pytorch``."""
+
+    def __init__(self, cfg: QFormerCodecConfig):
+        super().__init__()
+        self.vq = VectorQuantize(
+            dim=cfg.qformer.dim,
+            codebook_size=cfg.codebook_size,
+            codebook_dim=cfg.codebook_dim,
+            use_cosine_sim=True,
+            kmeans_init=True,
+            decay=cfg.ema_decay,
+            threshold_ema_dead_code=cfg.dead_code_threshold,
+            commitment_weight=cfg.commitment_weight,
+        )
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z (B, T, D) float32 -> codes (B, T, D) (straight-through), ids (B, T), commitment loss.
+        In training mode this initialises (k-means) and updates (EMA) the codebook."""
+        codes, ids, aux = self.vq(z)
+        return codes, ids.long(), aux
+
+    def ids(self, z: torch.Tensor) -> torch.Tensor:
+        """Nearest code by cosine similarity, computed here so encoding never touches codebook state."""
+        z = F.normalize(self.vq.project_in(z), dim=-1)  # (B, T, d)
+        return (z @ F.normalize(self.vq.codebook, dim=-1).t()).argmax(dim=-1)
+
+    def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.vq.get_output_from_indices(ids)  # (B, T, D)
+
+
+class EmbeddingDecoder(nn.Module):
+    """Quantized codes (B, T, D) -> the teacher's image embedding (B, E), L2-normalised: a bidirectional
+    transformer over the codes, mean-pooled and projected (SEED's reconstruction of the generation
+    embedding)."""
+
+    def __init__(self, code_dim: int, n_codes: int, cfg: TowerConfig, embed_dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.proj_in = nn.Linear(code_dim, cfg.dim)
+        self.tower = Tower(cfg, n_codes, eps)
+        self.proj_out = nn.Linear(cfg.dim, embed_dim, bias=False)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        h = self.tower(self.proj_in(codes))  # (B, T, D)
+        return F.normalize(self.proj_out(h.mean(dim=1)).float(), dim=-1)
+
+
+# --- the diffusion detokenizer --------------------------------------------------------------------------
+class Detokenizer(nn.Module):
+    """Conditional DDIM denoiser of a (B, C, g, g) latent grid, conditioned on an image embedding (B, E)."""
+
+    def __init__(self, cfg: DetokenizerConfig, latent_channels: int, grid: int, embed_dim: int):
+        super().__init__()
+        self.config = cfg
+        n = len(cfg.block_out_channels)
+        self.cond = nn.Linear(embed_dim, cfg.cond_tokens * cfg.cross_dim)
+        self.unet = UNet2DConditionModel(
+            sample_size=grid,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (n - 1),
+            up_block_types=("UpBlock2D",) * (n - 1) + ("CrossAttnUpBlock2D",),
+            block_out_channels=tuple(cfg.block_out_channels),
+            layers_per_block=cfg.layers_per_block,
+            norm_num_groups=cfg.norm_groups,
+            cross_attention_dim=cfg.cross_dim,
+            attention_head_dim=cfg.attention_heads,  # diffusers' legacy name for the number of heads
+            class_embed_type="projection",  # unCLIP: the image embedding joins the timestep embedding
+            projection_class_embeddings_input_dim=embed_dim,
+        )
+
+    def scheduler(self) -> DDIMScheduler:
+        """A fresh scheduler (it holds the timesteps of one sampling run, so each call gets its own)."""
+        cfg = self.config
+        return DDIMScheduler(
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            prediction_type=cfg.prediction_type,
+            clip_sample=False,
+            set_alpha_to_one=True,
+            timestep_spacing="trailing",  # few steps: start at the last training timestep (pure noise)
+        )
+
+    def forward(self, latents: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """Noisy latents (B, C, g, g), timesteps (B,), embedding (B, E) -> the model output (B, C, g, g)."""
+        b = embedding.shape[0]
+        tokens = self.cond(embedding).view(b, self.config.cond_tokens, self.config.cross_dim)
+        return self.unet(latents, t, encoder_hidden_states=tokens, class_labels=embedding).sample
+
+    def loss(self, latents: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """The denoising loss on clean latents (B, C, g, g) at uniformly drawn timesteps."""
+        sched = self.scheduler()
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, self.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+        noisy = sched.add_noise(latents, noise, t)
+        if self.config.prediction_type == "epsilon":
+            target = noise
+        elif self.config.prediction_type == "v_prediction":
+            target = sched.get_velocity(latents, noise, t)
+        else:
+            target = latents
+        return F.mse_loss(self(noisy, t, embedding).float(), target.float())
+
+    @torch.no_grad()
+    def sample(self, embedding: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from the config's fixed-seed noise; every row starts from the same
+        noise, so a row's result does not depend on the rest of the batch. Returns (B, *shape)."""
+        sched = self.scheduler()
+        sched.set_timesteps(self.config.inference_steps, device=embedding.device)
+        generator = torch.Generator().manual_seed(self.config.seed)
+        x = torch.randn(shape, generator=generator).to(embedding.device).expand(embedding.shape[0], *shape)
+        for t in sched.timesteps:
+            out = self(x, t.expand(x.shape[0]), embedding).float()
+            x = sched.step(out, t, x, eta=0.0).prev_sample
+        return x
+
+
+# --- the codec ------------------------------------------------------------------------------------------
+class QFormerOutput(NamedTuple):
+    ids: torch.Tensor  # (B, T)
+    query_embedding: torch.Tensor  # (B, E) last query's output, projected, L2-normalised (contrastive)
+    embedding: torch.Tensor  # (B, E) embedding reconstructed from the quantized codes, L2-normalised
+    target_embedding: torch.Tensor  # (B, E) the teacher's image embedding
+    aux_loss: torch.Tensor  # scalar commitment loss
+
+
+@register_codec
+class QFormerCodec(ImageCodec):
+    """64 x 64 image <-> 32 causal ids (SEED); decoding draws through the diffusion detokenizer."""
+
+    kind = "image_qformer"
+    config_cls = QFormerCodecConfig
+
+    def __init__(self, config: QFormerCodecConfig):
+        super().__init__(config)
+        teacher = config.teacher
+        self.teacher = TeacherImageTower(teacher)
+        self.qformer = CausalQFormer(config.qformer, teacher.image.dim, teacher.norm_eps)
+        self.query_proj = nn.Linear(config.qformer.dim, teacher.embed_dim, bias=False)
+        self.codebook = Codebook(config)
+        self.embed_decoder = EmbeddingDecoder(
+            config.qformer.dim,
+            config.qformer.n_queries,
+            config.embed_decoder,
+            teacher.embed_dim,
+            teacher.norm_eps,
+        )
+        self.pixel = PixelVQ(config.pixel)
+        self.latent_grid = self.pixel.grid
+        self.detokenizer = Detokenizer(
+            config.detokenizer, config.pixel.latent_dim, self.latent_grid, teacher.embed_dim
+        )
+        self.freeze_frozen_parts()
+
+    @classmethod
+    def debug_config(cls) -> QFormerCodecConfig:
+        return QFormerCodecConfig(
+            teacher=DualEncoderConfig.debug(),
+            pixel=PixelVQ.debug_config(),
+            qformer=QFormerConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=64),
+            codebook_size=64,
+            codebook_dim=8,
+            embed_decoder=TowerConfig(dim=32, n_layers=1, n_heads=2, ffn_dim=64),
+            detokenizer=DetokenizerConfig(
+                block_out_channels=[16, 32], norm_groups=8, attention_heads=2, cond_tokens=2, cross_dim=16,
+                inference_steps=2,
+            ),
+        )  # fmt: skip
+
+    def freeze_frozen_parts(self) -> None:
+        """The teacher's tower and the pixel codec never train here."""
+        self.teacher.requires_grad_(False)
+        self.pixel.requires_grad_(False)
+
+    def load_frozen_parts(self, teacher: DualEncoder, pixel: PixelVQ) -> None:
+        """Copy a trained teacher's image tower and a trained pixel codec into this codec."""
+        self.teacher.copy_from(teacher)
+        if pixel.config != self.config.pixel:
+            raise ValueError("the pixel codec's config differs from this codec's pixel config")
+        self.pixel.load_state_dict(pixel.state_dict(), strict=True)
+        self.freeze_frozen_parts()
+
+    def train(self, mode: bool = True) -> QFormerCodec:
+        super().train(mode)
+        self.teacher.eval()  # frozen parts stay in eval mode (no codebook updates in the pixel codec)
+        self.pixel.eval()
+        return self
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def tokens_per_item(self) -> int:
+        return self.config.qformer.n_queries
+
+    # --- encoding -----------------------------------------------------------------------------------
+    def _query_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> Q-Former outputs (B, T, D) float32 and the teacher's image embedding (B, E)."""
+        self.check_images(x)
+        with torch.no_grad():
+            grid, target = self.teacher(x)
+        return self.qformer(grid).float(), target
+
+    def forward(self, x: torch.Tensor) -> QFormerOutput:
+        """Stage-1 training path (updates the codebook in training mode)."""
+        z, target = self._query_outputs(x)
+        query_embedding = F.normalize(self.query_proj(z[:, -1]).float(), dim=-1)  # the last query sees all
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            codes, ids, aux = self.codebook(z)
+        return QFormerOutput(ids, query_embedding, self.embed_decoder(codes), target, aux)
+
+    def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        z, _ = self._query_outputs(x)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.codebook.ids(z)
+
+    # --- decoding -----------------------------------------------------------------------------------
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> the reconstructed image embedding (B, E), L2-normalised."""
+        with torch.autocast(device_type=ids.device.type, enabled=False):
+            codes = self.codebook.codes(ids.long())
+        return self.embed_decoder(codes)
+
+    def code_table(self) -> torch.Tensor:
+        """Every pixel-codec code (V, C) in the decoder's input space, normalised per channel: the
+        detokenizer's latent space."""
+        ids = torch.arange(self.pixel.vocab_size, device=self.device)[None]
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            table = self.pixel.quantizer.codes(ids)[0].float()  # (V, C)
+        return (table - table.mean(dim=0)) / table.std(dim=0).clamp_min(1e-6)
+
+    def pixel_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> the pixel codec's quantized latents in the detokenizer's space (B, C, g, g)."""
+        ids = self.pixel.encode_tensor(x)  # (B, g * g)
+        return self.table_to_grid(self.code_table()[ids])
+
+    def table_to_grid(self, codes: torch.Tensor) -> torch.Tensor:
+        b, _, c = codes.shape  # (B, g * g, C)
+        return codes.transpose(1, 2).reshape(b, c, self.latent_grid, self.latent_grid)
+
+    def snap(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C, g, g) -> pixel-codec ids (B, g * g) of the nearest codes."""
+        flat = latents.float().flatten(2).transpose(1, 2)  # (B, N, C)
+        return torch.cdist(flat, self.code_table()[None].expand(flat.shape[0], -1, -1)).argmin(dim=-1)
+
+    @torch.no_grad()
+    def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
+        embedding = self.embed_ids(ids)
+        shape = (self.config.pixel.latent_dim, self.latent_grid, self.latent_grid)
+        return self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, shape)))
+
+
+# --- training losses ------------------------------------------------------------------------------------
+def qformer_loss(
+    codec: QFormerCodec,
+    images: torch.Tensor,
+    text_embedding: torch.Tensor,
+    keys: list[str],
+    temperature: float = 0.07,
+    contrastive_weight: float = 1.0,
+    embed_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 1: contrastive alignment of the last query with the captions' embeddings (B, E) (pairs with
+    equal ``keys`` are positives), cosine reconstruction of the teacher's image embedding from the
+    quantized codes, and the commitment loss."""
+    out = codec(images.to(codec.device))
+    scale = torch.tensor(1.0 / temperature, device=codec.device)
+    contrastive, cm = contrastive_loss(out.query_embedding, text_embedding.to(codec.device), scale, keys)
+    cosine = (out.embedding * out.target_embedding).sum(dim=-1).mean()
+    loss = contrastive_weight * contrastive + embed_weight * (1.0 - cosine) + out.aux_loss
+    metrics = {
+        "loss": loss.item(),
+        "contrastive": contrastive.item(),
+        "i2t_acc": cm["i2t_acc"],
+        "embed_cos": cosine.item(),
+        "commit": float(out.aux_loss.detach()),
+    }
+    return loss, metrics
+
+
+def detokenizer_loss(codec: QFormerCodec, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 2: the diffusion loss on the pixel codec's latents, conditioned on the embedding the frozen
+    stage-1 codec reconstructs from the image's ids."""
+    images = images.to(codec.device)
+    with torch.no_grad():
+        embedding = codec.embed_ids(codec.encode_tensor(images))
+        latents = codec.pixel_latents(images)
+    loss = codec.detokenizer.loss(latents, embedding)
+    return loss, {"loss": loss.item()}

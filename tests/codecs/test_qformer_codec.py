@@ -1,0 +1,174 @@
+"""SEED's causal Q-Former codec: causality, frozen parts copied in, self-contained save/load, deterministic
+diffusion decoding, losses that fall, and the two-stage recipe end to end on debug sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from panglot.codecs import load_codec
+from panglot.codecs.base import images_to_tensor
+from panglot.codecs.image_qformer import QFormerCodec, detokenizer_loss, qformer_loss
+from panglot.codecs.image_vq import PixelVQ
+from panglot.codecs.text import train_world_tokenizer
+from panglot.encoders import DualEncoder, DualEncoderConfig
+from panglot.world.dataset import split_scenes
+from panglot.world.language import caption
+from panglot.world.render import render_batch
+from recipes import train_qformer_codec
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return split_scenes("train", 16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def images(scenes):
+    return images_to_tensor(render_batch(scenes))  # (16, 3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def teacher(scenes):
+    tokenizer = train_world_tokenizer([caption(s) for s in split_scenes("train", 200, seed=1)])
+    torch.manual_seed(1)
+    return DualEncoder(DualEncoderConfig.debug(), tokenizer).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def pixel():
+    torch.manual_seed(2)
+    return PixelVQ(PixelVQ.debug_config()).eval()
+
+
+@pytest.fixture
+def codec(teacher, pixel, images):
+    torch.manual_seed(0)
+    codec = QFormerCodec(QFormerCodec.debug_config())
+    codec.load_frozen_parts(teacher, pixel)
+    codec.train()
+    codec(images)  # k-means initialises the codebook, as in training
+    return codec.eval()
+
+
+def test_tokens_are_causal(codec, images):
+    """Query output i depends on queries 0..i only: changing query j leaves outputs < j untouched."""
+    j = 20
+    with torch.no_grad():
+        grid, _ = codec.teacher(images)
+        before = codec.qformer(grid)
+        ids_before = codec.encode_tensor(images)
+        codec.qformer.queries[j:] += torch.randn_like(codec.qformer.queries[j:])
+        after = codec.qformer(grid)
+        ids_after = codec.encode_tensor(images)
+    torch.testing.assert_close(after[:, :j], before[:, :j], rtol=0, atol=1e-6)
+    assert (after[:, j:] - before[:, j:]).abs().amax() > 1e-2  # and later outputs do change
+    assert torch.equal(ids_after[:, :j], ids_before[:, :j])
+    assert codec.tokens_per_item == 32 and ids_before.shape == (16, 32)
+
+
+def test_frozen_parts_are_the_teacher_and_pixel_codec(codec, teacher, pixel, images):
+    with torch.no_grad():
+        grid, embedding = codec.teacher(images)
+        torch.testing.assert_close(grid, teacher.image_grid(images))
+        torch.testing.assert_close(embedding, teacher.embed_images(images))
+        ids = pixel.encode_tensor(images)
+        torch.testing.assert_close(codec.pixel.decode_tensor(ids), pixel.decode_tensor(ids))
+        # The detokenizer's latents snap back to the pixel codec's own ids.
+        assert torch.equal(codec.snap(codec.pixel_latents(images)), ids)
+    trainable = {n.split(".")[0] for n, p in codec.named_parameters() if p.requires_grad}
+    assert trainable.isdisjoint({"teacher", "pixel"})
+
+
+def test_decode_is_deterministic_and_batch_independent(codec, images):
+    ids = codec.encode_tensor(images[:4])
+    first = codec.decode_tensor(ids)
+    assert first.shape == (4, 3, 64, 64) and first.min() >= -1 and first.max() <= 1
+    assert torch.equal(codec.decode_tensor(ids), first)
+    torch.testing.assert_close(codec.decode_tensor(ids[2:3]), first[2:3])
+    latents = codec.detokenizer.sample(codec.embed_ids(ids), (codec.config.pixel.latent_dim, 8, 8))
+    codec.detokenizer.config.seed += 1  # another seed, another start noise
+    assert not torch.equal(codec.detokenizer.sample(codec.embed_ids(ids), latents.shape[1:]), latents)
+    codec.detokenizer.config.seed -= 1
+
+
+def test_save_load_is_self_contained_and_identical(codec, teacher, images, tmp_path):
+    codec.save(tmp_path / "a")
+    moved = (tmp_path / "a").rename(tmp_path / "b")  # no path reference can survive a move
+    assert sorted(p.name for p in moved.iterdir()) == ["codec.json", "codec.safetensors"]
+    meta = json.loads((moved / "codec.json").read_text())
+    assert meta["kind"] == "image_qformer" and meta["tokens_per_item"] == 32
+    assert meta["config"]["teacher"]["image"]["dim"] == teacher.config.image.dim
+    assert meta["config"]["pixel"]["quantizer"] == codec.config.pixel.quantizer
+    weights = load_file(str(moved / "codec.safetensors"))
+    assert torch.equal(weights["teacher.image_pos"], teacher.image_pos)
+    loaded = load_codec(moved)
+    assert isinstance(loaded, QFormerCodec)
+    ids = codec.encode_tensor(images)
+    assert torch.equal(loaded.encode_tensor(images), ids)
+    assert torch.equal(loaded.decode_tensor(ids[:3]), codec.decode_tensor(ids[:3]))
+
+
+def test_both_losses_fall(codec, teacher, images, scenes):
+    captions = [caption(s) for s in scenes]
+    with torch.no_grad():
+        texts = teacher.embed_texts(captions)
+    codec.train()
+    params = [p for p in codec.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss, metrics = qformer_loss(codec, images, texts, captions)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert set(metrics) >= {"contrastive", "embed_cos", "commit"}
+    diffusion = []
+    for _ in range(15):
+        torch.manual_seed(0)  # the same timesteps and noise every step
+        loss, _ = detokenizer_loss(codec, images)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        diffusion.append(loss.item())
+    assert np.mean(diffusion[-3:]) < 0.8 * np.mean(diffusion[:3]), diffusion
+
+
+def test_recipe_trains_both_stages_evaluates_and_resumes(teacher, pixel, tmp_path):
+    teacher.save(tmp_path / "teacher")
+    pixel.save(tmp_path / "pixel")
+    overrides = [
+        f"out_dir={tmp_path / 'run'}", f"teacher_dir={tmp_path / 'teacher'}", f"pixel_codec_dir={tmp_path / 'pixel'}",
+        "codec.qformer.dim=32", "codec.qformer.n_layers=1", "codec.qformer.n_heads=2", "codec.qformer.ffn_dim=64",
+        "codec.codebook_size=64", "codec.codebook_dim=8",
+        "codec.embed_decoder.dim=32", "codec.embed_decoder.n_layers=1", "codec.embed_decoder.n_heads=2",
+        "codec.detokenizer.block_out_channels=[16,32]", "codec.detokenizer.norm_groups=8",
+        "codec.detokenizer.attention_heads=2", "codec.detokenizer.inference_steps=2",
+        "qformer_train.max_minutes=null", "qformer_train.max_steps=4", "qformer_train.batch_size=8",
+        "detokenizer_train.max_minutes=null", "detokenizer_train.max_steps=3", "detokenizer_train.batch_size=8",
+        "eval.n_images=12", "eval.splits=[test-unseen]",
+    ]  # fmt: skip
+    cfg = train_qformer_codec.load_config(
+        train_qformer_codec.QFormerRecipe, "configs/codec_qformer.yaml", overrides
+    )
+    metrics = train_qformer_codec.run(cfg)
+    assert metrics["train"]["qformer"]["steps"] == 4 and metrics["train"]["detokenizer"]["steps"] == 3
+    unseen = metrics["test-unseen"]
+    assert {"oracle_preserved", "oracle_preserved_1obj", "codebook_usage", "embed_cosine"} <= set(unseen)
+    assert 0 <= unseen["retrieval_reconstructed"]["r@1"] <= 1
+    saved = load_codec(tmp_path / "run")
+    assert saved.config.teacher == teacher.config and saved.metrics["test-unseen"] == unseen
+    resumed = train_qformer_codec.run(cfg, resume=True)  # both stages done: nothing left to train
+    untimed = lambda m: {k: v for k, v in m.items() if not k.startswith("eval_")}  # noqa: E731
+    assert untimed(resumed["test-unseen"]) == untimed(unseen)  # the same weights back
+    assert (
+        resumed["train"]["qformer"]["resumed_from"] == 4
+        and resumed["train"]["detokenizer"]["resumed_from"] == 3
+    )
+    assert resumed["train"]["total"]["steps"] == 7
