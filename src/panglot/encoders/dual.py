@@ -47,17 +47,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "encoder.safetensors"
 META_FILE = "encoder.json"
 TOKENIZER_DIR = "tokenizer"
-# SDPA kernels by "on CPU": the math kernel there, since on these short sequences (64 patches, ~30 tokens)
-# the CPU flash kernel's backward took ~150 ms a layer at batch 128 and made a training step 1.7x slower.
-ATTENTION_BACKENDS = {
-    True: [SDPBackend.MATH],
-    False: [
-        SDPBackend.FLASH_ATTENTION,
-        SDPBackend.EFFICIENT_ATTENTION,
-        SDPBackend.CUDNN_ATTENTION,
-        SDPBackend.MATH,
-    ],
-}
 
 
 class EncoderLoadError(ValueError):
@@ -156,6 +145,20 @@ class EncoderBlock(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
+def attention_backends(device: torch.device) -> list[SDPBackend]:
+    """SDPA kernels the towers may use: on CPU only the math kernel, since on these short sequences (64
+    patches, ~30 tokens) the CPU flash kernel's backward took ~150 ms a layer at batch 128 and made a
+    training step 1.7x slower; elsewhere every kernel, fastest first."""
+    if device.type == "cpu":
+        return [SDPBackend.MATH]
+    return [
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.MATH,
+    ]
+
+
 class Tower(nn.Module):
     """Blocks over a sequence (RoPE positions 0..T-1, every token sees every real token) + final norm."""
 
@@ -173,7 +176,7 @@ class Tower(nn.Module):
             mask = torch.ones(1, 1, 1, t, dtype=torch.bool, device=x.device)
         else:
             mask = valid[:, None, None, :]  # (B, 1, 1, T): keys a query may see
-        with sdpa_kernel(ATTENTION_BACKENDS[x.device.type == "cpu"]):
+        with sdpa_kernel(attention_backends(x.device)):
             for block in self.layers:
                 x = block(x, cos, sin, mask)
         return self.norm(x)

@@ -8,10 +8,13 @@ Images come in as panglot's (B, 3, 64, 64) tensors in [-1, 1]; they are resized 
 size with ``torch.nn.functional.interpolate`` (bicubic) and normalised with the model's mean/std, as its
 image processor would (for square inputs resize-then-crop is a plain resize). Texts go through the
 model's own tokenizer: CLIP pads to the longest text and masks the padding; SigLIP pads to its fixed
-length without a mask, as it was trained. ``image_grid`` pools the model's patch features (class token
+length without a mask, as it was trained; a text longer than the model's positions is truncated, as its
+processor does. ``image_grid`` pools the model's patch features (class token
 dropped) to 8 x 8 by adaptive average pooling, so its shape is that of :class:`~panglot.encoders.DualEncoder`.
 
-transformers is imported when a model is loaded, not when :mod:`panglot.encoders` is imported.
+Embeddings are ``get_image_features`` / ``get_text_features``'s ``pooler_output`` (transformers 5, where
+these return model outputs; the patch features come from the same call). transformers is imported when
+a model is loaded, not when :mod:`panglot.encoders` is imported.
 """
 
 from __future__ import annotations
