@@ -23,6 +23,7 @@ from panglot.codecs.text import TextTokenizer, train_world_tokenizer
 from panglot.config import load_config, to_dict
 from panglot.data.loader import StatefulLoader
 from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, world_texts
+from panglot.data.packing import DocumentPacker, PackingConfig, rows_for
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.multimodal import UnifiedVocab
@@ -40,11 +41,12 @@ class UnifiedRecipe:
     out_dir: str = "runs/unified"
     codec_dir: str = "runs/codec"
     tokenizer_scenes: int = 3000  # train-split scenes whose texts train the BPE tokenizer
-    batch_size: int = 32
+    batch_size: int = 32  # documents per batch (packed: about as many, see packing.rows)
     cfg_scale: float = 3.0  # default guidance scale saved with the model (the quickstart tunes it on val)
     threads: int | None = None  # torch intra-op threads; None = torch's default
     model: UnifiedModelConfig = field(default_factory=UnifiedModelConfig)
     data: MixtureConfig = field(default_factory=MixtureConfig)
+    packing: PackingConfig = field(default_factory=PackingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -58,7 +60,7 @@ def build_tokenizer(cfg: UnifiedRecipe, out: Path) -> TextTokenizer:
     return tok
 
 
-def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, StatefulLoader]:
+def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, StatefulLoader | DocumentPacker]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     codec = load_codec(cfg.codec_dir, map_location=device)
@@ -71,20 +73,31 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     scenes = split_scenes("train", cfg.data.n_scenes, cfg.data.seed)
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
-    loader = StatefulLoader(
-        dataset, cfg.batch_size, seed=cfg.train.seed, collate_fn=partial(collate, pad_id=vocab.special("<pad>"))
-    )
+    pad_id = vocab.special("<pad>")
+    if cfg.packing.enabled:  # rows of whole documents, attention and positions kept inside each
+        pack = cfg.packing
+        rows = pack.rows or rows_for(dataset, cfg.batch_size, pack.pack_len)
+        logger.info("packing documents into batches of %d rows of %d tokens", rows, pack.pack_len)
+        loader = DocumentPacker(
+            dataset, pack.pack_len, rows, pad_id=pad_id, seed=cfg.train.seed, lookahead=pack.lookahead
+        )
+    else:
+        loader = StatefulLoader(
+            dataset, cfg.batch_size, seed=cfg.train.seed, collate_fn=partial(collate, pad_id=pad_id)
+        )
     return model, loader
 
 
 def loss_fn(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
     batch = {k: v.to(model.device) for k, v in batch.items()}
     loss, metrics = model.loss(batch)
-    metrics["tokens"] = float(batch["tokens"].numel())
+    metrics["tokens"] = float((batch["tokens"] != model.vocab.special("<pad>")).sum())  # document tokens only
     return loss, metrics
 
 
-def seconds_per_step(model: UnifiedModel, loader: StatefulLoader, cfg: UnifiedRecipe) -> float:
+def seconds_per_step(
+    model: UnifiedModel, loader: StatefulLoader | DocumentPacker, cfg: UnifiedRecipe
+) -> float:
     """Median forward + backward time of a training step on this machine. The loader is rewound and the
     gradients dropped afterwards, so the run that follows is the same as one that never probed."""
     state = loader.state_dict()

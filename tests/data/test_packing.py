@@ -8,11 +8,14 @@ import torch
 from torch import nn
 
 from panglot.backbone import build_transformer
+from panglot.codecs.image_vq.model import PixelVQ, PixelVQConfig
 from panglot.codecs.text import TextTokenizer
-from panglot.data.packing import DocumentPacker, PackingConfig, collate_packed
+from panglot.config import load_config
+from panglot.data.packing import DocumentPacker, PackingConfig, collate_packed, rows_for
 from panglot.model import UnifiedModel, collate
 from panglot.multimodal import TASKS, SequenceLayout, TaskSequence, UnifiedVocab
 from panglot.training import OptimConfig, TrainConfig, Trainer, seed_everything
+from recipes import train_unified
 
 PAD = 0
 TEXTS = ["a large red circle at the top left", "what color is the circle?", "red", "yes", "no", "two"] * 5
@@ -97,8 +100,14 @@ def test_resume_is_exact_across_epochs():
 
 
 def test_packing_config_is_checked():
-    with pytest.raises(ValueError, match="pack_len must be >= 1, got 0; rows must be >= 1, got -1"):
-        PackingConfig(pack_len=0, rows=-1)
+    with pytest.raises(ValueError, match="pack_len must be >= 1, got 0; rows must be >= 1, got 0"):
+        PackingConfig(pack_len=0, rows=0)
+
+
+def test_rows_for_holds_as_many_documents_as_a_padded_batch():
+    docs = [TaskSequence("t2i", [1] * n, [0.0] * n) for n in (30, 50)] * 10  # mean length 40
+    assert rows_for(docs, documents=32, pack_len=128) == 10  # 32 * 40 / 128
+    assert rows_for(docs, documents=1, pack_len=128) == 1
 
 
 class FakeCodec(nn.Module):
@@ -198,3 +207,21 @@ def test_trainer_resumes_a_packed_run_exactly(unified, tmp_path):
     resumed = _train(unified, dataset, tmp_path / "b", 4, resume=True)
     assert resumed[-2:] == straight[-2:]
     assert straight[-1] < straight[0]
+
+
+def test_unified_recipe_trains_on_packed_rows(tmp_path):
+    torch.manual_seed(0)
+    PixelVQ(PixelVQConfig(channels=[16, 32], latent_dim=16, codebook_size=64)).save(tmp_path / "codec")
+    overrides = [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug"]
+    overrides += ["data.n_scenes=24", "tokenizer_scenes=100", "train.max_steps=3", "train.log_every=1"]
+    overrides += ["packing.enabled=true", "packing.pack_len=256", "batch_size=6", "train.precision=fp32"]
+    cfg = load_config(train_unified.UnifiedRecipe, None, overrides)
+    _, loader = train_unified.build(cfg)
+    assert isinstance(loader, DocumentPacker)
+    batch = next(loader)
+    assert batch["tokens"].shape == (2, 256) and (batch["task"] >= 0).float().mean() > 0.8
+    train_unified.run(cfg)
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 3 and all(np.isfinite(r["loss"]) for r in records)

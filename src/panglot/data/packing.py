@@ -22,19 +22,30 @@ from panglot.multimodal import TASKS, TaskSequence
 
 @dataclass
 class PackingConfig:
-    """Whether and how a recipe packs its documents (``batch_size`` is then unused: a batch is ``rows``
-    rows of ``pack_len`` tokens)."""
+    """Whether and how a recipe packs its documents: a batch is then ``rows`` rows of ``pack_len`` tokens.
+
+    Short rows are faster on CPU: SDPA with a mask costs ~T^2 per row, so rows of a few documents beat
+    long ones (docs/benchmarks.md, "Sequence packing").
+    """
 
     enabled: bool = False
-    pack_len: int = 512  # tokens per row; every document must fit in one row
-    rows: int = 6  # rows per batch
+    pack_len: int = 256  # tokens per row; every document must fit in one row
+    rows: int | None = None  # rows per batch; None: as many as hold the recipe's batch_size documents
     lookahead: int = 8  # documents that fit no row before a batch is closed (larger: fuller rows)
 
     def __post_init__(self) -> None:
         sizes = {"pack_len": self.pack_len, "rows": self.rows, "lookahead": self.lookahead}
-        problems = [f"{name} must be >= 1, got {value}" for name, value in sizes.items() if value < 1]
+        problems = [f"{k} must be >= 1, got {v}" for k, v in sizes.items() if v is not None and v < 1]
         if problems:
             raise ValueError("invalid PackingConfig: " + "; ".join(problems))
+
+
+def rows_for(dataset: Sequence[TaskSequence], documents: int, pack_len: int, sample: int = 256) -> int:
+    """Rows of ``pack_len`` tokens that hold about ``documents`` documents of the dataset's mean length
+    (measured on its first ``sample`` documents): a packed batch as large as a padded batch of
+    ``documents``, whatever the codec's tokens per image."""
+    lengths = [len(dataset[i]) for i in range(min(sample, len(dataset)))]
+    return max(1, round(documents * sum(lengths) / len(lengths) / pack_len))
 
 
 class DocumentPacker:
