@@ -258,6 +258,10 @@ def evaluate(cfg: QFormerRecipe, codec: QFormerCodec, teacher: DualEncoder) -> d
         metrics[split] = {
             **evaluate_image_codec(codec, scenes, cfg.eval.batch_size),
             **embedding_metrics(codec, teacher, scenes, cfg.eval.batch_size),
+            # The ceiling: the detokenizer draws through the pixel codec, so it keeps at most what that keeps.
+            "pixel_codec_oracle_preserved": evaluate_image_codec(codec.pixel, scenes, cfg.eval.batch_size)[
+                "oracle_preserved"
+            ],
             "eval_wall_s": round(time.perf_counter() - wall0, 1),
             "eval_cpu_s": round(time.process_time() - cpu0, 1),
         }

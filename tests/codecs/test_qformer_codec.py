@@ -90,9 +90,10 @@ def test_decode_is_deterministic_and_batch_independent(codec, images):
     assert first.shape == (4, 3, 64, 64) and first.min() >= -1 and first.max() <= 1
     assert torch.equal(codec.decode_tensor(ids), first)
     torch.testing.assert_close(codec.decode_tensor(ids[2:3]), first[2:3])
-    latents = codec.detokenizer.sample(codec.embed_ids(ids), (codec.config.pixel.latent_dim, 8, 8))
+    embedding, codes = codec.condition(ids)
+    latents = codec.detokenizer.sample(embedding, codes, (codec.config.pixel.latent_dim, 8, 8))
     codec.detokenizer.config.seed += 1  # another seed, another start noise
-    assert not torch.equal(codec.detokenizer.sample(codec.embed_ids(ids), latents.shape[1:]), latents)
+    assert not torch.equal(codec.detokenizer.sample(embedding, codes, latents.shape[1:]), latents)
     codec.detokenizer.config.seed -= 1
 
 

@@ -69,6 +69,9 @@ class DetokenizerConfig:
     layers_per_block: int = 1
     norm_groups: int = 8
     attention_heads: int = 2  # per cross-attention block (diffusers calls it ``attention_head_dim``)
+    # What the UNet's cross-attention reads: the reconstructed embedding as ``cond_tokens`` tokens (SEED:
+    # the embedding alone), or those plus the 32 quantized codes themselves.
+    condition: Literal["embedding", "embedding+codes"] = "embedding"
     cond_tokens: int = 4  # the embedding becomes this many cross-attention tokens of width cross_dim
     cross_dim: int = 64
     num_train_timesteps: int = 1000
@@ -142,16 +145,22 @@ class TeacherImageTower(nn.Module):
         state = {k: v for k, v in encoder.state_dict().items() if k.startswith(self.PREFIXES)}
         self.load_state_dict(state, strict=True)
 
-    def patches(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, N, 3 * p * p): the dual encoder's own patching (it reads only ``config``),
-        so the features stay exactly the teacher's."""
-        return DualEncoder.patches(self, x)
+    @property
+    def device(self) -> torch.device:
+        return self.image_pos.device
+
+    # The encoder's own image path, run on the weights held here (same names, same config), so the features
+    # and the embedding are exactly the dual encoder's, whatever its preprocessing.
+    check_images = DualEncoder.check_images
+    patches = DualEncoder.patches
+    image_grid = DualEncoder.image_grid
+    encode_images = DualEncoder.encode_images
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, S, S) -> per-patch features (B, N, grid_dim) and the L2-normalised image
-        embedding (B, embed_dim) float32, exactly as the dual encoder's ``encode_images``."""
-        grid = self.image_tower(self.patch_embed(self.patches(x)) + self.image_pos)  # (B, N, D)
-        return grid, F.normalize(self.image_proj(grid.mean(dim=1)).float(), dim=-1)
+        embedding (B, embed_dim) float32."""
+        grid, embedding = self.encode_images(x)
+        return grid, embedding
 
 
 # --- the causal Q-Former --------------------------------------------------------------------------------
@@ -269,13 +278,17 @@ class EmbeddingDecoder(nn.Module):
 
 # --- the diffusion detokenizer --------------------------------------------------------------------------
 class Detokenizer(nn.Module):
-    """Conditional DDIM denoiser of a (B, C, g, g) latent grid, conditioned on an image embedding (B, E)."""
+    """Conditional DDIM denoiser of a (B, C, g, g) latent grid, conditioned on an image embedding (B, E)
+    (and, with ``condition: embedding+codes``, on the quantized codes (B, T, D))."""
 
-    def __init__(self, cfg: DetokenizerConfig, latent_channels: int, grid: int, embed_dim: int):
+    def __init__(
+        self, cfg: DetokenizerConfig, latent_channels: int, grid: int, embed_dim: int, code_dim: int
+    ):
         super().__init__()
         self.config = cfg
         n = len(cfg.block_out_channels)
         self.cond = nn.Linear(embed_dim, cfg.cond_tokens * cfg.cross_dim)
+        self.code_proj = nn.Linear(code_dim, cfg.cross_dim) if cfg.condition == "embedding+codes" else None
         self.unet = UNet2DConditionModel(
             sample_size=grid,
             in_channels=latent_channels,
@@ -303,13 +316,22 @@ class Detokenizer(nn.Module):
             timestep_spacing="trailing",  # few steps: start at the last training timestep (pure noise)
         )
 
-    def forward(self, latents: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """Noisy latents (B, C, g, g), timesteps (B,), embedding (B, E) -> the model output (B, C, g, g)."""
-        b = embedding.shape[0]
-        tokens = self.cond(embedding).view(b, self.config.cond_tokens, self.config.cross_dim)
-        return self.unet(latents, t, encoder_hidden_states=tokens, class_labels=embedding).sample
+    def context(self, embedding: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The cross-attention tokens (B, K, cross_dim)."""
+        tokens = self.cond(embedding).view(embedding.shape[0], self.config.cond_tokens, self.config.cross_dim)
+        if self.code_proj is None:
+            return tokens
+        return torch.cat([tokens, self.code_proj(codes)], dim=1)
 
-    def loss(self, latents: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, latents: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor, codes: torch.Tensor
+    ) -> torch.Tensor:
+        """Noisy latents (B, C, g, g), timesteps (B,), embedding (B, E), codes (B, T, D) -> the model
+        output (B, C, g, g)."""
+        context = self.context(embedding, codes)
+        return self.unet(latents, t, encoder_hidden_states=context, class_labels=embedding).sample
+
+    def loss(self, latents: torch.Tensor, embedding: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The denoising loss on clean latents (B, C, g, g) at uniformly drawn timesteps."""
         sched = self.scheduler()
         noise = torch.randn_like(latents)
@@ -321,10 +343,12 @@ class Detokenizer(nn.Module):
             target = sched.get_velocity(latents, noise, t)
         else:
             target = latents
-        return F.mse_loss(self(noisy, t, embedding).float(), target.float())
+        return F.mse_loss(self(noisy, t, embedding, codes).float(), target.float())
 
     @torch.no_grad()
-    def sample(self, embedding: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    def sample(
+        self, embedding: torch.Tensor, codes: torch.Tensor, shape: tuple[int, int, int]
+    ) -> torch.Tensor:
         """Deterministic DDIM (eta = 0) from the config's fixed-seed noise; every row starts from the same
         noise, so a row's result does not depend on the rest of the batch. Returns (B, *shape)."""
         sched = self.scheduler()
@@ -332,7 +356,7 @@ class Detokenizer(nn.Module):
         generator = torch.Generator().manual_seed(self.config.seed)
         x = torch.randn(shape, generator=generator).to(embedding.device).expand(embedding.shape[0], *shape)
         for t in sched.timesteps:
-            out = self(x, t.expand(x.shape[0]), embedding).float()
+            out = self(x, t.expand(x.shape[0]), embedding, codes).float()
             x = sched.step(out, t, x, eta=0.0).prev_sample
         return x
 
@@ -370,7 +394,11 @@ class QFormerCodec(ImageCodec):
         self.pixel = PixelVQ(config.pixel)
         self.latent_grid = self.pixel.grid
         self.detokenizer = Detokenizer(
-            config.detokenizer, config.pixel.latent_dim, self.latent_grid, teacher.embed_dim
+            config.detokenizer,
+            config.pixel.latent_dim,
+            self.latent_grid,
+            teacher.embed_dim,
+            config.qformer.dim,
         )
         self.freeze_frozen_parts()
 
@@ -438,11 +466,15 @@ class QFormerCodec(ImageCodec):
             return self.codebook.ids(z)
 
     # --- decoding -----------------------------------------------------------------------------------
-    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) -> the reconstructed image embedding (B, E), L2-normalised."""
+    def condition(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ids (B, T) -> the reconstructed image embedding (B, E), L2-normalised, and the codes (B, T, D)."""
         with torch.autocast(device_type=ids.device.type, enabled=False):
             codes = self.codebook.codes(ids.long())
-        return self.embed_decoder(codes)
+        return self.embed_decoder(codes), codes
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> the reconstructed image embedding (B, E), L2-normalised."""
+        return self.condition(ids)[0]
 
     def code_table(self) -> torch.Tensor:
         """Every pixel-codec code (V, C) in the decoder's input space, normalised per channel: the
@@ -468,9 +500,9 @@ class QFormerCodec(ImageCodec):
 
     @torch.no_grad()
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
-        embedding = self.embed_ids(ids)
+        embedding, codes = self.condition(ids)
         shape = (self.config.pixel.latent_dim, self.latent_grid, self.latent_grid)
-        return self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, shape)))
+        return self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, codes, shape)))
 
 
 # --- training losses ------------------------------------------------------------------------------------
@@ -503,10 +535,10 @@ def qformer_loss(
 
 def detokenizer_loss(codec: QFormerCodec, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 2: the diffusion loss on the pixel codec's latents, conditioned on the embedding the frozen
-    stage-1 codec reconstructs from the image's ids."""
+    stage-1 codec reconstructs from the image's ids (and those ids' codes)."""
     images = images.to(codec.device)
     with torch.no_grad():
-        embedding = codec.embed_ids(codec.encode_tensor(images))
+        embedding, codes = codec.condition(codec.encode_tensor(images))
         latents = codec.pixel_latents(images)
-    loss = codec.detokenizer.loss(latents, embedding)
+    loss = codec.detokenizer.loss(latents, embedding, codes)
     return loss, {"loss": loss.item()}
