@@ -91,7 +91,7 @@ def test_decode_is_deterministic_and_batch_independent(codec, images):
     assert torch.equal(codec.decode_tensor(ids), first)
     torch.testing.assert_close(codec.decode_tensor(ids[2:3]), first[2:3])
     embedding, codes = codec.condition(ids)
-    latents = codec.detokenizer.sample(embedding, codes, (codec.config.pixel.latent_dim, 8, 8))
+    latents = codec.detokenizer.sample(embedding, codes, (codec.config.detokenizer.latent_channels, 8, 8))
     codec.detokenizer.config.seed += 1  # another seed, another start noise
     assert not torch.equal(codec.detokenizer.sample(embedding, codes, latents.shape[1:]), latents)
     codec.detokenizer.config.seed -= 1
@@ -173,3 +173,17 @@ def test_recipe_trains_both_stages_evaluates_and_resumes(teacher, pixel, tmp_pat
         and resumed["train"]["detokenizer"]["resumed_from"] == 3
     )
     assert resumed["train"]["total"]["steps"] == 7
+
+
+def test_detokenizer_can_read_the_codes_too(teacher, pixel, images):
+    cfg = QFormerCodec.debug_config()
+    cfg.detokenizer.condition = "embedding+codes"
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    codec.eval()
+    ids = codec.encode_tensor(images[:2])
+    embedding, codes = codec.condition(ids)
+    assert codec.detokenizer.context(embedding, codes).shape == (2, cfg.detokenizer.cond_tokens + 32, 16)
+    assert torch.equal(codec.decode_tensor(ids), codec.decode_tensor(ids))
+    assert torch.isfinite(detokenizer_loss(codec, images[:2])[0])

@@ -65,6 +65,9 @@ class DetokenizerConfig:
     """The diffusion detokenizer: a ``UNet2DConditionModel`` over the pixel codec's latent grid and a DDIM
     sampler."""
 
+    # The latent it denoises: the pixel codec's codes (the input of its decoder) projected on the first
+    # ``latent_channels`` principal components of its code table (FSQ [8, 6, 5] codes span exactly 3).
+    latent_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     layers_per_block: int = 1
     norm_groups: int = 8
@@ -87,8 +90,17 @@ class DetokenizerConfig:
                 f"block_out_channels {self.block_out_channels} must be non-empty multiples of norm_groups "
                 f"{self.norm_groups}"
             )
-        if min(self.cond_tokens, self.cross_dim, self.inference_steps, self.layers_per_block) < 1:
-            problems.append("cond_tokens, cross_dim, inference_steps and layers_per_block must be >= 1")
+        sizes = (
+            self.latent_channels,
+            self.cond_tokens,
+            self.cross_dim,
+            self.inference_steps,
+            self.layers_per_block,
+        )
+        if min(sizes) < 1:
+            problems.append(
+                f"latent_channels, cond_tokens, cross_dim, inference_steps and layers_per_block must be >= 1, got {sizes}"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -114,6 +126,11 @@ class QFormerCodecConfig:
         for name, size in (("teacher", self.teacher.image_size), ("pixel", self.pixel.image_size)):
             if size != self.image_size:
                 problems.append(f"{name}.image_size is {size}, expected image_size {self.image_size}")
+        if self.detokenizer.latent_channels > self.pixel.latent_dim:
+            problems.append(
+                f"detokenizer.latent_channels {self.detokenizer.latent_channels} exceeds the pixel codec's "
+                f"latent_dim {self.pixel.latent_dim}"
+            )
         if self.codebook_size < 2 or self.codebook_dim < 1:
             problems.append(
                 f"codebook_size must be >= 2 and codebook_dim >= 1, got {self.codebook_size}, {self.codebook_dim}"
@@ -395,11 +412,17 @@ class QFormerCodec(ImageCodec):
         self.latent_grid = self.pixel.grid
         self.detokenizer = Detokenizer(
             config.detokenizer,
-            config.pixel.latent_dim,
+            config.detokenizer.latent_channels,
             self.latent_grid,
             teacher.embed_dim,
             config.qformer.dim,
         )
+        # The detokenizer's latent space, fitted to the pixel codec's code table (saved with the weights).
+        self.register_buffer("latent_mean", torch.zeros(config.pixel.latent_dim))
+        self.register_buffer(
+            "latent_basis", torch.zeros(config.pixel.latent_dim, config.detokenizer.latent_channels)
+        )
+        self.fit_latent_space()
         self.freeze_frozen_parts()
 
     @classmethod
@@ -428,6 +451,7 @@ class QFormerCodec(ImageCodec):
         if pixel.config != self.config.pixel:
             raise ValueError("the pixel codec's config differs from this codec's pixel config")
         self.pixel.load_state_dict(pixel.state_dict(), strict=True)
+        self.fit_latent_space()
         self.freeze_frozen_parts()
 
     def train(self, mode: bool = True) -> QFormerCodec:
@@ -476,13 +500,29 @@ class QFormerCodec(ImageCodec):
         """ids (B, T) -> the reconstructed image embedding (B, E), L2-normalised."""
         return self.condition(ids)[0]
 
-    def code_table(self) -> torch.Tensor:
-        """Every pixel-codec code (V, C) in the decoder's input space, normalised per channel: the
-        detokenizer's latent space."""
+    def pixel_code_table(self) -> torch.Tensor:
+        """Every pixel-codec code (V, C) in its decoder's input space, float32."""
         ids = torch.arange(self.pixel.vocab_size, device=self.device)[None]
         with torch.autocast(device_type=self.device.type, enabled=False):
-            table = self.pixel.quantizer.codes(ids)[0].float()  # (V, C)
-        return (table - table.mean(dim=0)) / table.std(dim=0).clamp_min(1e-6)
+            return self.pixel.quantizer.codes(ids)[0].float()
+
+    @torch.no_grad()
+    def fit_latent_space(self) -> None:
+        """Principal components of the pixel code table, whitened, each signed so its largest entry is
+        positive (deterministic): ``latent_mean`` (C,) and ``latent_basis`` (C, K)."""
+        table = self.pixel_code_table()
+        k = self.config.detokenizer.latent_channels
+        mean = table.mean(dim=0)
+        _, sv, vh = torch.linalg.svd(table - mean, full_matrices=False)
+        basis = vh[:k].t()  # (C, K)
+        basis = basis * basis.gather(0, basis.abs().argmax(dim=0, keepdim=True)).sign()
+        std = (sv[:k] / max(table.shape[0] - 1, 1) ** 0.5).clamp_min(1e-6)
+        self.latent_mean.copy_(mean)
+        self.latent_basis.copy_(basis / std)
+
+    def code_table(self) -> torch.Tensor:
+        """Every pixel-codec code in the detokenizer's latent space (V, K), unit variance per channel."""
+        return (self.pixel_code_table() - self.latent_mean) @ self.latent_basis
 
     def pixel_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Images -> the pixel codec's quantized latents in the detokenizer's space (B, C, g, g)."""
@@ -501,7 +541,7 @@ class QFormerCodec(ImageCodec):
     @torch.no_grad()
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
         embedding, codes = self.condition(ids)
-        shape = (self.config.pixel.latent_dim, self.latent_grid, self.latent_grid)
+        shape = (self.config.detokenizer.latent_channels, self.latent_grid, self.latent_grid)
         return self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, codes, shape)))
 
 
