@@ -23,7 +23,7 @@ from panglot.codecs.text import TextTokenizer, train_world_tokenizer
 from panglot.config import load_config, to_dict
 from panglot.data.loader import StatefulLoader
 from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, world_texts
-from panglot.data.packing import DocumentPacker, PackingConfig, rows_for
+from panglot.data.packing import DocumentPacker, PackingConfig, packed_shape
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.multimodal import UnifiedVocab
@@ -75,11 +75,10 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
     pad_id = vocab.special("<pad>")
     if cfg.packing.enabled:  # rows of whole documents, attention and positions kept inside each
-        pack = cfg.packing
-        rows = pack.rows or rows_for(dataset, cfg.batch_size, pack.pack_len)
-        logger.info("packing documents into batches of %d rows of %d tokens", rows, pack.pack_len)
+        pack_len, rows = packed_shape(dataset, cfg.packing, cfg.batch_size)
+        logger.info("packing documents into batches of %d rows of %d tokens", rows, pack_len)
         loader = DocumentPacker(
-            dataset, pack.pack_len, rows, pad_id=pad_id, seed=cfg.train.seed, lookahead=pack.lookahead
+            dataset, pack_len, rows, pad_id=pad_id, seed=cfg.train.seed, lookahead=cfg.packing.lookahead
         )
     else:
         loader = StatefulLoader(

@@ -11,7 +11,7 @@ from panglot.backbone import build_transformer
 from panglot.codecs.image_vq.model import PixelVQ, PixelVQConfig
 from panglot.codecs.text import TextTokenizer
 from panglot.config import load_config
-from panglot.data.packing import DocumentPacker, PackingConfig, collate_packed, rows_for
+from panglot.data.packing import DocumentPacker, PackingConfig, collate_packed, packed_shape
 from panglot.model import UnifiedModel, collate
 from panglot.multimodal import TASKS, SequenceLayout, TaskSequence, UnifiedVocab
 from panglot.training import OptimConfig, TrainConfig, Trainer, seed_everything
@@ -104,10 +104,13 @@ def test_packing_config_is_checked():
         PackingConfig(pack_len=0, rows=0)
 
 
-def test_rows_for_holds_as_many_documents_as_a_padded_batch():
-    docs = [TaskSequence("t2i", [1] * n, [0.0] * n) for n in (30, 50)] * 10  # mean length 40
-    assert rows_for(docs, documents=32, pack_len=128) == 10  # 32 * 40 / 128
-    assert rows_for(docs, documents=1, pack_len=128) == 1
+def test_packed_shape_fills_in_what_the_config_leaves_open():
+    docs = [TaskSequence("t2i", [1] * n, [0.0] * n) for n in (30, 50)] * 10  # mean length 40, longest 50
+    assert packed_shape(docs, PackingConfig(), documents=32) == (128, 10)  # 3 x 40 -> 128; 32 x 40 / 128
+    assert packed_shape(docs, PackingConfig(pack_len=200, rows=4), documents=32) == (200, 4)
+    assert packed_shape(docs, PackingConfig(pack_len=400), documents=1) == (400, 1)
+    long_tail = [*docs, TaskSequence("vqa", [1] * 150, [0.0] * 150)]  # longest above three mean documents
+    assert packed_shape(long_tail, PackingConfig(), documents=32)[0] == 160
 
 
 class FakeCodec(nn.Module):
@@ -214,7 +217,7 @@ def test_unified_recipe_trains_on_packed_rows(tmp_path):
     PixelVQ(PixelVQConfig(channels=[16, 32], latent_dim=16, codebook_size=64)).save(tmp_path / "codec")
     overrides = [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug"]
     overrides += ["data.n_scenes=24", "tokenizer_scenes=100", "train.max_steps=3", "train.log_every=1"]
-    overrides += ["packing.enabled=true", "packing.pack_len=256", "batch_size=6", "train.precision=fp32"]
+    overrides += ["packing.enabled=true", "batch_size=6", "train.precision=fp32"]
     cfg = load_config(train_unified.UnifiedRecipe, None, overrides)
     _, loader = train_unified.build(cfg)
     assert isinstance(loader, DocumentPacker)

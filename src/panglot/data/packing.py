@@ -5,12 +5,13 @@ Packed rows waste no compute on padding (apart from each row's unfilled tail) an
 sees exactly what it would see with its document alone. The loss is the same token-weighted loss as on
 right-padded batches: the first token of each document is never a target, so no loss crosses a boundary.
 
-    packer = DocumentPacker(dataset, pack_len=512, rows=8, seed=0)
+    packer = DocumentPacker(dataset, pack_len=256, rows=10, pad_id=pad_id, seed=0)
     batch = next(packer)  # tokens/weights/doc/task (rows, pack_len): see ``collate_packed``
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,17 +20,19 @@ import torch
 from panglot.data.loader import StatefulLoader
 from panglot.multimodal import TASKS, TaskSequence
 
+DOCS_PER_ROW = 3  # rows of ~3 documents measured fastest on CPU (docs/benchmarks.md)
+
 
 @dataclass
 class PackingConfig:
     """Whether and how a recipe packs its documents: a batch is then ``rows`` rows of ``pack_len`` tokens.
 
-    Short rows are faster on CPU: SDPA with a mask costs ~T^2 per row, so rows of a few documents beat
-    long ones (docs/benchmarks.md, "Sequence packing").
+    Short rows are faster on CPU: attention under a mask costs more per token the longer the row, so
+    rows of a few documents beat long ones (docs/benchmarks.md, "Sequence packing").
     """
 
     enabled: bool = False
-    pack_len: int = 256  # tokens per row; every document must fit in one row
+    pack_len: int | None = None  # tokens per row (every document must fit); None: see packed_shape
     rows: int | None = None  # rows per batch; None: as many as hold the recipe's batch_size documents
     lookahead: int = 8  # documents that fit no row before a batch is closed (larger: fuller rows)
 
@@ -40,12 +43,18 @@ class PackingConfig:
             raise ValueError("invalid PackingConfig: " + "; ".join(problems))
 
 
-def rows_for(dataset: Sequence[TaskSequence], documents: int, pack_len: int, sample: int = 256) -> int:
-    """Rows of ``pack_len`` tokens that hold about ``documents`` documents of the dataset's mean length
-    (measured on its first ``sample`` documents): a packed batch as large as a padded batch of
-    ``documents``, whatever the codec's tokens per image."""
+def packed_shape(
+    dataset: Sequence[TaskSequence], cfg: PackingConfig, documents: int, sample: int = 256
+) -> tuple[int, int]:
+    """``(pack_len, rows)`` of ``cfg``, what it leaves open (None) sized from the dataset's first ``sample``
+    documents, whatever the codec's tokens per image: ``pack_len`` holds ``DOCS_PER_ROW`` documents of
+    the mean length (and at least the longest seen), rounded up to a multiple of 32; ``rows`` hold about
+    ``documents`` documents, so a packed batch is as large as a padded batch of ``documents``."""
     lengths = [len(dataset[i]) for i in range(min(sample, len(dataset)))]
-    return max(1, round(documents * sum(lengths) / len(lengths) / pack_len))
+    mean = sum(lengths) / len(lengths)
+    pack_len = cfg.pack_len or 32 * math.ceil(max(DOCS_PER_ROW * mean, max(lengths)) / 32)
+    rows = cfg.rows or max(1, round(documents * mean / pack_len))
+    return pack_len, rows
 
 
 class DocumentPacker:
