@@ -49,7 +49,7 @@ from panglot.evaluation.codec import evaluate_image_codec
 from panglot.evaluation.retrieval import image_text_retrieval
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
-from panglot.training import OptimConfig, TrainConfig, Trainer
+from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
 from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.language import caption
@@ -103,6 +103,10 @@ class QFormerEvalConfig:
     splits: list[str] = field(default_factory=lambda: ["val", "test-unseen"])
     n_images: int = 1000  # per split
     batch_size: int = 250
+    # Stage 2's learning curve: every ``curve_every`` steps (0 = never) the oracle-preserved rate on
+    # ``curve_images`` images per split goes to OUT/detokenizer_train/metrics.jsonl (its time counts in wall_s).
+    curve_every: int = 0
+    curve_images: int = 100
 
 
 @dataclass
@@ -174,6 +178,7 @@ def train_stage(
     out_dir: Path,
     resume: bool,
     device: str,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
 ) -> dict[str, Any]:
     """Fit the stage's budget to steps (once per run), then train ``codec`` in place; returns a summary."""
     steps = fit_steps_to_minutes(
@@ -186,7 +191,7 @@ def train_stage(
     losses: list[float] = []
     trainer = Trainer(
         cfg, codec, loss_fn, WorldCaptionedImages(cfg.batch_size, data_seed), out_dir,
-        callbacks=[lambda trainer, metrics: losses.append(metrics["loss"])],
+        callbacks=[lambda trainer, metrics: losses.append(metrics["loss"]), *callbacks],
     )  # fmt: skip
     wall0, cpu0 = time.perf_counter(), time.process_time()
     summary = trainer.train(resume=resume)
@@ -218,9 +223,10 @@ def train(
     }  # fmt: skip
     codec.requires_grad_(True)
     codec.freeze_frozen_parts()
+    curve = [every(cfg.eval.curve_every, oracle_curve(cfg))] if cfg.eval.curve_every else []
     summary["detokenizer"] = train_stage(
         "stage 2 (detokenizer)", codec, stage2_loss, cfg.detokenizer_train, STAGE1_TRAINS, cfg.data_seed,
-        out / "detokenizer_train", resume, device,
+        out / "detokenizer_train", resume, device, curve,
     )  # fmt: skip
     summary["total"] = {
         k: round(sum(s[k] for s in summary.values()), 1) for k in ("steps", "wall_s", "cpu_s")
@@ -229,6 +235,24 @@ def train(
 
 
 # --- evaluation -----------------------------------------------------------------------------------------
+def oracle_curve(cfg: QFormerRecipe) -> Callback:
+    """A trainer callback: the oracle-preserved rate on ``eval.curve_images`` images of each split."""
+    scenes = {split: split_scenes(split, cfg.eval.curve_images, cfg.data_seed) for split in cfg.eval.splits}
+
+    def callback(trainer: Trainer, metrics: dict[str, float]) -> dict[str, float]:
+        codec = trainer.model
+        out = {
+            f"{split}/oracle_preserved": evaluate_image_codec(codec, chunk, cfg.eval.batch_size)[
+                "oracle_preserved"
+            ]
+            for split, chunk in scenes.items()
+        }
+        logger.info("step %d: %s", trainer.step, out)
+        return out
+
+    return callback
+
+
 @torch.no_grad()
 def embedding_metrics(
     codec: QFormerCodec, teacher: DualEncoder, scenes: list, batch_size: int = 250

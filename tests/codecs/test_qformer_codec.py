@@ -153,7 +153,7 @@ def test_recipe_trains_both_stages_evaluates_and_resumes(teacher, pixel, tmp_pat
         "codec.detokenizer.attention_heads=2", "codec.detokenizer.inference_steps=2",
         "qformer_train.max_minutes=null", "qformer_train.max_steps=4", "qformer_train.batch_size=8",
         "detokenizer_train.max_minutes=null", "detokenizer_train.max_steps=3", "detokenizer_train.batch_size=8",
-        "eval.n_images=12", "eval.splits=[test-unseen]",
+        "eval.n_images=12", "eval.splits=[test-unseen]", "eval.curve_every=2", "eval.curve_images=4",
     ]  # fmt: skip
     cfg = train_qformer_codec.load_config(
         train_qformer_codec.QFormerRecipe, "configs/codec_qformer.yaml", overrides
@@ -161,6 +161,8 @@ def test_recipe_trains_both_stages_evaluates_and_resumes(teacher, pixel, tmp_pat
     metrics = train_qformer_codec.run(cfg)
     assert metrics["train"]["qformer"]["steps"] == 4 and metrics["train"]["detokenizer"]["steps"] == 3
     unseen = metrics["test-unseen"]
+    log = [json.loads(line) for line in (tmp_path / "run" / "detokenizer_train" / "metrics.jsonl").open()]
+    assert [r["step"] for r in log if "test-unseen/oracle_preserved" in r] == [2]  # the learning curve
     assert {"oracle_preserved", "oracle_preserved_1obj", "codebook_usage", "embed_cosine"} <= set(unseen)
     assert 0 <= unseen["retrieval_reconstructed"]["r@1"] <= 1
     saved = load_codec(tmp_path / "run")
