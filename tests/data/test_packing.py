@@ -107,6 +107,7 @@ def test_packing_config_is_checked():
 def test_packed_shape_fills_in_what_the_config_leaves_open():
     docs = [TaskSequence("t2i", [1] * n, [0.0] * n) for n in (30, 50)] * 10  # mean length 40, longest 50
     assert packed_shape(docs, PackingConfig(), documents=32) == (128, 10)  # 3 x 40 -> 128; 32 x 40 / 128
+    assert packed_shape(docs, PackingConfig(), documents=33) == (128, 11)  # 10.3 rows, rounded up
     assert packed_shape(docs, PackingConfig(pack_len=200, rows=4), documents=32) == (200, 4)
     assert packed_shape(docs, PackingConfig(pack_len=400), documents=1) == (400, 1)
     long_tail = [*docs, TaskSequence("vqa", [1] * 150, [0.0] * 150)]  # longest above three mean documents

@@ -48,12 +48,13 @@ def packed_shape(
 ) -> tuple[int, int]:
     """``(pack_len, rows)`` of ``cfg``, what it leaves open (None) sized from the dataset's first ``sample``
     documents, whatever the codec's tokens per image: ``pack_len`` holds ``DOCS_PER_ROW`` documents of
-    the mean length (and at least the longest seen), rounded up to a multiple of 32; ``rows`` hold about
-    ``documents`` documents, so a packed batch is as large as a padded batch of ``documents``."""
+    the mean length (and at least the longest seen), rounded up to a multiple of 32; ``rows`` hold
+    ``documents`` documents of the mean length (rounded up), so a packed batch holds about as many
+    documents as a padded batch of ``documents`` (a little fewer: each row's unfilled tail)."""
     lengths = [len(dataset[i]) for i in range(min(sample, len(dataset)))]
     mean = sum(lengths) / len(lengths)
     pack_len = cfg.pack_len or 32 * math.ceil(max(DOCS_PER_ROW * mean, max(lengths)) / 32)
-    rows = cfg.rows or max(1, round(documents * mean / pack_len))
+    rows = cfg.rows or math.ceil(documents * mean / pack_len)
     return pack_len, rows
 
 
