@@ -41,7 +41,7 @@ from panglot.encoders import DualEncoder, load_dual_encoder
 from panglot.evaluation.codec import evaluate_image_codec
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
-from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
+from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
 from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
@@ -91,6 +91,10 @@ class SemanticCodecEvalConfig:
     splits: list[str] = field(default_factory=lambda: ["val", "test-unseen"])
     n_images: int = 1000  # per split
     batch_size: int = 250
+    # The learning curve: every ``curve_every`` steps (0 = never) the oracle-preserved rate and codebook
+    # usage on ``curve_images`` images per split go to OUT/train/metrics.jsonl (their time counts in wall_s).
+    curve_every: int = 0
+    curve_images: int = 200
 
 
 @dataclass
@@ -187,6 +191,25 @@ def evaluate(codec: SemanticVQ, split: str, n_images: int, seed: int, batch_size
     return metrics
 
 
+def oracle_curve(cfg: SemanticCodecEvalConfig, data_seed: int) -> Callback:
+    """A trainer callback: oracle-preserved rate and codebook usage on ``curve_images`` images per split."""
+    scenes = {split: split_scenes(split, cfg.curve_images, data_seed) for split in cfg.splits}
+
+    def callback(trainer: Trainer, metrics: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for split, chunk in scenes.items():
+            m = evaluate_image_codec(trainer.model, chunk, cfg.batch_size)
+            out |= {
+                f"{split}/oracle_preserved": m["oracle_preserved"],
+                f"{split}/codebook_usage": m["codebook_usage"],
+            }
+        trainer.model.train()
+        logger.info("step %d: %s", trainer.step, out)
+        return out
+
+    return callback
+
+
 def run(cfg: SemanticCodecRecipe, resume: bool = False, device: str = "cpu") -> dict[str, Any]:
     """Train, evaluate and save the codec; returns the metrics (also in ``OUT/metrics.json``)."""
     if cfg.threads:
@@ -202,7 +225,10 @@ def run(cfg: SemanticCodecRecipe, resume: bool = False, device: str = "cpu") -> 
     train_cfg = replace(cfg.train, max_steps=steps)
     torch.manual_seed(train_cfg.seed)
     codec = SemanticVQ.from_teacher(cfg.codec, teacher)
-    summary = train(codec, train_cfg, cfg.data_seed, out / "train", resume=resume)
+    curve = (
+        [every(cfg.eval.curve_every, oracle_curve(cfg.eval, cfg.data_seed))] if cfg.eval.curve_every else []
+    )
+    summary = train(codec, train_cfg, cfg.data_seed, out / "train", resume=resume, callbacks=curve)
     logger.info(
         "trained %d steps in %.0f s wall, %.0f s CPU", summary["steps"], summary["wall_s"], summary["cpu_s"]
     )

@@ -115,7 +115,9 @@ def test_recipe_trains_loss_falls_cosine_rises_and_saves_a_loadable_codec(teache
         train=recipe.SemanticCodecTrainConfig(
             max_steps=40, max_minutes=None, batch_size=16, log_every=10, ckpt_every=0, precision="fp32"
         ),
-        eval=recipe.SemanticCodecEvalConfig(splits=["val", "test-unseen"], n_images=12, batch_size=12),
+        eval=recipe.SemanticCodecEvalConfig(
+            splits=["val", "test-unseen"], n_images=12, batch_size=12, curve_every=20, curve_images=6
+        ),
     )
     metrics = recipe.run(cfg)
     summary = metrics["train"]
@@ -126,6 +128,11 @@ def test_recipe_trains_loss_falls_cosine_rises_and_saves_a_loadable_codec(teache
         m = metrics[split]
         assert m["n_images"] == 12 and 0 < m["codebook_usage"] <= 1 and -1 <= m["feature_cos"] <= 1
         assert {"oracle_preserved", "oracle_preserved_1obj", "psnr_db"} <= set(m)
+    log = [
+        json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()
+    ]
+    curve = [row for row in log if "test-unseen/oracle_preserved" in row]
+    assert [row["step"] for row in curve] == [20, 40] and 0 < curve[-1]["val/codebook_usage"] <= 1
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["config"]["codec"]["teacher"]["image"]["dim"] == 32  # the teacher's config, not the default
     codec = load_codec(tmp_path / "run")
