@@ -345,6 +345,9 @@ class Detokenizer(nn.Module):
     ) -> torch.Tensor:
         """Noisy latents (B, C, g, g), timesteps (B,), embedding (B, E), codes (B, T, D) -> the model
         output (B, C, g, g)."""
+        # A unit-norm embedding has entries ~ 1 / sqrt(E); scaled to unit variance it weighs as much as the
+        # timestep embedding does from the first step.
+        embedding = embedding * embedding.shape[-1] ** 0.5
         context = self.context(embedding, codes)
         return self.unet(latents, t, encoder_hidden_states=context, class_labels=embedding).sample
 
