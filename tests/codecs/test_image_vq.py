@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
-from panglot.codecs import images_to_tensor
+from panglot.codecs import CodecLoadError, images_to_tensor, load_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
 from panglot.codecs.image_vq.model import edge_mask
 
@@ -109,3 +110,23 @@ def test_edge_mask_marks_both_sides_of_a_colour_edge():
     expected = torch.zeros(1, 6, 6, dtype=torch.bool)
     expected[0, 1:5, 1:5] = True
     torch.testing.assert_close(edge_mask(classes), expected)
+
+
+def test_mask_head_gives_log_probabilities_and_classes_head_raw_logits(world_images):
+    torch.manual_seed(0)
+    x = images_to_tensor(world_images(2)[1])
+    mask = PixelVQ(tiny(palette_head="mask"))(x).decoded
+    torch.testing.assert_close(mask.logsumexp(dim=1), torch.zeros(2, 64, 64), atol=1e-5, rtol=0)
+    classes = PixelVQ(tiny(palette_head="classes"))(x).decoded
+    assert classes.shape == mask.shape and classes.logsumexp(dim=1).abs().max() > 0.1
+
+
+def test_a_codec_directory_from_before_the_mask_head_fails_naming_the_moved_conv(tmp_path):
+    codec = PixelVQ(tiny())
+    codec.save(tmp_path)
+    state = load_file(str(tmp_path / "codec.safetensors"))
+    # the old layout: the head conv sat in the decoder itself
+    old = {k.replace(".conv.", "."): v for k, v in state.items()}
+    save_file(old, str(tmp_path / "codec.safetensors"))
+    with pytest.raises(CodecLoadError, match=r"decoder\.\d+\.conv\.weight"):
+        load_codec(tmp_path)
