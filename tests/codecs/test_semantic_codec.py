@@ -139,3 +139,12 @@ def test_recipe_trains_loss_falls_cosine_rises_and_saves_a_loadable_codec(teache
     assert codec.kind == "image_semantic_vq" and codec.metrics["val"] == metrics["val"]
     with pytest.raises(ValueError, match="teacher_dir is required"):
         recipe.run(recipe.SemanticCodecRecipe(out_dir=str(tmp_path / "x")))
+
+
+def test_palette_index_is_the_nearest_palette_colour(teacher, images):
+    codec = debug_codec(teacher, images)
+    noisy = images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))
+    for x in (images, noisy):
+        brute = ((x.unsqueeze(1) - codec.palette[None, :, :, None, None]) ** 2).sum(dim=2).argmin(dim=1)
+        torch.testing.assert_close(codec.palette_index(x), brute, rtol=0, atol=0)
+    assert int(codec.palette_index(images).max()) > 0  # the renders hold shapes, not only background

@@ -233,9 +233,14 @@ class SemanticVQ(ImageCodec):
 
     # --- parts --------------------------------------------------------------------------------------
     def palette_index(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, S, S) index of the nearest palette colour (0 = background)."""
-        diff = x.float().unsqueeze(1) - self.palette[None, :, :, None, None]  # (B, K, 3, S, S)
-        return diff.pow(2).sum(dim=2).argmin(dim=1)
+        """(B, 3, S, S) -> (B, S, S) index of the nearest palette colour (0 = background).
+
+        |x - p|^2 = |x|^2 - 2 x.p + |p|^2 and |x|^2 is the same for every colour: one fp32 matmul and an
+        argmin over the last dim (as the pixel VQ; 8x faster than the broadcast difference)."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            pixels = x.float().permute(0, 2, 3, 1)  # (B, S, S, 3)
+            dist = self.palette.square().sum(dim=-1) - 2 * pixels @ self.palette.T  # (B, S, S, K) - |x|^2
+            return dist.argmin(dim=-1)
 
     def _latents(self, x: torch.Tensor, teacher_features: torch.Tensor | None) -> torch.Tensor:
         """Images (B, 3, S, S) (+ teacher features (B, N, grid_dim)) -> latents (B, N, D) in fp32."""
