@@ -336,6 +336,48 @@ class DualEncoder(nn.Module):
         return out
 
 
+class ImageTower(nn.Module):
+    """The image side of a :class:`DualEncoder` on its own (same parameter names): patch embedding,
+    position embedding, image tower and, with ``projection``, the embedding projection. Codecs that read
+    a dual encoder's image features (the semantic VQ's teacher, the Q-Former's) keep one inside, so a
+    codec directory needs no encoder directory; :meth:`load_from` copies the weights from an encoder."""
+
+    def __init__(self, config: DualEncoderConfig, projection: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        n_patches = config.grid_size**2
+        self.patch_embed = nn.Linear(3 * config.patch**2, config.image.dim)
+        self.image_pos = nn.Parameter(torch.zeros(n_patches, config.image.dim))
+        self.image_tower = Tower(config.image, n_patches, config.norm_eps)
+        self.image_proj = nn.Linear(config.image.dim, config.embed_dim, bias=False) if projection else None
+
+    @property
+    def grid_dim(self) -> int:
+        return self.config.image.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_pos.device
+
+    def load_from(self, encoder: DualEncoder) -> None:
+        """Copy the image-side weights of ``encoder``, whose config must equal this tower's."""
+        if encoder.config != self.config:
+            raise ValueError(f"the dual encoder's config differs from this image tower's: expected {self.config}, got {encoder.config}")
+        own = self.state_dict().keys()
+        self.load_state_dict({k: v for k, v in encoder.state_dict().items() if k in own}, strict=True)
+
+    # The encoder's own image path, run on the weights held here (same names, same config), so the features
+    # are exactly the encoder's whatever its preprocessing.
+    check_images = DualEncoder.check_images
+    patches = DualEncoder.patches
+    image_grid = DualEncoder.image_grid
+
+    def encode_images(self, x: torch.Tensor) -> ImageFeatures:
+        if self.image_proj is None:
+            raise ValueError("this image tower was built without the projection (projection=False): no embedding")
+        return DualEncoder.encode_images(self, x)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """L2-normalise the last dimension in float32 (norms stay fp32 under autocast)."""
     return F.normalize(x.float(), dim=-1)

@@ -34,7 +34,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 from panglot.codecs.base import ImageCodec, register_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
-from panglot.encoders import DualEncoder, DualEncoderConfig, TowerConfig, contrastive_loss
+from panglot.encoders import DualEncoder, DualEncoderConfig, ImageTower, TowerConfig, contrastive_loss
 from panglot.encoders.dual import Tower
 from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU
 
@@ -140,38 +140,9 @@ class QFormerCodecConfig:
 
 
 # --- the teacher's image tower --------------------------------------------------------------------------
-class TeacherImageTower(nn.Module):
-    """The image half of a :class:`~panglot.encoders.DualEncoder` (same parameter names), kept frozen
-    inside the codec so that encoding needs no teacher directory."""
-
-    PREFIXES = ("patch_embed.", "image_pos", "image_tower.", "image_proj.")
-
-    def __init__(self, cfg: DualEncoderConfig):
-        super().__init__()
-        self.config = cfg
-        n_patches = cfg.grid_size**2
-        self.patch_embed = nn.Linear(3 * cfg.patch**2, cfg.image.dim)
-        self.image_pos = nn.Parameter(torch.zeros(n_patches, cfg.image.dim))
-        self.image_tower = Tower(cfg.image, n_patches, cfg.norm_eps)
-        self.image_proj = nn.Linear(cfg.image.dim, cfg.embed_dim, bias=False)
-
-    def copy_from(self, encoder: DualEncoder) -> None:
-        """Load the image tower's weights from ``encoder`` (its config must equal this tower's)."""
-        if encoder.config != self.config:
-            raise ValueError("the dual encoder's config differs from the codec's teacher config")
-        state = {k: v for k, v in encoder.state_dict().items() if k.startswith(self.PREFIXES)}
-        self.load_state_dict(state, strict=True)
-
-    @property
-    def device(self) -> torch.device:
-        return self.image_pos.device
-
-    # The encoder's own image path, run on the weights held here (same names, same config), so the features
-    # and the embedding are exactly the dual encoder's, whatever its preprocessing.
-    check_images = DualEncoder.check_images
-    patches = DualEncoder.patches
-    image_grid = DualEncoder.image_grid
-    encode_images = DualEncoder.encode_images
+class TeacherImageTower(ImageTower):
+    """The image half of a :class:`~panglot.encoders.DualEncoder` with its projection (same parameter
+    names), kept frozen inside the codec so that encoding needs no teacher directory."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 3, S, S) -> per-patch features (B, N, grid_dim) and the L2-normalised image
@@ -450,7 +421,7 @@ class QFormerCodec(ImageCodec):
 
     def load_frozen_parts(self, teacher: DualEncoder, pixel: PixelVQ) -> None:
         """Copy a trained teacher's image tower and a trained pixel codec into this codec."""
-        self.teacher.copy_from(teacher)
+        self.teacher.load_from(teacher)
         if pixel.config != self.config.pixel:
             raise ValueError("the pixel codec's config differs from this codec's pixel config")
         self.pixel.load_state_dict(pixel.state_dict(), strict=True)
