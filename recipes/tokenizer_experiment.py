@@ -1,14 +1,17 @@
 """Experiment: do semantic image tokens make the unified model learn faster? (issue 4; ILLUME, SEED-LLaMA)
 
-    python recipes/tokenizer_experiment.py --out runs/exp_tokenizers --budgets 1 2 4
+    python recipes/tokenizer_experiment.py --out runs/exp_tokenizers --budgets 1 2 4     # minutes
+    python recipes/tokenizer_experiment.py --out runs/exp_tokenizers --steps 200 450 900  # optimizer steps
 
 Trains each image codec (``pixel_vq``, ``semantic_vq``, ``qformer``; with the dual encoder and pixel codec
 they need, see ``recipes/stages.py``), then the same unified-model recipe on each codec at several equal
 budgets, evaluates every run on the same test suite (seen/unseen x 1/2/3 objects; text-to-image scene
 accuracy, captioning, VQA) at one fixed CFG scale, and writes ``OUT/results.json``, ``OUT/tokenizers.md``
-(table) and ``OUT/tokenizers.png`` (accuracy vs training tokens). A budget is wall-clock minutes of
-unified training on this machine, fitted to steps before training (``panglot.training.budget``); each run
-records the tokens it trained on and its measured wall time, so the curves can be read either way.
+(table) and ``OUT/tokenizers.png`` (accuracy vs training tokens). A budget is either wall-clock minutes
+of unified training on this machine, fitted to steps before training (``panglot.training.budget``), or a
+number of optimizer steps (``--steps``: the same documents for every codec, whatever else the machine is
+running); each run records the tokens it trained on and its measured wall and CPU time, so the curves can
+be read either way.
 Finished runs are reused, so an interrupted experiment continues.
 """
 
@@ -25,7 +28,7 @@ import yaml
 from matplotlib.figure import Figure
 
 import panglot
-from panglot.config import from_dict, merge_dicts
+from panglot.config import from_dict, merge_dicts, parse_overrides
 from panglot.evaluation import EvalSuite, evaluate_model
 from panglot.files import atomic_write_json, atomic_write_text
 from recipes import stages, train_unified
@@ -42,22 +45,28 @@ FIGURES = (  # (label, path in the run's summary)
 )
 
 
-def train_run(codec_dir: Path, out: Path, minutes: float, unified: dict) -> dict:
-    """One unified run on ``codec_dir`` fitted to ``minutes``; returns steps, tokens and wall time."""
+def train_run(codec_dir: Path, out: Path, budget: tuple[str, float], unified: dict) -> dict:
+    """One unified run on ``codec_dir`` with ``budget`` = ("minutes", M) or ("steps", N); returns steps,
+    tokens and wall and CPU time."""
     summary_path = out / "train_summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     data = yaml.safe_load(Path(stages.config_path("unified_quickstart.yaml")).read_text())
     data = merge_dicts(merge_dicts(data, unified), {"out_dir": str(out), "codec_dir": str(codec_dir)})
+    kind, amount = budget
+    minutes = amount if kind == "minutes" else None
+    if kind == "steps":
+        data = merge_dicts(data, {"train": {"max_steps": int(amount)}})
     cfg = from_dict(train_unified.UnifiedRecipe, data, source="unified_quickstart.yaml")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     train_unified.run(cfg, resume=True, minutes=minutes)
     steps, tokens = 0, 0.0
     for line in (out / "train" / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        steps, tokens = record["step"], tokens + record.get("real_tokens", record.get("tokens", 0.0))
+        if "loss" in record:  # a training record (callbacks may log others)
+            steps, tokens = record["step"], tokens + record.get("tokens", 0.0)
     result = {
-        "minutes": minutes,
+        "budget": f"{amount:g} {kind}",
         "steps": steps,
         "tokens": tokens,
         "wall_s": round(time.perf_counter() - wall0, 1),
@@ -87,7 +96,7 @@ def figure(summary: dict, path: tuple[str, str]) -> float:
 def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
     atomic_write_json(out / "results.json", {"codecs": codecs_info, "runs": results}, indent=2)
     lines = [
-        "| codec | tokens/image | budget (min) | steps | train tokens | wall s | "
+        "| codec | tokens/image | budget | steps | train tokens | wall s | "
         + " | ".join(label for label, _ in FIGURES)
         + " |",
         "| --- " * (6 + len(FIGURES)) + "|",
@@ -95,7 +104,7 @@ def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
     for r in results:
         cells = [f"{100 * figure(r['summary'], p):.1f}" for _, p in FIGURES]
         lines.append(
-            f"| {r['codec']} | {codecs_info[r['codec']]['tokens_per_item']} | {r['minutes']:g} | {r['steps']} | "
+            f"| {r['codec']} | {codecs_info[r['codec']]['tokens_per_item']} | {r['budget']} | {r['steps']} | "
             f"{r['tokens'] / 1e6:.2f} M | {r['wall_s']:.0f} | " + " | ".join(cells) + " |"
         )
     atomic_write_text(out / "tokenizers.md", "\n".join(lines) + "\n")
@@ -120,25 +129,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default="runs/exp_tokenizers")
     parser.add_argument("--codecs", nargs="+", default=list(stages.IMAGE_CODECS), choices=stages.IMAGE_CODECS)
     parser.add_argument("--budgets", nargs="+", type=float, default=[1.0, 2.0, 4.0], help="minutes per run")
+    parser.add_argument("--steps", nargs="+", type=int, default=None, help="steps per run (instead of minutes)")
     parser.add_argument("--test-per-cell", type=int, default=30, help="test scenes per seen/unseen x 1/2/3 cell")
     parser.add_argument("--cfg", type=float, default=3.0, help="one CFG scale for every run")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the unified recipe, e.g. model.size=small")
     parser.add_argument("--stage-dir", default=None, help="where codecs are trained (default OUT/stages)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     stage_root = Path(args.stage_dir) if args.stage_dir else out / "stages"
-    unified = {"cfg_scale": args.cfg}
+    unified = merge_dicts(parse_overrides(args.overrides), {"cfg_scale": args.cfg})
     results, codecs_info = [], {}
     for codec in args.codecs:
         codec_dir = stages.build(codec, stage_root)
         meta = json.loads((codec_dir / "codec.json").read_text())
         codecs_info[codec] = {"dir": str(codec_dir), "kind": meta["kind"], "tokens_per_item": meta["tokens_per_item"],
                               "metrics": {k: v for k, v in meta.get("metrics", {}).items() if k != "train"}}  # fmt: skip
-        for minutes in args.budgets:
-            run_dir = out / "runs" / f"{codec}-{minutes:g}min"
-            train = train_run(codec_dir, run_dir, minutes, unified)
+        budgets = [("steps", n) for n in args.steps] if args.steps else [("minutes", m) for m in args.budgets]
+        for budget in budgets:
+            run_dir = out / "runs" / f"{codec}-{budget[1]:g}{'steps' if budget[0] == 'steps' else 'min'}"
+            train = train_run(codec_dir, run_dir, budget, unified)
             metrics = eval_run(run_dir, args.test_per_cell, args.cfg)
             results.append({"codec": codec, **train, "run": str(run_dir), "summary": metrics["summary"]})
-            logger.info("%s %.1f min: %s", codec, minutes, json.dumps(metrics["summary"]))
+            logger.info("%s %s: %s", codec, train["budget"], json.dumps(metrics["summary"]))
             write_outputs(out, results, codecs_info)
     return results
 

@@ -82,6 +82,7 @@ def test_bf16_autocast_trains_a_toy_regression(tmp_path):
     assert records[-1]["loss"] < 0.5 * records[0]["loss"]
     assert records[0].keys() >= {"loss", "lr", "grad_norm", "tokens_per_s", "step_time_s"}
     assert summary.tokens == 40 * 16 and summary.checkpoint.name == "step_00000040"
+    assert [r["tokens"] for r in records] == [10 * 16] * 4  # each record: the tokens of its window
 
 
 def test_callbacks_and_log_records(tmp_path):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import panglot
+from panglot.files import atomic_write_json
 from panglot.evaluation.metrics import ALL, GROUPS
 from panglot.evaluation.report import write_report
 from panglot.evaluation.suite import TASKS, EvalModel, EvalSuite, cfg_sweep, run_tasks, tqdm_progress
@@ -56,7 +57,9 @@ def evaluate_model(
     metrics = {"suite": suite.describe(), **{t: r.metrics for t, r in results.items()}}
     if sweep is not None:
         metrics["cfg_sweep"] = sweep
-    return {"summary": summary(metrics), **metrics}
+    metrics = {"summary": summary(metrics), **metrics}
+    atomic_write_json(Path(out_dir) / "metrics.json", metrics, indent=2)  # the report's, with the summary
+    return metrics
 
 
 def evaluate_run(

@@ -239,7 +239,8 @@ class _Window:
         record = {name: value / self.steps for name, value in self._sums.items() if name != "tokens"}
         record["lr"] = self._lr
         record["step_time_s"] = elapsed / self.steps
-        if "tokens" in self._sums:
+        if "tokens" in self._sums:  # summed: the tokens trained on since the previous record
+            record["tokens"] = self._sums["tokens"]
             record["tokens_per_s"] = self._sums["tokens"] / elapsed
         self._reset()
         return record
