@@ -50,6 +50,15 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.reset_parameters()
 
+    def compile_layers(self, **kwargs: object) -> None:
+        """``torch.compile`` every block in place (``nn.Module.compile``: parameter names, state dicts and
+        checkpoints are unchanged). Fuses the norms, RoPE, SwiGLU and residual adds around the matrix
+        products: a `tiny` training step of 11 x 256 packed tokens went from 0.85 to 0.67 s CPU on this
+        machine (docs/benchmarks.md); the first call pays the compilation (~14 s CPU). Needs a C++ compiler
+        on CPU. ``kwargs`` go to ``torch.compile`` (e.g. ``dynamic=False`` when every batch has one shape)."""
+        for layer in self.layers:
+            layer.compile(**kwargs)
+
     def reset_parameters(self) -> None:
         """Llama-style init: N(0, init_std) weights, zero biases, unit norms; residual writers scaled."""
         std = self.cfg.init_std
