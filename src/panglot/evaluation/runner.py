@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import panglot
-from panglot.files import atomic_write_json
 from panglot.evaluation.metrics import ALL, GROUPS
 from panglot.evaluation.report import write_report
 from panglot.evaluation.suite import TASKS, EvalModel, EvalSuite, cfg_sweep, run_tasks, tqdm_progress
+from panglot.files import atomic_write_json
 
 HEADLINE = {"t2i": "scene", "caption": "accuracy", "vqa": "accuracy"}  # task -> its headline figure
 TRAIN_METRICS = Path("train") / "metrics.jsonl"
