@@ -49,7 +49,7 @@ class CodecOptimConfig(OptimConfig):
     lr: float = 6e-3
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
-    warmup_steps: int = 30
+    warmup_steps: int = 100
     min_lr_ratio: float = 0.05
 
 
@@ -64,7 +64,7 @@ class CodecTrainConfig(TrainConfig):
     max_minutes: float | None = 3.0  # -> min(max_steps, steps that fit), timed before training; None = steps
     l1_weight: float = 1.0  # rgb output: loss = MSE + l1_weight * L1
     fg_weight: float = 3.0  # weight of non-background pixels relative to background ones
-    edge_weight: float = 5.0  # extra weight of pixels at a colour edge
+    edge_weight: float = 10.0  # extra weight of pixels at a colour edge (small shapes are almost all edge)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,7 +92,10 @@ class CodecRecipe:
     # second thread, and on a busy 2-core machine two spinning threads ran 25x fewer steps (docs/codecs.md).
     threads: int | None = 1
     data_seed: int = 0
-    codec: PixelVQConfig = field(default_factory=PixelVQConfig)
+    # the measured best for a short run (docs/codecs.md); the dataclass's own defaults keep older meanings
+    codec: PixelVQConfig = field(
+        default_factory=lambda: PixelVQConfig(res_blocks=0, encoder_input="mask_colour")
+    )
     train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     eval: CodecEvalConfig = field(default_factory=CodecEvalConfig)
 

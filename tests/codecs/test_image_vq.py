@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from panglot.codecs import CodecLoadError, images_to_tensor, load_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
-from panglot.codecs.image_vq.model import edge_mask
+from panglot.codecs.image_vq.model import MaskColourStem, edge_mask
 
 
 def tiny(**changes) -> PixelVQConfig:
@@ -19,9 +21,9 @@ def tiny(**changes) -> PixelVQConfig:
 @pytest.mark.parametrize(
     ("changes", "vocab"),
     [
-        ({"quantizer": "vq", "pixels": "rgb"}, 64),
-        ({"quantizer": "fsq", "fsq_levels": [5, 4, 3], "pixels": "rgb"}, 60),
-        ({"quantizer": "lfq", "pixels": "rgb"}, 64),
+        ({"quantizer": "vq", "pixels": "rgb", "encoder_input": "pixels"}, 64),
+        ({"quantizer": "fsq", "fsq_levels": [5, 4, 3], "pixels": "rgb", "encoder_input": "pixels"}, 60),
+        ({"quantizer": "lfq", "pixels": "rgb", "encoder_input": "pixels"}, 64),
     ],
 )
 def test_shapes_per_quantizer(changes, vocab, world_images):
@@ -60,6 +62,8 @@ def test_token_grid_follows_the_config():
     [
         ({"image_size": 60}, "divisible by patch"),
         ({"quantizer": "lfq", "codebook_size": 100}, "power-of-2"),
+        ({"patch": 4, "channels": [8, 16], "upsample_channels": [8, 8, 8]}, r"upsample_channels\) = 8"),
+        ({"pixels": "rgb", "encoder_input": "mask_colour"}, 'needs pixels "palette"'),
     ],
 )
 def test_config_errors(changes, message):
@@ -91,7 +95,7 @@ def test_check_images_names_the_expected_shape():
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])
 def test_a_few_steps_make_the_loss_fall(quantizer, world_images):
     torch.manual_seed(0)
-    codec = PixelVQ(tiny(quantizer=quantizer, fsq_levels=[4, 4, 4], pixels="rgb"))
+    codec = PixelVQ(tiny(quantizer=quantizer, fsq_levels=[4, 4, 4], pixels="rgb", encoder_input="pixels"))
     opt = torch.optim.AdamW(codec.parameters(), lr=3e-3)
     x = images_to_tensor(world_images(16, seed=1)[1])
     losses = []
@@ -130,3 +134,45 @@ def test_a_codec_directory_from_before_the_mask_head_fails_naming_the_moved_conv
     save_file(old, str(tmp_path / "codec.safetensors"))
     with pytest.raises(CodecLoadError, match=r"decoder\.\d+\.conv\.weight"):
         load_codec(tmp_path)
+
+
+def test_mask_colour_stem_sees_one_shape_whatever_its_colour():
+    onehot = torch.zeros(1, 9, 8, 8)
+    onehot[0, 0] = 1.0
+    onehot[0, 0, 1:3, 2:7] = 0.0
+    onehot[0, 3, 1:3, 2:7] = 1.0  # a 2 x 5 bar in colour 3
+    recoloured = onehot[:, [0, 1, 2, 7, 4, 5, 6, 3, 8]]  # colours 3 and 7 swapped: the bar is colour 7
+    stem = MaskColourStem(patch=4)
+    out, out_recoloured = stem(onehot), stem(recoloured)  # (1, 16 + 8, 2, 2)
+    assert out.shape == (1, 24, 2, 2)
+    torch.testing.assert_close(out[:, :16], out_recoloured[:, :16])  # the shape channels: the same
+    torch.testing.assert_close(out[:, 16 + 2], out_recoloured[:, 16 + 6])  # colour 3's share is colour 7's
+    torch.testing.assert_close(out[:, 16:].sum(dim=1), out[:, :16].mean(dim=1))  # shares add up to the mask's
+    assert out[0, 16 + 2, 0, 0] == 2 * 2 / 16  # the top-left patch holds 2 x 2 bar pixels
+
+
+@pytest.mark.parametrize(
+    "changes", [{"upsample_channels": [8]}, {"patch": 4, "channels": [8, 16], "upsample_channels": [8, 4]}]
+)
+def test_upsample_stages_keep_the_token_grid_and_the_output(changes, world_images):
+    torch.manual_seed(0)
+    codec = PixelVQ(tiny(**changes))
+    x = images_to_tensor(world_images(2)[1])
+    out = codec(x)
+    assert out.decoded.shape == (2, 9, 64, 64) and out.ids.shape == (2, 64)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_config_from_before_encoder_input_loads_with_the_encoder_it_was_trained_with(
+    version, tmp_path, world_images
+):  # runs/ holds such directories, and the semantic and Q-Former codecs nest such configs
+    torch.manual_seed(0)
+    codec = PixelVQ(tiny(encoder_input="pixels")).eval()
+    codec.save(tmp_path)
+    meta = json.loads((tmp_path / "codec.json").read_text())
+    del meta["config"]["encoder_input"], meta["config"]["upsample_channels"]  # not there before
+    (tmp_path / "codec.json").write_text(json.dumps({**meta, "format_version": version}))
+    loaded = load_codec(tmp_path)
+    assert loaded.config.encoder_input == "pixels" and loaded.config.upsample_channels == []
+    x = images_to_tensor(world_images(2)[1])
+    torch.testing.assert_close(loaded.encode_tensor(x), codec.encode_tensor(x))

@@ -1,11 +1,13 @@
 """Pixel VQ: a small conv autoencoder with a discrete bottleneck, 64 x 64 image -> 8 x 8 = 64 ids.
 
-encoder: a pixel-unshuffle stem (``patch`` x ``patch`` pixels -> channels, cheap on CPU), stride-2 convs
-for the rest of the downsampling, then residual blocks at the token grid;
+encoder: a stem that folds ``patch`` x ``patch`` pixels into channels (pixel unshuffle, cheap on CPU; with
+``encoder_input="mask_colour"`` the foreground mask unshuffled + each colour's share of the patch), stride-2
+convs for the rest of the downsampling, then residual blocks at the token grid;
 quantizer: one of three from ``vector-quantize-pytorch`` (see docs/codecs.md for the comparison):
 ``vq`` (cosine-similarity codebook, k-means init, EMA updates, dead-code expiry), ``fsq`` (finite scalar
 quantization, no codebook) or ``lfq`` (lookup-free, binary codes + entropy loss);
-decoder: the mirror image: residual blocks, stride-2 transposed convs, pixel shuffle.
+decoder: the mirror image: residual blocks, stride-2 transposed convs, optional x2 upsample stages, pixel
+shuffle.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class PixelVQConfig:
     image_size: int = 64
     patch: int = 4  # stem: pixel-unshuffle by this factor
     channels: list[int] = field(default_factory=lambda: [32, 64])  # stem width, then one stride-2 stage each
-    res_blocks: int = 1  # at the token grid, in encoder and decoder each
+    res_blocks: int = 1  # at the token grid, in encoder and decoder each (the recipe: 0, more steps won)
     latent_dim: int = 32  # quantizer input/output width
     quantizer: Literal["vq", "fsq", "lfq"] = "fsq"  # see docs/codecs.md for the comparison
     codebook_size: int = 512  # vq, lfq (lfq: a power of 2)
@@ -51,18 +53,49 @@ class PixelVQConfig:
     # softmax(colours)_c; "classes" = a plain softmax over the palette (each colour learns its own shapes;
     # 41 % vs 60 % oracle-preserved at 1200 steps, docs/codecs.md).
     palette_head: Literal["mask", "classes"] = "mask"
+    # encoder input: "pixels" = the stem reads the pixels as encoded (RGB, or every colour's one-hot, so each
+    # colour learns its own shape features); "mask_colour" (palette only; the recipe's default) = the stem sees
+    # the foreground mask at full resolution and each colour's share of a patch, so one set of shape weights
+    # serves every colour and the held-out colour-shape pairs (docs/codecs.md). The dataclass keeps "pixels":
+    # configs saved before this field (and nested in the semantic and Q-Former codecs) mean it.
+    encoder_input: Literal["pixels", "mask_colour"] = "pixels"
+    # decoder stages after the last transposed conv, each x2 (nearest upsample + 3x3 conv to this width), so
+    # a shape is drawn by convs that slide over every pixel offset rather than per pixel-shuffle slot; the head
+    # pixel-shuffles by what is left, patch / 2**len(upsample_channels). [] by default: it learned slower
+    # per step and per CPU second (docs/codecs.md).
+    upsample_channels: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        problems = []
         if not self.channels or self.image_size % self.downsample:
-            raise ValueError(
+            problems.append(
                 f"image_size {self.image_size} must be divisible by patch * 2**(len(channels) - 1) = {self.downsample}"
             )
+        if self.patch % 2 ** len(self.upsample_channels):
+            problems.append(
+                f"patch {self.patch} must be divisible by 2**len(upsample_channels) = {2 ** len(self.upsample_channels)}"
+            )
+        if self.encoder_input == "mask_colour" and self.pixels != "palette":
+            problems.append('encoder_input "mask_colour" needs pixels "palette" (with "rgb" use "pixels")')
+        if problems:
+            raise ValueError("; ".join(problems))
         if self.quantizer == "lfq" and not math.log2(self.codebook_size).is_integer():
             raise ValueError(f"lfq needs a power-of-2 codebook_size, got {self.codebook_size}")
 
     @property
     def pixel_channels(self) -> int:
         return 3 if self.pixels == "rgb" else len(self.palette)
+
+    @property
+    def encoder_in_channels(self) -> int:
+        if self.encoder_input == "mask_colour":  # the foreground mask per pixel + each colour's share
+            return self.patch**2 + len(self.palette) - 1
+        return self.pixel_channels * self.patch**2
+
+    @property
+    def head_shuffle(self) -> int:
+        """Pixels per side that the head's pixel shuffle emits per position."""
+        return self.patch // 2 ** len(self.upsample_channels)
 
     @property
     def downsample(self) -> int:
@@ -84,10 +117,8 @@ class ResBlock(nn.Module):
 
 def build_encoder(cfg: PixelVQConfig) -> nn.Sequential:
     ch_in = cfg.channels[0]
-    layers: list[nn.Module] = [
-        nn.PixelUnshuffle(cfg.patch),
-        nn.Conv2d(cfg.pixel_channels * cfg.patch**2, ch_in, 3, padding=1),
-    ]
+    stem = MaskColourStem(cfg.patch) if cfg.encoder_input == "mask_colour" else nn.PixelUnshuffle(cfg.patch)
+    layers: list[nn.Module] = [stem, nn.Conv2d(cfg.encoder_in_channels, ch_in, 3, padding=1)]
     for ch in cfg.channels[1:]:
         layers += [nn.SiLU(), nn.Conv2d(ch_in, ch, 4, stride=2, padding=1)]
         ch_in = ch
@@ -102,19 +133,39 @@ def build_decoder(cfg: PixelVQConfig) -> nn.Sequential:
     layers += [ResBlock(chs[0]) for _ in range(cfg.res_blocks)]
     for ch_in, ch_out in itertools.pairwise(chs):
         layers += [nn.SiLU(), nn.ConvTranspose2d(ch_in, ch_out, 4, stride=2, padding=1)]
-    layers += [nn.SiLU(), PixelHead(cfg, chs[-1])]
+    ch_in = chs[-1]
+    for ch in cfg.upsample_channels:
+        layers += [nn.SiLU(), nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch_in, ch, 3, padding=1)]
+        ch_in = ch
+    layers += [nn.SiLU(), PixelHead(cfg, ch_in)]
     return nn.Sequential(*layers)
 
 
+class MaskColourStem(nn.Module):
+    """(B, K, S, S) palette one-hot (colour 0 = background) -> (B, p*p + K - 1, S/p, S/p): the foreground mask
+    pixel-unshuffled by ``p`` (the shape, the same channels whatever the colour) and the share of each colour
+    in the p x p patch (which colour, at patch resolution)."""
+
+    def __init__(self, patch: int):
+        super().__init__()
+        self.patch = patch
+
+    def forward(self, onehot: torch.Tensor) -> torch.Tensor:
+        foreground = 1.0 - onehot[:, :1]  # (B, 1, S, S)
+        shape = F.pixel_unshuffle(foreground, self.patch)  # (B, p*p, S/p, S/p)
+        colour = F.avg_pool2d(onehot[:, 1:], self.patch)  # (B, K - 1, S/p, S/p)
+        return torch.cat([shape, colour], dim=1)
+
+
 class PixelHead(nn.Module):
-    """(B, C, h, w) features -> (B, pixel_channels, S, S): a 3x3 conv emits ``patch``**2 pixels per position
-    (pixel shuffle). Palette pixels with ``palette_head="mask"`` come out as log-probabilities (valid logits
+    """(B, C, h, w) features -> (B, pixel_channels, S, S): a 3x3 conv emits ``head_shuffle``**2 pixels per
+    position (pixel shuffle). Palette pixels with ``palette_head="mask"`` come out as log-probabilities (valid logits
     for cross-entropy and argmax) of a shared background mask times a colour softmax."""
 
     def __init__(self, cfg: PixelVQConfig, ch_in: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch_in, cfg.pixel_channels * cfg.patch**2, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(cfg.patch)
+        self.conv = nn.Conv2d(ch_in, cfg.pixel_channels * cfg.head_shuffle**2, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(cfg.head_shuffle)
         self.mask = cfg.pixels == "palette" and cfg.palette_head == "mask"
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -219,8 +270,9 @@ class PixelVQ(ImageCodec):
     """64 x 64 image <-> 64 ids (8 x 8 grid, row-major)."""
 
     kind = "image_vq"
-    # Weight layout: the decoder's last conv lives in PixelHead (decoder.N.conv.*) since the "mask" palette
-    # head came; a directory from before fails to load, naming the missing decoder.N.conv.weight: retrain it.
+    # 2: the decoder's last conv lives in PixelHead (decoder.N.conv.*); a directory from before fails to load,
+    # naming the missing decoder.N.conv.weight: retrain it. Configs without ``encoder_input`` read as "pixels".
+    format_version = 2
     config_cls = PixelVQConfig
 
     def __init__(self, config: PixelVQConfig):
@@ -235,8 +287,9 @@ class PixelVQ(ImageCodec):
     @classmethod
     def debug_config(cls) -> PixelVQConfig:
         return PixelVQConfig(
-            patch=8, channels=[16], res_blocks=1, latent_dim=16, codebook_size=64, codebook_dim=8
-        )
+            patch=8, channels=[16], res_blocks=1, latent_dim=16, codebook_size=64, codebook_dim=8,
+            encoder_input="mask_colour",
+        )  # fmt: skip
 
     @property
     def vocab_size(self) -> int:
