@@ -8,6 +8,10 @@ processes hits all arms alike. tokens/s counts only real document tokens (never 
 tail) per second; the padding share is the share of token slots the batches spent on padding.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/packing.py --threads 1 2
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/packing.py --threads 1 --pack 11x256 --compile
+
+``--compile`` adds, for every packed setting, the same rows through a copy of the model whose blocks are
+compiled (``Transformer.compile_layers``; its compilation happens in the untimed warm-up).
 
 Image codes are random ids (throughput does not depend on their values); ``--image-tokens`` sets the
 codec length (64 = the pixel VQ codec).
@@ -16,6 +20,7 @@ codec length (64 = the pixel VQ codec).
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -40,6 +45,7 @@ class Arm:
     name: str
     batches: list[dict[str, torch.Tensor]]
     real: int  # document tokens in the batches
+    compiled: bool = False  # through the model with compiled blocks
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
@@ -75,9 +81,10 @@ def arms(args: argparse.Namespace, dataset: WorldMixture, pad_id: int) -> list[A
             docs, pack_len, rows, pad_id=pad_id, shuffle=False, epochs=1, lookahead=args.lookahead
         )
         packed = list(packer)[:-1]
-        out.append(
-            Arm(f"packed {rows} x {pack_len}", packed, sum(int((b["task"] >= 0).sum()) for b in packed))
-        )
+        real = sum(int((b["task"] >= 0).sum()) for b in packed)
+        out.append(Arm(f"packed {rows} x {pack_len}", packed, real))
+        if args.compile:
+            out.append(Arm(f"packed {rows} x {pack_len}, compiled", packed, real, compiled=True))
     return out
 
 
@@ -102,10 +109,14 @@ def main() -> None:
     parser.add_argument("--image-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--compile", action="store_true", help="also every packed arm with compiled blocks")
     args = parser.parse_args()
 
     model, dataset = build(args)
     model.train()
+    compiled = copy.deepcopy(model)
+    if args.compile:
+        compiled.backbone.compile_layers()
     setups = arms(args, dataset, model.vocab.special("<pad>"))
     lengths = [len(dataset[i]) for i in range(len(dataset))]
     print(
@@ -116,10 +127,13 @@ def main() -> None:
         torch.set_num_threads(threads)
         for arm in setups:
             arm.wall, arm.cpu = [], []
-        run_arm(model, setups[0])  # warm-up
+        for arm in setups:  # warm-up (and the compilation)
+            run_arm(compiled if arm.compiled else model, arm)
+            arm.wall, arm.cpu = [], []
         for r in range(args.rounds):
             for k in range(len(setups)):
-                run_arm(model, setups[(r + k) % len(setups)])
+                arm = setups[(r + k) % len(setups)]
+                run_arm(compiled if arm.compiled else model, arm)
         base = setups[0].real / statistics.median(setups[0].wall)
         base_cpu = setups[0].real / statistics.median(setups[0].cpu)
         print(f"\nthreads {threads}, medians over {args.rounds} rounds")
