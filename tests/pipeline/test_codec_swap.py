@@ -44,7 +44,7 @@ def test_the_unified_recipe_trains_and_serves_on_each_codec(kind, tmp_path):
         "configs/unified_quickstart.yaml",
         [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug",
          "data.n_scenes=32", "tokenizer_scenes=100", "batch_size=4", "train.max_steps=8",
-         "train.log_every=2", "train.ckpt_every=0", "threads=1"],
+         "train.log_every=2", "train.ckpt_every=0", "threads=1", "compile=false"],
     )  # fmt: skip
     train_unified.run(cfg)
     assert json.loads((tmp_path / "run" / "model" / "codec" / "codec.json").read_text())["kind"] == kind

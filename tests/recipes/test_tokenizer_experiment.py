@@ -23,7 +23,7 @@ def test_step_budgets_table_and_reuse(tmp_path):
         "--out", str(tmp_path / "exp"), "--stage-dir", str(tmp_path / "stages"), "--codecs", "pixel_vq",
         "--steps", "2", "3", "--test-per-cell", "1", "--cfg", "2.0",
         "model.size=debug", "data.n_scenes=32", "tokenizer_scenes=100", "batch_size=4", "threads=1",
-        "train.log_every=2", "train.ckpt_every=0",
+        "train.log_every=2", "train.ckpt_every=0", "compile=false",
     ]  # fmt: skip
     results = tokenizer_experiment.main(argv)
     assert [(r["codec"], r["budget"], r["steps"]) for r in results] == [
