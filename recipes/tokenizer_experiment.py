@@ -2,6 +2,7 @@
 
     python recipes/tokenizer_experiment.py --out runs/exp_tokenizers --budgets 1 2 4     # minutes
     python recipes/tokenizer_experiment.py --out runs/exp_tokenizers --steps 200 450 900  # optimizer steps
+    python recipes/tokenizer_experiment.py model.size=small --steps 300  # overrides of the unified recipe first
 
 Trains each image codec (``pixel_vq``, ``semantic_vq``, ``qformer``; with the dual encoder and pixel codec
 they need, see ``recipes/stages.py``), then the same unified-model recipe on each codec at several equal
