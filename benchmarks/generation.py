@@ -19,6 +19,7 @@ for both and is timed once, apart.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/generation.py --breakdown   # tiny, batch 1 and 16, CFG 3
     .venv/bin/python benchmarks/generation.py --size small --rounds 7
+    .venv/bin/python benchmarks/generation.py --compiled --threads 1  # also compiled decode steps
     .venv/bin/python benchmarks/generation.py --profile --threads 1  # cProfile panglot's loop at batch 16 instead
 
 `OMP_WAIT_POLICY=PASSIVE` matters on a loaded machine: with OpenMP's spin-waiting, two threads on two busy
@@ -28,6 +29,7 @@ cores make every small op wait for the other thread (see docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import copy
 import cProfile
 import platform
 import pstats
@@ -92,14 +94,20 @@ def build_bench(size: str, max_batch: int, seed: int = 0) -> Bench:
     return Bench(model, hf, captions)
 
 
-def panglot_decoder(bench: Bench, batch: int, cfg: float, dtype: str, sampler: Callable[[int], Sampler]) -> Decode:
-    """`generate` exactly as `Panglot.draw` calls it for one chunk of `batch` prompts."""
+def panglot_decoder(
+    bench: Bench, batch: int, cfg: float, dtype: str, sampler: Callable[[int], Sampler], compile: bool = False
+) -> Decode:
+    """`generate` exactly as `Panglot.draw` calls it for one chunk of `batch` prompts (``compile``: as
+    `panglot.load(..., compile=True)` does, compiled one-token steps over a static KV cache)."""
     layout, slot = bench.layout, bench.slot
     prompts = [layout.t2i_prompt(c) for c in bench.captions[:batch]]
     uncond = [layout.t2i_prompt(None)] * batch
     lo, hi = slot.id_range
     constraint = ModalityConstraint(lo, hi, layout.boi, layout.eoi, slot.tokens_per_item)
     decoder = bench.model.backbone.for_decoding(resolve_dtype(dtype))  # made once, as `Panglot` does
+    if compile:
+        decoder = copy.deepcopy(decoder) if decoder is bench.model.backbone else decoder
+        decoder.compile_for_decoding()
 
     def decode(seed: int) -> torch.Tensor:
         out = generate(
@@ -232,12 +240,15 @@ def check_same_codes(bench: Bench, batch: int, cfg: float) -> str:
     return f"greedy fp32 check, batch {batch}: {rows}/{batch} rows identical, {tokens:.1%} of codes"
 
 
-def build_settings(bench: Bench, batches: list[int], cfg: float, breakdown: bool) -> list[Setting]:
+def build_settings(bench: Bench, batches: list[int], cfg: float, breakdown: bool, compiled: bool) -> list[Setting]:
     settings = []
     for batch in batches:
         for dtype in ("fp32", "bf16"):
             multinomial = lambda seed, b=batch: Multinomial(tuple(seed + i for i in range(b)))  # noqa: E731
             settings.append(Setting(f"panglot {dtype}", batch, panglot_decoder(bench, batch, cfg, dtype, multinomial)))
+            if compiled:
+                decode = panglot_decoder(bench, batch, cfg, dtype, multinomial, compile=True)
+                settings.append(Setting(f"panglot {dtype} compiled", batch, decode))
             settings.append(Setting(f"HF {dtype}", batch, hf_decoder(bench, batch, cfg, dtype, do_sample=True)))
             if breakdown:
                 settings.append(Setting(f"panglot {dtype} forwards only", batch, panglot_forwards(bench, batch, dtype)))
@@ -267,7 +278,8 @@ def report(settings: list[Setting]) -> None:
         wall = statistics.median(s.wall)
         ratio = ""
         if s.name.startswith("panglot"):
-            hf = next(o for o in settings if o.batch == s.batch and o.name == s.name.replace("panglot", "HF"))
+            hf_name = s.name.replace("panglot", "HF").removesuffix(" compiled")
+            hf = next(o for o in settings if o.batch == s.batch and o.name == hf_name)
             cpu_ratio = statistics.median(hf.cpu) / statistics.median(s.cpu)
             ratio = f"{statistics.median(hf.wall) / wall:.1f}x ({cpu_ratio:.1f}x)"
         print(
@@ -308,6 +320,9 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="also time each side's model forwards alone (greedy, no processors)"
     )
+    parser.add_argument(
+        "--compiled", action="store_true", help="also time panglot with compiled decode steps (compile_for_decoding)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile panglot's loop instead of comparing")
     parser.add_argument("--dtype", default="bf16", help="with --profile: panglot's dtype")
     args = parser.parse_args()
@@ -326,7 +341,7 @@ def main() -> None:
         profile_panglot(bench, max(args.batch), args.cfg, args.dtype, calls=args.rounds)
         return
     print(check_same_codes(bench, max(args.batch), args.cfg))
-    settings = build_settings(bench, args.batch, args.cfg, args.breakdown)
+    settings = build_settings(bench, args.batch, args.cfg, args.breakdown, args.compiled)
     run_rounds(settings, args.rounds, args.warmup)
     print()
     report(settings)

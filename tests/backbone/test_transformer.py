@@ -19,21 +19,23 @@ def _tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
 @torch.no_grad()
-def test_token_by_token_decode_equals_full_recompute(model):
+def test_token_by_token_decode_equals_full_recompute(model, static):
     tokens = _tokens(2, 12)
     full = model(tokens)
-    cache = model.new_cache(batch=2, max_len=16)
+    cache = model.new_cache(batch=2, max_len=16, static=static)
     steps = [model(tokens[:, :5], cache=cache)]  # prefill
     steps += [model(tokens[:, t : t + 1], cache=cache) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert cache.length == 12 and cache.next_position.tolist() == [12, 12]
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
 @torch.no_grad()
-def test_chunked_prefill_equals_full_recompute(model):
+def test_chunked_prefill_equals_full_recompute(model, static):
     tokens = _tokens(3, 15, seed=2)
-    cache = model.new_cache(batch=3, max_len=15)
+    cache = model.new_cache(batch=3, max_len=20, static=static)  # 5 slots never used
     chunks = [model(tokens[:, a:b], cache=cache) for a, b in ((0, 4), (4, 11), (11, 15))]
     torch.testing.assert_close(torch.cat(chunks, dim=1), model(tokens), atol=1e-5, rtol=1e-5)
 
@@ -52,15 +54,16 @@ def test_left_padded_batch_equals_unpadded_rows(model):
         torch.testing.assert_close(padded[i, width - len(row) :], model(row[None])[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
 @torch.no_grad()
-def test_left_padded_prefill_then_cached_decode_equals_unpadded_rows(model):
+def test_left_padded_prefill_then_cached_decode_equals_unpadded_rows(model, static):
     rows = [_tokens(1, 9, seed=3)[0], _tokens(1, 3, seed=4)[0]]
     extra = _tokens(2, 4, seed=5)  # decoded one token at a time after the prompts
     tokens = torch.zeros(2, 9, dtype=torch.long)
     valid = torch.zeros(2, 9, dtype=torch.bool)
     for i, row in enumerate(rows):
         tokens[i, 9 - len(row) :], valid[i, 9 - len(row) :] = row, True
-    cache = model.new_cache(batch=2, max_len=13)
+    cache = model.new_cache(batch=2, max_len=15, static=static)
     model(tokens, valid=valid, cache=cache)
     decoded = torch.cat([model(extra[:, t : t + 1], cache=cache) for t in range(4)], dim=1)
     assert cache.next_position.tolist() == [13, 7]

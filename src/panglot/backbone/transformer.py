@@ -49,6 +49,8 @@ class Transformer(nn.Module):
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.reset_parameters()
+        self._compiled_layers = None  # set by compile_for_decoding
+        self.static_cache = False  # new_cache's default: True once compiled for decoding
 
     def compile_layers(self, **kwargs: object) -> None:
         """``torch.compile`` every block in place (``nn.Module.compile``: parameter names, state dicts and
@@ -58,6 +60,19 @@ class Transformer(nn.Module):
         on CPU. ``kwargs`` go to ``torch.compile`` (e.g. ``dynamic=False`` when every batch has one shape)."""
         for layer in self.layers:
             layer.compile(**kwargs)
+
+    def compile_for_decoding(self, **kwargs: object) -> Transformer:
+        """``torch.compile`` the blocks and final norm of a decoding model for one-token steps, and make its
+        KV caches static (``KVCache(static=True)``: the same tensor shapes at every step), so each decode
+        step runs one compiled graph (the norms, RoPE, SwiGLU and residual adds fused around the matrix
+        products) instead of ~40 small eager ops per layer; prompts (several tokens) run eagerly.
+        Tracing costs ~15 s CPU for the first call and once more when the batch or cache length first
+        changes (then one shape-generic graph serves all); worth it for evaluations and serving, not for a
+        few images. Call it on a decoding copy (``for_decoding``), as ``panglot.load(..., compile=True)``
+        does; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
+        self._compiled_layers = torch.compile(self._layers_and_norm, **kwargs)
+        self.static_cache = True
+        return self
 
     def reset_parameters(self) -> None:
         """Llama-style init: N(0, init_std) weights, zero biases, unit norms; residual writers scaled."""
@@ -81,8 +96,11 @@ class Transformer(nn.Module):
         """tokens (B, T) long -> embeddings (B, T, D)."""
         return self.tok_embeddings(tokens)
 
-    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
-        """Empty KV cache for `batch` rows of up to `max_len` slots (default dtype: the weights')."""
+    def new_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype | None = None, static: bool | None = None
+    ) -> KVCache:
+        """Empty KV cache for `batch` rows of up to `max_len` slots (default dtype: the weights'; static by
+        default once `compile_for_decoding` was called)."""
         if max_len > self.cfg.max_seq_len:
             raise ValueError(
                 f"cache max_len {max_len} exceeds the model's max_seq_len {self.cfg.max_seq_len}"
@@ -96,6 +114,7 @@ class Transformer(nn.Module):
             head_dim=self.cfg.head_dim,
             dtype=dtype or weight.dtype,
             device=weight.device,
+            static=self.static_cache if static is None else static,
         )
 
     def for_decoding(self, dtype: torch.dtype | None = None) -> Transformer:
@@ -109,7 +128,10 @@ class Transformer(nn.Module):
         if dtype is None or dtype == self.tok_embeddings.weight.dtype:
             return self
         weights = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
-        return copy.deepcopy(self, memo=weights).eval()
+        eager = {id(self._compiled_layers): None}  # a compiled graph is not copied: the copy starts eager
+        decoder = copy.deepcopy(self, memo=weights | eager).eval()
+        decoder.static_cache = False
+        return decoder
 
     def forward_hidden(
         self,
@@ -150,6 +172,12 @@ class Transformer(nn.Module):
                 positions, mask = (valid.long().cumsum(1) - 1).clamp(min=0), attention_mask(valid)
         cos, sin = self.rope(positions)  # fp32 tables, cast once here rather than in every layer
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        step = cache is not None and cache.static and t == 1 and self._compiled_layers is not None
+        return (self._compiled_layers if step else self._layers_and_norm)(x, cos, sin, mask, cache)
+
+    def _layers_and_norm(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
+    ) -> torch.Tensor:
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i)
         return self.norm(x)

@@ -6,6 +6,12 @@ keeps its own next RoPE position, so left padding never shifts positions.
 
 Use per forward call: `extend(valid)` once (records the new slots, returns positions and the attention
 mask), then `update(layer, k, v)` once per layer (writes the new keys/values, returns all so far).
+
+A *static* cache (``static=True``) keeps every tensor shape fixed from step to step, so a compiled
+forward (``Transformer.compile_for_decoding``) is traced once for the decode steps instead of once per
+length: `update` writes at the reserved slots through a slot-index tensor and returns the whole
+buffers, and the mask covers all ``max_len`` slots (slots not yet written are invalid, so hidden).
+Attention then reads all ``max_len`` slots every step, a small cost next to the fused step.
 """
 
 from __future__ import annotations
@@ -26,13 +32,16 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        static: bool = False,
     ) -> None:
         shape = (batch, n_kv_heads, max_len, head_dim)
+        self.static = static
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, T_max)
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
         self.length = 0  # slots filled, the same for every row
+        self.slots = torch.zeros(0, dtype=torch.long, device=device)  # the slots of the latest extend
 
     @property
     def batch(self) -> int:
@@ -58,30 +67,44 @@ class KVCache:
         positions = (self.next_position[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)
         self.next_position += valid.long().sum(1)
         self.length = end
+        if self.static:
+            self.slots = torch.arange(start, end, device=self.valid.device)
+            if n_new == 1:  # a decode step: the slots after it are not written yet, so invalid already
+                mask = self.valid.clone()
+                mask[:, start] = True
+                return positions, mask[:, None, None]
+            return positions, attention_mask(self.valid, query_start=start, n_queries=n_new)
         mask = attention_mask(self.valid[:, :end], query_start=start)
         return positions, mask
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write k, v (B, H_kv, T, Dh) into the last T reserved slots; return keys/values (B, H_kv, S, Dh)."""
+        """Write k, v (B, H_kv, T, Dh) into the last T reserved slots; return keys/values (B, H_kv, S, Dh)
+        (static: all max_len slots, with the same tensor shapes at every step)."""
+        if self.static:  # no Python int reaches the tensors, so a compiled caller sees the same graph
+            self.keys[layer].index_copy_(2, self.slots, k)
+            self.values[layer].index_copy_(2, self.slots, v)
+            return self.keys[layer], self.values[layer]
         start = self.length - k.shape[2]
         self.keys[layer][:, :, start : self.length] = k
         self.values[layer][:, :, start : self.length] = v
         return self.keys[layer][:, :, : self.length], self.values[layer][:, :, : self.length]
 
 
-def attention_mask(key_valid: torch.Tensor, query_start: int = 0) -> torch.Tensor:
+def attention_mask(key_valid: torch.Tensor, query_start: int = 0, n_queries: int | None = None) -> torch.Tensor:
     """Causal mask over slots that also hides invalid (padding) keys.
 
-    key_valid (B, S) bool; queries are slots [query_start, S). Returns (B, 1, T, S) bool, True = attend.
+    key_valid (B, S) bool; queries are slots [query_start, query_start + n_queries) (default: up to S).
+    Returns (B, 1, T, S) bool, True = attend.
     Every query may always see its own slot, so a padding query attends to itself instead of to
     nothing (an all-masked row would give NaN that then leaks through the next layer's values).
     """
     n_keys = key_valid.shape[1]
+    query_end = n_keys if n_queries is None else query_start + n_queries
     if query_start == n_keys - 1:  # one query in the last slot (a decode step): causality hides nothing
         mask = key_valid.clone()
         mask[:, -1] = True
         return mask[:, None, None]
-    query_slots = torch.arange(query_start, n_keys, device=key_valid.device)[:, None]  # (T, 1)
+    query_slots = torch.arange(query_start, query_end, device=key_valid.device)[:, None]  # (T, 1)
     key_slots = torch.arange(n_keys, device=key_valid.device)[None, :]  # (1, S)
     causal = key_slots <= query_slots  # (T, S)
     mask = (causal & key_valid[:, None, :]) | (key_slots == query_slots)  # (B, T, S)
