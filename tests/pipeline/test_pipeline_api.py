@@ -38,6 +38,16 @@ def test_draw_is_seeded(m):
     assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
 
 
+def test_compiled_decoding_draws_and_answers_as_eager(debug_run):
+    eager, compiled = (panglot.load(debug_run, batch_size=3, dtype=None, compile=c) for c in (False, True))
+    assert compiled._decoder is not compiled.model.backbone  # the model itself is never compiled
+    prompts = ["a large red circle at the top left", "a small blue square at the center"]
+    draws = [[np.asarray(i).tolist() for i in x.draw(prompts, seed=3, cfg=2.0, n=2)] for x in (eager, compiled)]
+    assert draws[0] == draws[1]
+    image = eager.draw(prompts[:1], seed=0, cfg=1.0)[0]
+    assert compiled.caption([image]) == eager.caption([image])
+
+
 def test_codec_round_trip_through_the_api(m):
     ids = m.codec.encode([np.full((64, 64, 3), 255, np.uint8)])
     assert ids.shape == (1, m.codec.tokens_per_item)

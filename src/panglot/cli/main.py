@@ -80,7 +80,7 @@ def cmd_ask(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     from panglot.evaluation.runner import evaluate_run
 
-    metrics = evaluate_run(args.run, n_per_cell=args.n_per_cell, out_dir=args.out)
+    metrics = evaluate_run(args.run, n_per_cell=args.n_per_cell, out_dir=args.out, compile=args.compile)
     print(json.dumps(metrics["summary"], indent=2))
 
 
@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--n-per-cell", type=int, default=50, help="prompts per (seen/unseen, 1/2/3 objects) cell")
     p.add_argument("--out", default=None, help="where to write metrics.json and the report (default: RUN/eval)")
+    p.add_argument("--compile", action="store_true", help="compiled decode steps (faster after ~15-30 s of tracing)")
     p.set_defaults(fn=cmd_eval)
     return parser
 

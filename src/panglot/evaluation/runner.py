@@ -71,11 +71,13 @@ def evaluate_run(
     sweep_scales: Sequence[float] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    compile: bool = False,
 ) -> dict:
     """Load ``run_dir`` and evaluate it on the test suite (``n_per_cell`` scenes per seen/unseen x 1/2/3
-    objects cell); writes into ``out_dir`` (default ``RUN/eval``). ``cfg=None`` uses the run's tuned scale."""
+    objects cell); writes into ``out_dir`` (default ``RUN/eval``). ``cfg=None`` uses the run's tuned scale;
+    ``compile`` decodes with compiled steps (``panglot.load(..., compile=True)``)."""
     run_dir = Path(run_dir)
-    m = panglot.load(run_dir, device=device)
+    m = panglot.load(run_dir, device=device, compile=compile)
     curves = run_dir / TRAIN_METRICS
     return evaluate_model(
         m,
