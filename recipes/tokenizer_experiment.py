@@ -8,7 +8,8 @@ Trains each image codec (``pixel_vq``, ``semantic_vq``, ``qformer``; with the du
 they need, see ``recipes/stages.py``), then the same unified-model recipe on each codec at several equal
 budgets, evaluates every run on the same test suite (seen/unseen x 1/2/3 objects; text-to-image scene
 accuracy, captioning, VQA) at one fixed CFG scale, and writes ``OUT/results.json``, ``OUT/tokenizers.md``
-(table) and ``OUT/tokenizers.png`` (accuracy vs training tokens). A budget is either wall-clock minutes
+(table), ``OUT/tokenizers.png`` (accuracy vs training tokens) and ``OUT/tokenizers_cpu.png`` (vs training
+CPU seconds). A budget is either wall-clock minutes
 of unified training on this machine, fitted to steps before training (``panglot.training.budget``), or a
 number of optimizer steps (``--steps``: the same documents for every codec, whatever else the machine is
 running); each run records the tokens it trained on and its measured wall and CPU time, so the curves can
@@ -95,34 +96,40 @@ def figure(summary: dict, path: tuple[str, str]) -> float:
 
 
 def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
+    """``results.json``, ``tokenizers.md`` (table) and the curves: ``tokenizers.png`` against training tokens,
+    ``tokenizers_cpu.png`` against training CPU seconds (wall time depends on what else the machine runs)."""
     atomic_write_json(out / "results.json", {"codecs": codecs_info, "runs": results}, indent=2)
     lines = [
-        "| codec | tokens/image | budget | steps | train tokens | wall s | "
+        "| codec | tokens/image | budget | steps | train tokens | wall s | CPU s | "
         + " | ".join(label for label, _ in FIGURES)
         + " |",
-        "| --- " * (6 + len(FIGURES)) + "|",
+        "| --- " * (7 + len(FIGURES)) + "|",
     ]
     for r in results:
         cells = [f"{100 * figure(r['summary'], p):.1f}" for _, p in FIGURES]
         lines.append(
             f"| {r['codec']} | {codecs_info[r['codec']]['tokens_per_item']} | {r['budget']} | {r['steps']} | "
-            f"{r['tokens'] / 1e6:.2f} M | {r['wall_s']:.0f} | " + " | ".join(cells) + " |"
+            f"{r['tokens'] / 1e6:.2f} M | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | " + " | ".join(cells) + " |"
         )
     atomic_write_text(out / "tokenizers.md", "\n".join(lines) + "\n")
-    fig = Figure(figsize=(12, 6.5))
-    axes = fig.subplots(2, 3, sharex=True).flatten()
-    for ax, (label, path) in zip(axes, FIGURES):
-        for codec in dict.fromkeys(r["codec"] for r in results):
-            runs = sorted((r for r in results if r["codec"] == codec), key=lambda r: r["tokens"])
-            ax.plot([r["tokens"] / 1e6 for r in runs], [100 * figure(r["summary"], path) for r in runs], "o-", label=codec)
-        ax.set_title(label)
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    for ax in axes[3:]:
-        ax.set_xlabel("unified training tokens (M)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "tokenizers.png", dpi=100)
+    for name, key, scale, xlabel in (
+        ("tokenizers.png", "tokens", 1e-6, "unified training tokens (M)"),
+        ("tokenizers_cpu.png", "cpu_s", 1.0, "unified training CPU seconds"),
+    ):
+        fig = Figure(figsize=(12, 6.5))
+        axes = fig.subplots(2, 3, sharex=True).flatten()
+        for ax, (label, path) in zip(axes, FIGURES):
+            for codec in dict.fromkeys(r["codec"] for r in results):
+                runs = sorted((r for r in results if r["codec"] == codec), key=lambda r: r[key])
+                ax.plot([r[key] * scale for r in runs], [100 * figure(r["summary"], path) for r in runs], "o-", label=codec)
+            ax.set_title(label)
+            ax.set_ylim(0, 100)
+            ax.grid(alpha=0.3)
+        for ax in axes[3:]:
+            ax.set_xlabel(xlabel)
+        axes[0].legend()
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

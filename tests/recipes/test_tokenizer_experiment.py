@@ -40,7 +40,7 @@ def test_step_budgets_table_and_reuse(tmp_path):
     assert saved["codecs"]["pixel_vq"]["tokens_per_item"] == 64 and len(saved["runs"]) == 2
     table = (out / "tokenizers.md").read_text().splitlines()
     assert len(table) == 4 and "| pixel_vq | 64 | 3 steps | 3 |" in table[3]
-    assert (out / "tokenizers.png").stat().st_size > 0
+    assert (out / "tokenizers.png").stat().st_size > 0 and (out / "tokenizers_cpu.png").stat().st_size > 0
     mtime = (out / "runs" / "pixel_vq-2steps" / "train_summary.json").stat().st_mtime
     assert tokenizer_experiment.main(argv) == results  # finished runs are reused, not retrained
     assert (out / "runs" / "pixel_vq-2steps" / "train_summary.json").stat().st_mtime == mtime
