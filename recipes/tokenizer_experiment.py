@@ -95,6 +95,29 @@ def figure(summary: dict, path: tuple[str, str]) -> float:
     return float(summary[task][group])
 
 
+T2I_ATTRIBUTES = ("object", "count", "shape", "color", "size", "position")
+
+
+def detail_table(results: list[dict]) -> list[str]:
+    """Where the scene-level figures come from: text-to-image attribute accuracy of the generated objects and
+    VQA accuracy per question kind (all test prompts), read from each run's ``eval/metrics.json``."""
+    rows = []
+    for r in results:
+        metrics = json.loads((Path(r["run"]) / "eval" / "metrics.json").read_text())
+        t2i = metrics["t2i"]["all"]
+        kinds = metrics["vqa"]["per_kind"]
+        rows.append((r, [t2i[a] for a in T2I_ATTRIBUTES], {k: v["all"]["accuracy"] for k, v in sorted(kinds.items())}))
+    if not rows:
+        return []
+    kind_names = list(rows[0][2])
+    header = ["codec", "budget", *(f"t2i {a}" for a in T2I_ATTRIBUTES), *(f"VQA {k}" for k in kind_names)]
+    lines = ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
+    for r, attrs, kinds in rows:
+        cells = [f"{100 * v:.0f}" for v in [*attrs, *(kinds.get(k, float("nan")) for k in kind_names)]]
+        lines.append(f"| {r['codec']} | {r['budget']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
     """``results.json``, ``tokenizers.md`` (table) and the curves: ``tokenizers.png`` against training tokens,
     ``tokenizers_cpu.png`` against training CPU seconds (wall time depends on what else the machine runs)."""
@@ -111,6 +134,7 @@ def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
             f"| {r['codec']} | {codecs_info[r['codec']]['tokens_per_item']} | {r['budget']} | {r['steps']} | "
             f"{r['tokens'] / 1e6:.2f} M | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | " + " | ".join(cells) + " |"
         )
+    lines += ["", *detail_table(results)]
     atomic_write_text(out / "tokenizers.md", "\n".join(lines) + "\n")
     for name, key, scale, xlabel in (
         ("tokenizers.png", "tokens", 1e-6, "unified training tokens (M)"),

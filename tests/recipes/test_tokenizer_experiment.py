@@ -39,7 +39,8 @@ def test_step_budgets_table_and_reuse(tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert saved["codecs"]["pixel_vq"]["tokens_per_item"] == 64 and len(saved["runs"]) == 2
     table = (out / "tokenizers.md").read_text().splitlines()
-    assert len(table) == 4 and "| pixel_vq | 64 | 3 steps | 3 |" in table[3]
+    assert len(table) == 9 and "| pixel_vq | 64 | 3 steps | 3 |" in table[3]
+    assert table[5].startswith("| codec | budget | t2i object |") and table[8].startswith("| pixel_vq | 3 steps |")
     assert (out / "tokenizers.png").stat().st_size > 0 and (out / "tokenizers_cpu.png").stat().st_size > 0
     mtime = (out / "runs" / "pixel_vq-2steps" / "train_summary.json").stat().st_mtime
     assert tokenizer_experiment.main(argv) == results  # finished runs are reused, not retrained
