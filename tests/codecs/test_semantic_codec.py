@@ -3,6 +3,7 @@ checks, and a few-step recipe run whose loss falls and whose semantic cosine ris
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -148,3 +149,21 @@ def test_palette_index_is_the_nearest_palette_colour(teacher, images):
         brute = ((x.unsqueeze(1) - codec.palette[None, :, :, None, None]) ** 2).sum(dim=2).argmin(dim=1)
         torch.testing.assert_close(codec.palette_index(x), brute, rtol=0, atol=0)
     assert int(codec.palette_index(images).max()) > 0  # the renders hold shapes, not only background
+
+
+def test_shipped_config_builds_a_mask_colour_codec_that_round_trips(teacher, images, tmp_path):
+    from panglot.config import load_config
+    from recipes.stages import config_path
+
+    cfg = load_config(recipe.SemanticCodecRecipe, config_path("codec_semantic_vq.yaml"), ["teacher_dir=unused"])
+    assert cfg.codec.pixel.encoder_input == "mask_colour" and cfg.codec.pixel.res_blocks == 0
+    assert cfg.codec.encoder_input == "both" and cfg.train.edge_weight == 10.0
+    torch.manual_seed(0)
+    config = dataclasses.replace(cfg.codec, teacher=teacher.config)
+    codec = SemanticVQ.from_teacher(config, teacher).train()
+    codec(images)  # k-means initialises the codebook
+    codec.eval().save(tmp_path / "codec")
+    loaded = load_codec(tmp_path / "codec")
+    ids = loaded.encode_tensor(images)
+    assert ids.shape == (8, 64) and torch.equal(ids, codec.encode_tensor(images))
+    assert loaded.decode_tensor(ids).shape == (8, 3, 64, 64)
