@@ -157,7 +157,7 @@ def test_shipped_config_builds_a_mask_colour_codec_that_round_trips(teacher, ima
 
     cfg = load_config(recipe.SemanticCodecRecipe, config_path("codec_semantic_vq.yaml"), ["teacher_dir=unused"])
     assert cfg.codec.pixel.encoder_input == "mask_colour" and cfg.codec.pixel.res_blocks == 0
-    assert cfg.codec.encoder_input == "both" and cfg.train.edge_weight == 10.0
+    assert cfg.codec.encoder_input == "both" and cfg.train.edge_weight == 10.0 and cfg.train.optim.lr == 6e-3
     torch.manual_seed(0)
     config = dataclasses.replace(cfg.codec, teacher=teacher.config)
     codec = SemanticVQ.from_teacher(config, teacher).train()
