@@ -29,7 +29,6 @@ cores make every small op wait for the other thread (see docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import copy
 import cProfile
 import platform
 import pstats
@@ -104,10 +103,7 @@ def panglot_decoder(
     uncond = [layout.t2i_prompt(None)] * batch
     lo, hi = slot.id_range
     constraint = ModalityConstraint(lo, hi, layout.boi, layout.eoi, slot.tokens_per_item)
-    decoder = bench.model.backbone.for_decoding(resolve_dtype(dtype))  # made once, as `Panglot` does
-    if compile:
-        decoder = copy.deepcopy(decoder) if decoder is bench.model.backbone else decoder
-        decoder.compile_for_decoding()
+    decoder = bench.model.backbone.for_decoding(resolve_dtype(dtype), compile=compile)  # once, as `Panglot` does
 
     def decode(seed: int) -> torch.Tensor:
         out = generate(

@@ -12,7 +12,6 @@ prompt, a word the model never saw, an image of the wrong size or mode gets an e
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,17 +50,13 @@ class Panglot:
         compile: bool = False,
     ):
         """``dtype``: the decoding copy's weights and KV cache ("bf16", "fp32" or None = the model's own).
-        ``compile``: decode with compiled one-token steps (``Transformer.compile_for_decoding``: 1.2-1.4x
-        per step on CPU, docs/benchmarks.md, after ~15-30 s of tracing on the first calls)."""
+        ``compile``: decode with compiled one-token steps (``Transformer.compile_for_decoding``: 1.1-1.6x
+        per image on CPU, docs/benchmarks.md, after ~15-30 s of tracing on the first calls)."""
         self.model = model.eval()
         self.defaults = defaults or DrawDefaults()
         self.batch_size = batch_size
         self.dtype = dtype
-        self._decoder = model.backbone.for_decoding(None if dtype is None else resolve_dtype(dtype))
-        if compile:
-            if self._decoder is model.backbone:  # same dtype: compile a copy, never the model itself
-                self._decoder = copy.deepcopy(model.backbone)
-            self._decoder.compile_for_decoding()
+        self._decoder = model.backbone.for_decoding(None if dtype is None else resolve_dtype(dtype), compile=compile)
         self.tokenizer = model.vocab.text
         self.layout = model.layout
         self._slot = model.vocab.slot(model.image_slot)

@@ -1,8 +1,6 @@
 """Transformer.compile_for_decoding: compiled one-token steps over a static KV cache decode what the eager
 growing cache decodes, across calls of other batch sizes and prompt lengths, and leave the model alone."""
 
-import copy
-
 import torch
 from torch._dynamo.utils import counters
 
@@ -20,7 +18,7 @@ def _prompts(n: int, seed: int) -> list[list[int]]:
 def test_compiled_decoding_equals_eager_decoding():
     torch.manual_seed(0)
     model = build_transformer("debug", VOCAB).eval()
-    compiled = copy.deepcopy(model).compile_for_decoding()
+    compiled = model.for_decoding(compile=True)  # a compiled copy; the model stays eager
     counters.clear()
     assert compiled.new_cache(2, 8).static and not model.new_cache(2, 8).static
     assert not compiled.for_decoding(torch.bfloat16).new_cache(2, 8).static  # a cast copy starts eager

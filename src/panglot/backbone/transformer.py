@@ -68,8 +68,8 @@ class Transformer(nn.Module):
         products) instead of ~40 small eager ops per layer; prompts (several tokens) run eagerly.
         Tracing costs ~15 s CPU for the first call and once more when the batch or cache length first
         changes (then one shape-generic graph serves all); worth it for evaluations and serving, not for a
-        few images. Call it on a decoding copy (``for_decoding``), as ``panglot.load(..., compile=True)``
-        does; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
+        few images. Compiles in place: ``for_decoding(dtype, compile=True)`` gives a compiled copy instead, as
+        ``panglot.load(..., compile=True)`` uses; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
         self._compiled_layers = torch.compile(self._layers_and_norm, **kwargs)
         self.static_cache = True
         return self
@@ -117,21 +117,24 @@ class Transformer(nn.Module):
             static=self.static_cache if static is None else static,
         )
 
-    def for_decoding(self, dtype: torch.dtype | None = None) -> Transformer:
+    def for_decoding(self, dtype: torch.dtype | None = None, compile: bool = False) -> Transformer:
         """This model with its weights in `dtype`, for decoding: itself when they already are (or
-        dtype is None), else an inference copy with the weights cast once, autograd off.
+        dtype is None) and `compile` is False, else an inference copy (weights cast once, autograd off);
+        with `compile`, the copy is compiled for decoding (`compile_for_decoding`), never the model itself.
 
         Decoding on a bf16 copy instead of under autocast saves autocast's casts and dispatch on every
         op of every step. Norms still compute in fp32 and RoPE tables stay fp32. The copy costs one
-        cast of the weights, far less than a decode, which reads all of them at every step.
+        cast of the weights, far less than a decode, which reads all of them at every step; an uncast copy
+        shares the weights' storage.
         """
-        if dtype is None or dtype == self.tok_embeddings.weight.dtype:
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        if dtype == self.tok_embeddings.weight.dtype and not compile:
             return self
-        weights = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
-        eager = {id(self._compiled_layers): None}  # a compiled graph is not copied: the copy starts eager
-        decoder = copy.deepcopy(self, memo=weights | eager).eval()
+        memo = {id(self._compiled_layers): None}  # a compiled graph is not copied: the copy starts eager
+        memo |= {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
+        decoder = copy.deepcopy(self, memo=memo).eval()
         decoder.static_cache = False
-        return decoder
+        return decoder.compile_for_decoding() if compile else decoder
 
     def forward_hidden(
         self,
