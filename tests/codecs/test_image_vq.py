@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from panglot.codecs import CodecLoadError, images_to_tensor, load_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig, pixel_vq_loss
-from panglot.codecs.image_vq.model import MaskColourStem, edge_mask
+from panglot.codecs.image_vq.model import MaskColourStem, compose_palette, edge_mask, token_colours
 
 
 def tiny(**changes) -> PixelVQConfig:
@@ -64,6 +64,14 @@ def test_token_grid_follows_the_config():
         ({"quantizer": "lfq", "codebook_size": 100}, "power-of-2"),
         ({"patch": 4, "channels": [8, 16], "upsample_channels": [8, 8, 8]}, r"upsample_channels\) = 8"),
         ({"pixels": "rgb", "encoder_input": "mask_colour"}, 'needs pixels "palette"'),
+        (
+            {"code_split": "shape_colour", "palette_head": "classes"},
+            r'code_split "shape_colour" needs .*"classes"',
+        ),
+        (
+            {"code_split": "shape_colour", "encoder_input": "pixels"},
+            r'code_split "shape_colour" needs .*"pixels"',
+        ),
     ],
 )
 def test_config_errors(changes, message):
@@ -83,7 +91,7 @@ def test_pure_lookup_matches_the_library(world_images):
     codec(x)  # training-mode forward: k-means init
     codec.eval()
     with torch.no_grad():
-        _, lib_ids, _ = codec.quantizer.vq(codec._latents(x))
+        _, lib_ids, _ = codec.quantizer.vq(codec._latents(x)[0])
     torch.testing.assert_close(codec.encode_tensor(x), lib_ids)
 
 
@@ -176,3 +184,101 @@ def test_a_config_from_before_encoder_input_loads_with_the_encoder_it_was_traine
     assert loaded.config.encoder_input == "pixels" and loaded.config.upsample_channels == []
     x = images_to_tensor(world_images(2)[1])
     torch.testing.assert_close(loaded.encode_tensor(x), codec.encode_tensor(x))
+
+
+# --- code_split="shape_colour": colour ids beside colour-free shape codes --------------------------------
+def split_codec(**changes) -> PixelVQ:
+    torch.manual_seed(0)
+    return PixelVQ(tiny(patch=4, channels=[8, 16], res_blocks=0, code_split="shape_colour", **changes))
+
+
+def recolour(x: torch.Tensor, codec: PixelVQ, perm: list[int]) -> torch.Tensor:
+    """Images with palette colour c (1-based, 0 = background) repainted as colour perm[c - 1] + 1."""
+    classes = codec.palette_index(x)
+    mapping = torch.tensor([0, *(p + 1 for p in perm)])
+    return codec.palette[mapping[classes]].permute(0, 3, 1, 2)
+
+
+def test_shape_colour_ids_are_a_shape_code_and_the_token_colour(world_images):
+    codec = split_codec(fsq_levels=[4, 3]).eval()
+    assert codec.vocab_size == 4 * 3 * 8
+    x = images_to_tensor(world_images(4)[1])
+    ids = codec.encode_tensor(x)
+    assert ids.shape == (4, 64) and int(ids.min()) >= 0 and int(ids.max()) < codec.vocab_size
+    onehot = torch.nn.functional.one_hot(codec.palette_index(x), 9).permute(0, 3, 1, 2).float()
+    colours = token_colours(onehot, 8)  # the most common foreground colour of each 8 x 8 token
+    torch.testing.assert_close(ids % 8, colours.flatten(1))
+    shape_ids, split_colours = codec.split_ids(ids)
+    torch.testing.assert_close(split_colours, colours)
+    torch.testing.assert_close(shape_ids, ids // 8)
+    assert codec.codebook_size == 12 and torch.equal(codec.codebook_ids(ids), shape_ids)
+    assert codec.code_vectors(ids).shape == (4, 64, 16 + 8)
+    assert codec(x).decoded.shape == (4, 9, 64, 64)
+
+
+def test_shape_colour_codec_treats_every_colour_alike(world_images):
+    """Repainting the objects (a permutation of the palette) changes only their tokens' colour ids, and
+    decoding ids with repainted colour ids gives the decoded image repainted, whatever the weights: a
+    colour-shape pair never seen in training decodes like a seen one."""
+    codec = split_codec().eval()
+    x = images_to_tensor(world_images(6)[1])
+    perm = torch.tensor([3, 7, 0, 5, 1, 6, 2, 4])
+    ids, ids_recoloured = codec.encode_tensor(x), codec.encode_tensor(recolour(x, codec, perm.tolist()))
+    torch.testing.assert_close(ids // 8, ids_recoloured // 8)
+    drawn = codec.palette_index(x).view(-1, 8, 8, 8, 8).transpose(2, 3).flatten(3).ne(0).any(-1).flatten(1)
+    assert drawn.any() and not drawn.all()
+    torch.testing.assert_close(perm[ids % 8][drawn], (ids_recoloured % 8)[drawn])
+    repainted_ids = ids // 8 * 8 + perm[ids % 8]
+    torch.testing.assert_close(
+        codec.decode_tensor(repainted_ids), recolour(codec.decode_tensor(ids), codec, perm.tolist())
+    )
+
+
+def test_compose_palette_can_draw_any_world_image_exactly(world_images):
+    """The ideal head (background where the image is, each pixel's source = a neighbour token of its colour)
+    gives back every pixel, also where one 8 x 8 token holds two objects of different colours."""
+    _, renders = world_images(400, seed=3)
+    codec = split_codec()
+    classes = codec.palette_index(images_to_tensor(renders))  # (B, 64, 64)
+    onehot = torch.nn.functional.one_hot(classes, 9).permute(0, 3, 1, 2).float()
+    colours = token_colours(onehot, 8)
+    tokens = classes.view(-1, 8, 8, 8, 8).transpose(2, 3).flatten(3)  # (B, 8, 8, 64) pixels per token
+    foreground_colours = [
+        len(set(t.tolist()) - {0}) for t in tokens.flatten(0, 2)
+    ]  # distinct colours per token
+    assert max(foreground_colours) == 2, "the sample must hold tokens with two objects"
+    b = classes.shape[0]
+    neighbours = (
+        torch.nn.functional.unfold(
+            torch.nn.functional.pad(colours[:, None].float(), (1, 1, 1, 1), value=-1.0), 3
+        )
+        .view(b, 9, 8, 8)
+        .repeat_interleave(8, -2)
+        .repeat_interleave(8, -1)
+    )
+    source = (neighbours == (classes - 1)[:, None]).float() * 10.0
+    source[:, 4] += 1.0  # prefer the own token
+    head = torch.cat([torch.where(classes[:, None] == 0, 20.0, -20.0), source], dim=1)
+    log_probs = compose_palette(head, colours, 8)
+    torch.testing.assert_close(log_probs.logsumexp(dim=1), torch.zeros(b, 64, 64), atol=1e-4, rtol=0)
+    assert torch.equal(log_probs.argmax(dim=1), classes)
+
+
+def test_shape_colour_codec_learns_and_round_trips_through_its_directory(tmp_path, world_images):
+    codec = split_codec()
+    opt = torch.optim.AdamW(codec.parameters(), lr=6e-3)
+    x = images_to_tensor(world_images(16, seed=1)[1])
+    losses = []
+    for _ in range(25):
+        loss, _ = pixel_vq_loss(codec, x, fg_weight=3.0, edge_weight=10.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    codec.eval().save(tmp_path)
+    loaded = load_codec(tmp_path)
+    assert loaded.config.code_split == "shape_colour" and loaded.vocab_size == codec.vocab_size
+    ids = codec.encode_tensor(x)
+    torch.testing.assert_close(loaded.encode_tensor(x), ids)
+    torch.testing.assert_close(loaded.decode_tensor(ids), codec.decode_tensor(ids))

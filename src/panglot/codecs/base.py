@@ -118,6 +118,16 @@ class Codec(nn.Module, ABC):
         return self.vocab_size == 0
 
     @property
+    def codebook_size(self) -> int:
+        """Codes of the learned codebook; ``vocab_size`` unless an id joins a code with something fixed
+        (the pixel VQ's ``code_split="shape_colour"``: shape code x token colour)."""
+        return self.vocab_size
+
+    def codebook_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids -> their codes in the learned codebook, in ``[0, codebook_size)``."""
+        return ids
+
+    @property
     def device(self) -> torch.device:
         tensor = next(iter(self.parameters()), None)
         if tensor is None:

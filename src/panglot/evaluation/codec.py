@@ -22,10 +22,13 @@ def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_image_codec(codec: ImageCodec, scenes: Sequence[Scene], batch_size: int = 250) -> dict[str, float]:
-    """PSNR, codebook usage (share of the vocabulary used on these images; discrete codecs only) and
-    oracle-preserved rate of ``codec`` on the renders of ``scenes``."""
+    """PSNR, usage (discrete codecs only: ``codebook_usage`` = share of the learned codebook's codes used on
+    these images, ``id_usage`` = share of the vocabulary's ids; the same unless the codec's ids join a code
+    with something fixed, as the pixel VQ's shape x colour split) and oracle-preserved rate of ``codec`` on
+    the renders of ``scenes``."""
     codec.eval()
     used = torch.zeros(max(codec.vocab_size, 1), dtype=torch.bool)
+    used_codes = torch.zeros(max(codec.codebook_size, 1), dtype=torch.bool)
     psnrs, kept, found, kept_by_n = [], [], [], {1: [], 2: [], 3: []}
     for start in range(0, len(scenes), batch_size):
         chunk = scenes[start : start + batch_size]
@@ -33,6 +36,7 @@ def evaluate_image_codec(codec: ImageCodec, scenes: Sequence[Scene], batch_size:
         ids = codec.encode_tensor(images_to_tensor(imgs).to(codec.device))
         if not codec.is_continuous:
             used[ids.flatten().cpu()] = True
+            used_codes[codec.codebook_ids(ids).flatten().cpu()] = True
         recon = tensor_to_images(codec.decode_tensor(ids))
         psnrs.append(psnr(imgs, recon))
         for scene, parsed in zip(chunk, parse_images(recon)):
@@ -46,6 +50,7 @@ def evaluate_image_codec(codec: ImageCodec, scenes: Sequence[Scene], batch_size:
         "psnr_db": float(np.concatenate(psnrs).mean()),
     }
     if not codec.is_continuous:
-        out["codebook_usage"] = float(used.float().mean())
+        out["codebook_usage"] = float(used_codes.float().mean())
+        out["id_usage"] = float(used.float().mean())
     out.update({f"oracle_preserved_{n}obj": float(np.mean(v)) for n, v in kept_by_n.items() if v})
     return out

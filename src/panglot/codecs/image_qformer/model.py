@@ -477,8 +477,7 @@ class QFormerCodec(ImageCodec):
     def pixel_code_table(self) -> torch.Tensor:
         """Every pixel-codec code (V, C) in its decoder's input space, float32."""
         ids = torch.arange(self.pixel.vocab_size, device=self.device)[None]
-        with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.pixel.quantizer.codes(ids)[0].float()
+        return self.pixel.code_vectors(ids)[0]
 
     @torch.no_grad()
     def fit_latent_space(self) -> None:

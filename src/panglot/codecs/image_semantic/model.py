@@ -79,6 +79,8 @@ class SemanticVQConfig:
                 f"codebook_size must be >= 2 and codebook_dim, adapter_dim >= 1, got "
                 f"{self.codebook_size}, {self.codebook_dim}, {self.adapter_dim}"
             )
+        if self.pixel.code_split != "none":
+            problems.append(f'pixel.code_split must be "none" here, got {self.pixel.code_split!r}')
         if problems:
             raise ValueError("; ".join(problems))
 

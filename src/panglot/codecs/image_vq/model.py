@@ -64,6 +64,13 @@ class PixelVQConfig:
     # pixel-shuffles by what is left, patch / 2**len(upsample_channels). [] by default: it learned slower
     # per step and per CPU second (docs/codecs.md).
     upsample_channels: list[int] = field(default_factory=list)
+    # "none": one quantizer code per token, shape and colour entangled in it. "shape_colour" (palette
+    # pixels, mask head, mask_colour input): id = shape code * n_colours + the token's colour (its most
+    # common foreground palette colour). The learned encoder and decoder see only colour-free masks (the
+    # foreground and "the token's own colour"); each decoded pixel takes the colour of one of the 3 x 3
+    # nearest tokens, picked by the shape path. Colour and shape never meet in learned weights, so a
+    # held-out colour-shape pair decodes like a seen one (docs/codecs.md). Vocabulary: quantizer x colours.
+    code_split: Literal["none", "shape_colour"] = "none"
 
     def __post_init__(self) -> None:
         problems = []
@@ -77,6 +84,14 @@ class PixelVQConfig:
             )
         if self.encoder_input == "mask_colour" and self.pixels != "palette":
             problems.append('encoder_input "mask_colour" needs pixels "palette" (with "rgb" use "pixels")')
+        if self.code_split == "shape_colour" and (
+            self.pixels != "palette" or self.palette_head != "mask" or self.encoder_input != "mask_colour"
+        ):
+            problems.append(
+                'code_split "shape_colour" needs pixels "palette", palette_head "mask" and encoder_input '
+                f'"mask_colour", got pixels "{self.pixels}", palette_head "{self.palette_head}", encoder_input '
+                f'"{self.encoder_input}"'
+            )
         if problems:
             raise ValueError("; ".join(problems))
         if self.quantizer == "lfq" and not math.log2(self.codebook_size).is_integer():
@@ -87,7 +102,20 @@ class PixelVQConfig:
         return 3 if self.pixels == "rgb" else len(self.palette)
 
     @property
+    def n_colours(self) -> int:
+        """Colour ids per token with ``code_split="shape_colour"`` (the palette minus background), else 1."""
+        return len(self.palette) - 1 if self.code_split == "shape_colour" else 1
+
+    @property
+    def head_channels(self) -> int:
+        """Decoder outputs per pixel: the palette (or RGB), or with ``code_split="shape_colour"`` one
+        background logit and one logit per 3 x 3 neighbour token whose colour the pixel may take."""
+        return 1 + 9 if self.code_split == "shape_colour" else self.pixel_channels
+
+    @property
     def encoder_in_channels(self) -> int:
+        if self.code_split == "shape_colour":  # the foreground mask and the own-colour mask, unshuffled
+            return 2 * self.patch**2
         if self.encoder_input == "mask_colour":  # the foreground mask per pixel + each colour's share
             return self.patch**2 + len(self.palette) - 1
         return self.pixel_channels * self.patch**2
@@ -117,7 +145,12 @@ class ResBlock(nn.Module):
 
 def build_encoder(cfg: PixelVQConfig) -> nn.Sequential:
     ch_in = cfg.channels[0]
-    stem = MaskColourStem(cfg.patch) if cfg.encoder_input == "mask_colour" else nn.PixelUnshuffle(cfg.patch)
+    if cfg.code_split == "shape_colour":  # the input is already colour-free: (B, 2, S, S) masks
+        stem: nn.Module = nn.PixelUnshuffle(cfg.patch)
+    elif cfg.encoder_input == "mask_colour":
+        stem = MaskColourStem(cfg.patch)
+    else:
+        stem = nn.PixelUnshuffle(cfg.patch)
     layers: list[nn.Module] = [stem, nn.Conv2d(cfg.encoder_in_channels, ch_in, 3, padding=1)]
     for ch in cfg.channels[1:]:
         layers += [nn.SiLU(), nn.Conv2d(ch_in, ch, 4, stride=2, padding=1)]
@@ -164,18 +197,53 @@ class PixelHead(nn.Module):
 
     def __init__(self, cfg: PixelVQConfig, ch_in: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch_in, cfg.pixel_channels * cfg.head_shuffle**2, 3, padding=1)
+        self.conv = nn.Conv2d(ch_in, cfg.head_channels * cfg.head_shuffle**2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(cfg.head_shuffle)
-        self.mask = cfg.pixels == "palette" and cfg.palette_head == "mask"
+        self.mask = cfg.pixels == "palette" and cfg.palette_head == "mask" and cfg.code_split == "none"
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         out = self.shuffle(self.conv(h))  # (B, K, S, S)
-        if not self.mask:
+        if not self.mask:  # plain logits ("shape_colour": compose_palette adds the token colours)
             return out
         out = out.float()
         background = out[:, :1]  # palette colour 0
         colours = F.log_softmax(out[:, 1:], dim=1)
         return torch.cat([F.logsigmoid(background), F.logsigmoid(-background) + colours], dim=1)
+
+
+def token_colours(onehot: torch.Tensor, cell: int) -> torch.Tensor:
+    """(B, K, S, S) palette one-hot (0 = background) -> (B, S/cell, S/cell) each token's colour id in
+    [0, K - 1): its most common foreground colour (0 when it has none; ties to the lower id)."""
+    return F.avg_pool2d(onehot[:, 1:], cell).argmax(dim=1)
+
+
+def shape_masks(onehot: torch.Tensor, colours: torch.Tensor, cell: int) -> torch.Tensor:
+    """The colour-free encoder input of ``code_split="shape_colour"``: (B, 2, S, S) = the foreground mask
+    and the mask of pixels in their token's own colour (where a token holds two objects, which is its)."""
+    own = F.one_hot(colours, onehot.shape[1] - 1).permute(0, 3, 1, 2).to(onehot.dtype)  # (B, K - 1, g, g)
+    own = F.interpolate(own, scale_factor=cell, mode="nearest")  # (B, K - 1, S, S)
+    return torch.stack([1.0 - onehot[:, 0], (onehot[:, 1:] * own).sum(dim=1)], dim=1)
+
+
+def compose_palette(head: torch.Tensor, colours: torch.Tensor, n_colours: int, eps: float = 1e-6) -> torch.Tensor:
+    """``code_split="shape_colour"`` decoding: head (B, 10, S, S) = a background logit and logits over the
+    3 x 3 neighbour tokens (row-major, centre = the pixel's own token), colours (B, g, g) token colour ids in
+    [0, n_colours) -> (B, 1 + n_colours, S, S) palette log-probabilities: log p(bg) = log sigmoid(m),
+    log p(c) = log sigmoid(-m) + log sum_n softmax(source)_n [colour_n = c], floored at ``eps``
+    (neighbours outside the grid are never picked)."""
+    b, _, size, _ = head.shape
+    g = colours.shape[-1]
+    cell = size // g
+    head = head.float()
+    # each neighbour's colour id at pixel resolution (B, 9, S, S), -1 outside the grid (never picked)
+    neighbours = F.unfold(F.pad(colours[:, None].float(), (1, 1, 1, 1), value=-1.0), 3).view(b, 9, g, g)
+    neighbours = neighbours.repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
+    outside = F.unfold(F.pad(head.new_zeros(1, 1, g, g), (1, 1, 1, 1), value=float("-inf")), 3)
+    outside = outside.view(1, 9, g, g).repeat_interleave(cell, dim=-2).repeat_interleave(cell, dim=-1)
+    source = (head[:, 1:] + outside).softmax(dim=1)  # (B, 9, S, S)
+    colour = head.new_zeros(b, n_colours, size, size).scatter_add_(1, neighbours.clamp_min(0).long(), source)
+    background = head[:, :1]
+    return torch.cat([F.logsigmoid(background), F.logsigmoid(-background) + colour.clamp_min(eps).log()], dim=1)
 
 
 class Quantized(NamedTuple):
@@ -263,6 +331,7 @@ class PixelVQOutput(NamedTuple):
     decoded: torch.Tensor  # (B, 3, S, S) pixels ("rgb") or (B, K, S, S) palette logits ("palette")
     ids: torch.Tensor  # (B, N)
     aux_loss: torch.Tensor  # scalar
+    classes: torch.Tensor | None = None  # (B, S, S) the input's palette index ("palette"), for the loss
 
 
 @register_codec
@@ -293,31 +362,72 @@ class PixelVQ(ImageCodec):
 
     @property
     def vocab_size(self) -> int:
-        return self.quantizer.vocab_size
+        return self.quantizer.vocab_size * self.config.n_colours
 
     @property
     def tokens_per_item(self) -> int:
         return self.grid * self.grid
 
-    def _latents(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.pixels == "palette":
-            classes = torch.arange(len(self.palette), device=x.device)[None, :, None, None]
-            x = (self.palette_index(x)[:, None] == classes).to(x.dtype)  # (B, K, S, S) one-hot
-        z = self.encoder(x)  # (B, D, h, w)
-        return z.flatten(2).transpose(1, 2).float()  # (B, N, D), quantizer in fp32
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.vocab_size
 
-    def _pixels(self, codes: torch.Tensor) -> torch.Tensor:
+    def codebook_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.split_ids(ids)[0]
+
+    def _latents(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (and, for palette pixels, their ``palette_index`` if known) -> the quantizer's input
+        (B, N, D) in fp32, and with ``code_split="shape_colour"`` the token colours (B, g, g) (else None)."""
+        colours = None
+        if self.config.pixels == "palette":
+            classes = self.palette_index(x) if classes is None else classes
+            palette = torch.arange(len(self.palette), device=x.device)[None, :, None, None]
+            x = (classes[:, None] == palette).to(x.dtype)  # (B, K, S, S) one-hot
+            if self.config.code_split == "shape_colour":
+                colours = token_colours(x, self.config.downsample)
+                x = shape_masks(x, colours, self.config.downsample)
+        z = self.encoder(x)  # (B, D, h, w)
+        return z.flatten(2).transpose(1, 2).float(), colours  # quantizer in fp32
+
+    def _pixels(self, codes: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
         b, _, d = codes.shape  # (B, N, D)
-        return self.decoder(codes.transpose(1, 2).reshape(b, d, self.grid, self.grid))
+        out = self.decoder(codes.transpose(1, 2).reshape(b, d, self.grid, self.grid))
+        if self.config.code_split == "shape_colour":
+            out = compose_palette(out, colours, self.config.n_colours)
+        return out
+
+    def split_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids (B, N) -> quantizer ids (B, N) and token colours (B, g, g) (None without a code split)."""
+        ids = ids.long()
+        if self.config.code_split == "none":
+            return ids, None
+        n = self.config.n_colours
+        return ids // n, (ids % n).view(-1, self.grid, self.grid)
+
+    def code_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, N) -> (B, N, C) float32: what the decoder reads for each id (the quantizer's code, with
+        ``code_split="shape_colour"`` followed by the colour's one-hot)."""
+        shape_ids, colours = self.split_ids(ids)
+        with torch.autocast(device_type=ids.device.type, enabled=False):
+            codes = self.quantizer.codes(shape_ids).float()
+        if colours is None:
+            return codes
+        return torch.cat([codes, F.one_hot(colours.flatten(1), self.config.n_colours).float()], dim=-1)
 
     def forward(self, x: torch.Tensor) -> PixelVQOutput:
         """Training path: reconstruction, ids and the quantizer's auxiliary loss (updates the codebook
         in training mode)."""
         self.check_images(x)
-        z = self._latents(x)
+        classes = self.palette_index(x) if self.config.pixels == "palette" else None
+        z, colours = self._latents(x, classes)
         with torch.autocast(device_type=z.device.type, enabled=False):
             q = self.quantizer(z)
-        return PixelVQOutput(self._pixels(q.codes), q.ids, q.aux_loss)
+        return PixelVQOutput(self._pixels(q.codes, colours), self._join(q.ids, colours), q.aux_loss, classes)
+
+    def _join(self, ids: torch.Tensor, colours: torch.Tensor | None) -> torch.Tensor:
+        if colours is None:
+            return ids
+        return ids * self.config.n_colours + colours.flatten(1)
 
     def to_pixels(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoder output -> (B, 3, S, S) in [-1, 1] (palette: the most likely colour per pixel)."""
@@ -338,14 +448,15 @@ class PixelVQ(ImageCodec):
 
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
         self.check_images(x)
-        z = self._latents(x)
+        z, colours = self._latents(x)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.quantizer.ids(z)
+            return self._join(self.quantizer.ids(z), colours)
 
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
+        shape_ids, colours = self.split_ids(ids)
         with torch.autocast(device_type=ids.device.type, enabled=False):
-            codes = self.quantizer.codes(ids.long())  # (B, N, D)
-        return self.to_pixels(self._pixels(codes))
+            codes = self.quantizer.codes(shape_ids)  # (B, N, D)
+        return self.to_pixels(self._pixels(codes, colours))
 
 
 def edge_mask(classes: torch.Tensor) -> torch.Tensor:
@@ -369,7 +480,7 @@ def pixel_vq_loss(
     pixels at a colour edge weigh ``edge_weight`` more on top (small shapes are almost all edge).
     """
     out = codec(x)
-    target = codec.palette_index(x)  # (B, S, S)
+    target = codec.palette_index(x) if out.classes is None else out.classes  # (B, S, S)
     weight = 1.0 + (fg_weight - 1.0) * (target != 0).float() + (edge_weight - 1.0) * edge_mask(target).float()
     weight = weight / weight.mean()
     metrics: dict[str, float] = {}
