@@ -46,7 +46,7 @@ logger = logging.getLogger("panglot.recipes.train_codec")
 class CodecOptimConfig(OptimConfig):
     """The trainer's AdamW + warmup/cosine with the codec's defaults (a small conv net likes a high lr)."""
 
-    lr: float = 6e-3
+    lr: float = 8e-3
     betas: tuple[float, float] = (0.9, 0.99)
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -94,7 +94,7 @@ class CodecRecipe:
     data_seed: int = 0
     # the measured best for a short run (docs/codecs.md); the dataclass's own defaults keep older meanings
     codec: PixelVQConfig = field(
-        default_factory=lambda: PixelVQConfig(res_blocks=0, encoder_input="mask_colour")
+        default_factory=lambda: PixelVQConfig(res_blocks=0, encoder_input="mask_colour", code_split="shape_colour")
     )
     train: CodecTrainConfig = field(default_factory=CodecTrainConfig)
     eval: CodecEvalConfig = field(default_factory=CodecEvalConfig)

@@ -111,7 +111,8 @@ def test_overrides_without_a_yaml_and_unknown_keys(tmp_path):
 
 def test_the_shipped_config_loads_with_the_quickstart_overrides():
     cfg = load_config(train_codec.CodecRecipe, "configs/codec_pixel_vq.yaml", ["train.max_minutes=1", "eval.n_images=10"])  # fmt: skip
-    assert cfg.train.max_minutes == 1 and cfg.train.optim.lr == 6e-3 and cfg.train.optim.betas == (0.9, 0.99)
+    assert cfg.train.max_minutes == 1 and cfg.train.optim.lr == 8e-3 and cfg.train.optim.betas == (0.9, 0.99)
+    assert cfg.codec.code_split == "shape_colour" and train_codec.PixelVQ(cfg.codec).vocab_size == 240 * 8
     assert (
         load_config(train_codec.CodecRecipe).train
         == load_config(
