@@ -71,6 +71,8 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     torch.manual_seed(cfg.train.seed)
     backbone = build_transformer(model_cfg.size, vocab.size, **model_cfg.overrides).to(device)
     model = UnifiedModel(backbone, vocab, codec)
+    if model_cfg.code_factors:
+        logger.info("image ids share embedding rows through %d codec factors", model.factor_code_rows())
     scenes = split_scenes("train", cfg.data.n_scenes, cfg.data.seed)
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))

@@ -127,6 +127,12 @@ class Codec(nn.Module, ABC):
         """ids -> their codes in the learned codebook, in ``[0, codebook_size)``."""
         return ids
 
+    def id_factors(self) -> list[tuple[torch.Tensor, int]]:
+        """What ids share, for a model that reads them (``UnifiedModelConfig.code_factors``): a list of
+        (value of every id ``(vocab_size,)`` long, number of values), e.g. the token colour and each FSQ digit.
+        Ids with the same value of a factor share that factor's embedding row. Empty: ids are unrelated."""
+        return []
+
     @property
     def device(self) -> torch.device:
         tensor = next(iter(self.parameters()), None)

@@ -27,6 +27,7 @@ from panglot.codecs.text import TextTokenizer
 from panglot.files import atomic_write_json
 from panglot.model.unified import UnifiedModel
 from panglot.multimodal import UnifiedVocab
+from panglot.nn.factored_rows import plain_state_dict
 
 KIND = "panglot.unified_model"
 FORMAT_VERSION = 1
@@ -46,7 +47,8 @@ def save_model(run_dir: str | os.PathLike, model: UnifiedModel, extra: dict[str,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+        # parametrized rows (UnifiedModelConfig.code_factors) are written as the computed matrix
+        weights = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(model.backbone).items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"kind": KIND})
         model.vocab.text.save(tmp / "tokenizer")
         model.codec.save(tmp / "codec", metrics=getattr(model.codec, "metrics", None))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from panglot.multimodal import TASKS, SequenceLayout, TaskSequence, UnifiedVocab
+from panglot.nn.factored_rows import factor_rows
 
 
 @dataclass
@@ -19,6 +20,9 @@ class UnifiedModelConfig:
 
     size: str = "small"
     overrides: dict[str, int | float | bool] = field(default_factory=dict)
+    # share embedding (and output) rows across codec ids by the codec's ``id_factors`` (the pixel VQ: the
+    # token colour and each FSQ digit), training only: saved runs hold the computed rows (panglot.nn.factored_rows)
+    code_factors: bool = False
 
 
 class UnifiedModel(nn.Module):
@@ -37,6 +41,18 @@ class UnifiedModel(nn.Module):
         self.codec = codec
         self.codec.requires_grad_(False)
         self.codec.eval()
+
+    def factor_code_rows(self) -> int:
+        """Let the image codec's ids share embedding rows (and output rows, when untied) through
+        ``codec.id_factors()``; returns the number of factors (0: the codec has none, nothing changes)."""
+        factors = self.codec.id_factors()
+        if not factors:
+            return 0
+        start = self.vocab.slot(self.image_slot).offset
+        factor_rows(self.backbone.tok_embeddings, start, factors)
+        if self.backbone.output is not None:
+            factor_rows(self.backbone.output, start, factors)
+        return len(factors)
 
     def train(self, mode: bool = True) -> UnifiedModel:
         super().train(mode)

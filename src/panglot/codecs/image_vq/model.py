@@ -375,6 +375,20 @@ class PixelVQ(ImageCodec):
     def codebook_ids(self, ids: torch.Tensor) -> torch.Tensor:
         return self.split_ids(ids)[0]
 
+    def id_factors(self) -> list[tuple[torch.Tensor, int]]:
+        """The token colour (``code_split="shape_colour"``) and, with FSQ, each digit of the shape code
+        (an FSQ code is one level per latent channel: ids with the same level share it)."""
+        ids = torch.arange(self.vocab_size)
+        codes, factors = ids // self.config.n_colours, []
+        if self.config.code_split == "shape_colour":
+            factors.append((ids % self.config.n_colours, self.config.n_colours))
+        if self.config.quantizer == "fsq":
+            basis = 1
+            for level in self.config.fsq_levels:  # FSQ's id = sum of digit * prod(levels before it)
+                factors.append((codes // basis % level, level))
+                basis *= level
+        return factors
+
     def _latents(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (and, for palette pixels, their ``palette_index`` if known) -> the quantizer's input
         (B, N, D) in fp32, and with ``code_split="shape_colour"`` the token colours (B, g, g) (else None)."""
