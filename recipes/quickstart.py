@@ -27,7 +27,7 @@ import yaml
 
 import configs
 import panglot
-from panglot.config import from_dict, merge_dicts
+from panglot.config import from_dict, merge_dicts, parse_overrides
 from panglot.evaluation import EvalSuite, cfg_sweep, evaluate_model, tqdm_progress
 from panglot.model.run import update_run_meta
 from recipes import stages, train_unified
@@ -80,8 +80,11 @@ def train_codec_stage(preset: Preset, out: Path, codec: str) -> Path:
     return codec_dir
 
 
-def train_unified_stage(preset: Preset, out: Path, codec_dir: Path, minutes: float | None) -> None:
+def train_unified_stage(
+    preset: Preset, out: Path, codec_dir: Path, minutes: float | None, overrides: list[str] = ()
+) -> None:
     data = merge_dicts(_config_dict(preset.unified_config), preset.unified)
+    data = merge_dicts(data, parse_overrides(overrides))
     data = merge_dicts(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
     cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
     train_unified.run(cfg, resume=True, minutes=minutes)
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--minutes", type=float, default=None, help="budget for the unified model's training")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
     parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default="pixel_vq", help="the image codec")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small)")
     args = parser.parse_args(argv)
     preset, out = PRESETS[args.preset], Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     codec_dir = train_codec_stage(preset, out, args.codec)
     lap("codec_s")
-    train_unified_stage(preset, out, codec_dir, args.minutes if args.minutes is not None else preset.unified_minutes)
+    minutes = args.minutes if args.minutes is not None else preset.unified_minutes
+    train_unified_stage(preset, out, codec_dir, minutes, args.overrides)
     lap("unified_s")
     m = panglot.load(out)
     tune_cfg(m, out, preset)

@@ -282,3 +282,17 @@ def test_shape_colour_codec_learns_and_round_trips_through_its_directory(tmp_pat
     ids = codec.encode_tensor(x)
     torch.testing.assert_close(loaded.encode_tensor(x), ids)
     torch.testing.assert_close(loaded.decode_tensor(ids), codec.decode_tensor(ids))
+
+
+def test_id_factors_are_the_colour_and_the_fsq_digits():
+    codec = split_codec(fsq_levels=[4, 3])
+    (colour, n_colour), (digit0, n0), (digit1, n1) = codec.id_factors()
+    assert (n_colour, n0, n1) == (8, 4, 3) and len(colour) == codec.vocab_size == 96
+    ids = torch.arange(96 * 2).view(3, 64) % 96
+    shape_ids, colours = codec.split_ids(ids)
+    torch.testing.assert_close(colour[:64], colours[0].flatten())
+    digits = codec.quantizer.fsq.indices_to_level_indices(shape_ids.flatten()[:96])  # the library's digits
+    torch.testing.assert_close(torch.stack([digit0, digit1], dim=1), digits.long())
+    plain = PixelVQ(tiny(fsq_levels=[4, 3], quantizer="fsq"))
+    assert [n for _, n in plain.id_factors()] == [4, 3]
+    assert PixelVQ(tiny(quantizer="vq")).id_factors() == []

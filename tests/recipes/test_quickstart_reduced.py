@@ -27,3 +27,16 @@ def test_reduced_quickstart_learns(tmp_path):
     assert "Text to image" in report and (tmp_path / "eval" / "t2i_samples.png").stat().st_size > 1000
     run = json.loads((tmp_path / "model" / "run.json").read_text())
     assert run["generation"]["cfg_scale"] in quickstart.PRESETS["ci"].scales
+
+
+@pytest.mark.parametrize("overrides", [["model.code_factors=true", "train.optim.lr=1e-3"]])
+def test_overrides_reach_the_unified_recipe(tmp_path, monkeypatch, overrides):
+    seen = {}
+    monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: seen.update(cfg=cfg, **kwargs))
+    preset = quickstart.PRESETS["ci"]
+    quickstart.train_unified_stage(preset, tmp_path, tmp_path / "codec", 2.0, overrides)
+    cfg = seen["cfg"]
+    assert cfg.model.code_factors and cfg.train.optim.lr == 1e-3 and seen["minutes"] == 2.0
+    assert cfg.train.max_steps == 400 and cfg.codec_dir == str(tmp_path / "codec")  # the preset still applies
+    with pytest.raises(ValueError, match=r"model\.code_factorz"):
+        quickstart.train_unified_stage(preset, tmp_path, tmp_path / "codec", 2.0, ["model.code_factorz=true"])

@@ -36,7 +36,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     argv = ["--out", args.out, "--preset", args.preset, "--codec", args.codec]
     if args.minutes is not None:
         argv += ["--minutes", str(args.minutes)]
-    quickstart.main(argv)
+    quickstart.main(argv + list(args.overrides))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--codec", choices=["pixel_vq", "semantic_vq", "qformer"], default="pixel_vq", help="the image codec"
     )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the unified recipe")
     p.set_defaults(fn=cmd_quickstart)
 
     p = sub.add_parser("train", help="run a training recipe: panglot train RECIPE.yaml [key=value ...]")
