@@ -167,3 +167,27 @@ def test_shipped_config_builds_a_mask_colour_codec_that_round_trips(teacher, ima
     ids = loaded.encode_tensor(images)
     assert ids.shape == (8, 64) and torch.equal(ids, codec.encode_tensor(images))
     assert loaded.decode_tensor(ids).shape == (8, 3, 64, 64)
+
+
+def test_a_colour_split_codec_joins_codes_and_token_colours(teacher, images, tmp_path):
+    split_pixel = PixelVQConfig(
+        patch=8, channels=[16], res_blocks=0, latent_dim=16, encoder_input="mask_colour", code_split="shape_colour"
+    )
+    codec = debug_codec(teacher, images, quantizer="fsq", fsq_levels=[4, 3], pixel=split_pixel)
+    assert codec.vocab_size == 12 * 8 and codec.codebook_size == 12
+    ids = codec.encode_tensor(images)
+    onehot = torch.nn.functional.one_hot(codec.palette_index(images), 9).permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(ids % 8, torch.nn.functional.avg_pool2d(onehot[:, 1:], 8).argmax(1).flatten(1))
+    assert [n for _, n in codec.id_factors()] == [8, 4, 3]
+    # repainting the colour ids repaints the decoded image: the pixel path never sees a colour
+    perm = torch.tensor([3, 7, 0, 5, 1, 6, 2, 4])
+    mapping = torch.tensor([0, *(perm + 1).tolist()])
+    decoded, repainted = codec.decode_tensor(ids), codec.decode_tensor(ids // 8 * 8 + perm[ids % 8])
+    torch.testing.assert_close(repainted, codec.palette[mapping[codec.palette_index(decoded)]].permute(0, 3, 1, 2))
+    assert not torch.equal(codec.decode_features(ids), codec.decode_features(ids // 8 * 8 + perm[ids % 8]))
+    codec.save(tmp_path / "split")
+    loaded = load_codec(tmp_path / "split")
+    torch.testing.assert_close(loaded.encode_tensor(images), ids)
+    torch.testing.assert_close(loaded.decode_tensor(ids), decoded)
+    out = codec.train()(images)
+    assert out.decoded.shape == (8, 9, 64, 64) and out.ids.shape == (8, 64)

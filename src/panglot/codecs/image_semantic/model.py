@@ -15,6 +15,10 @@ those teacher features from the codes, so the language model's image tokens are 
 - pixel decoder: the pixel VQ decoder (``build_decoder``) on the codes -> the image (palette
   cross-entropy with foreground and edge weights, as ``pixel_vq_loss``).
 
+With ``pixel.code_split: shape_colour`` (as the pixel VQ) an id is a code x the token's colour: the pixel
+stem reads colour-free masks, the pixel decoder takes each pixel's colour from the 3 x 3 neighbour tokens'
+colour ids, and the semantic decoder reads the code plus a learned embedding of the colour.
+
 The nested ``pixel`` config is a :class:`PixelVQConfig`: its encoder/decoder fields (``patch``,
 ``channels``, ``res_blocks``, ``latent_dim``, ``pixels``, ``palette``) shape the pixel encoder and
 decoder and ``latent_dim`` is the code width; its quantizer fields are not read (the quantizer is
@@ -34,7 +38,16 @@ from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from panglot.codecs.base import ImageCodec, register_codec
 from panglot.codecs.image_semantic.teacher import ImageTeacher
-from panglot.codecs.image_vq.model import PixelVQConfig, build_decoder, build_encoder, edge_mask
+from panglot.codecs.image_vq.model import (
+    PixelVQConfig,
+    build_decoder,
+    build_encoder,
+    compose_palette,
+    edge_mask,
+    shape_masks,
+    split_factors,
+    token_colours,
+)
 from panglot.encoders import DualEncoder, DualEncoderConfig, TowerConfig
 from panglot.encoders.dual import Tower
 
@@ -79,8 +92,6 @@ class SemanticVQConfig:
                 f"codebook_size must be >= 2 and codebook_dim, adapter_dim >= 1, got "
                 f"{self.codebook_size}, {self.codebook_dim}, {self.adapter_dim}"
             )
-        if self.pixel.code_split != "none":
-            problems.append(f'pixel.code_split must be "none" here, got {self.pixel.code_split!r}')
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -202,6 +213,8 @@ class SemanticVQ(ImageCodec):
             c.pixel.latent_dim, c.semantic_decoder, self.teacher.grid_dim, self.grid**2, c.teacher.norm_eps
         )
         self.pixel_decoder = build_decoder(c.pixel)
+        if c.pixel.code_split == "shape_colour":  # the colour id's share of the semantic decoder's input
+            self.colour_embed = nn.Embedding(c.pixel.n_colours, c.pixel.latent_dim)
         palette = torch.tensor(c.pixel.palette, dtype=torch.float32) / 127.5 - 1.0  # (K, 3) in [-1, 1]
         self.register_buffer("palette", palette, persistent=False)
 
@@ -227,7 +240,34 @@ class SemanticVQ(ImageCodec):
     # --- what it is ---------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
+        return self.quantizer.vocab_size * self.config.pixel.n_colours
+
+    @property
+    def split(self) -> bool:
+        return self.config.pixel.code_split == "shape_colour"
+
+    @property
+    def codebook_size(self) -> int:
         return self.quantizer.vocab_size
+
+    def codebook_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.split_ids(ids)[0]
+
+    def split_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ids (B, N) -> codebook ids (B, N) and token colours (B, g, g) (None without a code split)."""
+        ids = ids.long()
+        if not self.split:
+            return ids, None
+        n = self.config.pixel.n_colours
+        return ids // n, (ids % n).view(-1, self.grid, self.grid)
+
+    def _join(self, ids: torch.Tensor, colours: torch.Tensor | None) -> torch.Tensor:
+        return ids if colours is None else ids * self.config.pixel.n_colours + colours.flatten(1)
+
+    def id_factors(self) -> list[tuple[torch.Tensor, int]]:
+        """The token colour (with a code split) and, with FSQ, each digit of the code."""
+        levels = self.config.fsq_levels if self.config.quantizer == "fsq" else []
+        return split_factors(self.vocab_size, self.config.pixel.n_colours, levels)
 
     @property
     def tokens_per_item(self) -> int:
@@ -244,20 +284,33 @@ class SemanticVQ(ImageCodec):
             dist = self.palette.square().sum(dim=-1) - 2 * pixels @ self.palette.T  # (B, S, S, K) - |x|^2
             return dist.argmin(dim=-1)
 
-    def _latents(self, x: torch.Tensor, teacher_features: torch.Tensor | None) -> torch.Tensor:
-        """Images (B, 3, S, S) (+ teacher features (B, N, grid_dim)) -> latents (B, N, D) in fp32."""
+    def _latents(
+        self, x: torch.Tensor, teacher_features: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images (B, 3, S, S) (+ teacher features (B, N, grid_dim)) -> latents (B, N, D) in fp32, and with a
+        code split the token colours (B, g, g) (else None)."""
         z = torch.zeros((), device=x.device)
+        colours = None
         if self.config.reads_teacher:
             z = z + self.adapter(teacher_features)
+        if self.config.pixel.pixels == "palette" and (self.config.reads_pixels or self.split):
+            x = F.one_hot(self.palette_index(x), len(self.palette)).permute(0, 3, 1, 2).to(x.dtype)
+            if self.split:
+                colours = token_colours(x, self.config.pixel.downsample)
+                x = shape_masks(x, colours, self.config.pixel.downsample)
         if self.config.reads_pixels:
-            if self.config.pixel.pixels == "palette":
-                x = F.one_hot(self.palette_index(x), len(self.palette)).permute(0, 3, 1, 2).to(x.dtype)
             z = z + self.pixel_encoder(x).flatten(2).transpose(1, 2)  # (B, N, D)
-        return z.float()
+        return z.float(), colours
 
-    def _pixels(self, codes: torch.Tensor) -> torch.Tensor:
+    def _pixels(self, codes: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
         b, _, d = codes.shape  # (B, N, D)
-        return self.pixel_decoder(codes.transpose(1, 2).reshape(b, d, self.grid, self.grid))
+        out = self.pixel_decoder(codes.transpose(1, 2).reshape(b, d, self.grid, self.grid))
+        return compose_palette(out, colours, self.config.pixel.n_colours) if self.split else out
+
+    def _features(self, codes: torch.Tensor, colours: torch.Tensor | None = None) -> torch.Tensor:
+        if self.split:
+            codes = codes + self.colour_embed(colours.flatten(1)).to(codes.dtype)
+        return self.semantic_decoder(codes)
 
     def to_pixels(self, decoded: torch.Tensor) -> torch.Tensor:
         """Pixel decoder output -> (B, 3, S, S) in [-1, 1] (palette: the most likely colour per pixel)."""
@@ -271,32 +324,36 @@ class SemanticVQ(ImageCodec):
         the codebook in training mode)."""
         self.check_images(x)
         target = self.teacher(x)  # (B, N, grid_dim), no gradient
-        z = self._latents(x, target)
+        z, colours = self._latents(x, target)
         with torch.autocast(device_type=z.device.type, enabled=False):
             q = self.quantizer(z)
         return SemanticVQOutput(
-            self._pixels(q.codes), self.semantic_decoder(q.codes), target, q.ids, q.aux_loss
+            self._pixels(q.codes, colours),
+            self._features(q.codes, colours),
+            target,
+            self._join(q.ids, colours),
+            q.aux_loss,
         )
 
     # --- protocol -----------------------------------------------------------------------------------
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
         self.check_images(x)
         features = self.teacher(x) if self.config.reads_teacher else None
-        z = self._latents(x, features)
+        z, colours = self._latents(x, features)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.quantizer.ids(z)
+            return self._join(self.quantizer.ids(z), colours)
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, N) -> code vectors (B, N, D) in fp32."""
+        """ids (B, N) -> code vectors (B, N, D) in fp32 (with a code split: of the codebook part)."""
         with torch.autocast(device_type=ids.device.type, enabled=False):
-            return self.quantizer.codes(ids.long())
+            return self.quantizer.codes(self.split_ids(ids)[0])
 
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.to_pixels(self._pixels(self.codes(ids)))
+        return self.to_pixels(self._pixels(self.codes(ids), self.split_ids(ids)[1]))
 
     def decode_features(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, N) -> the reconstructed teacher features (B, N, grid_dim)."""
-        return self.semantic_decoder(self.codes(ids))
+        return self._features(self.codes(ids), self.split_ids(ids)[1])
 
 
 @torch.no_grad()

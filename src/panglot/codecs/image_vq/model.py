@@ -225,6 +225,19 @@ def shape_masks(onehot: torch.Tensor, colours: torch.Tensor, cell: int) -> torch
     return torch.stack([1.0 - onehot[:, 0], (onehot[:, 1:] * own).sum(dim=1)], dim=1)
 
 
+def split_factors(vocab_size: int, n_colours: int, fsq_levels: list[int]) -> list[tuple[torch.Tensor, int]]:
+    """``id_factors`` of ids = code x ``n_colours`` + colour: the colour (when ``n_colours`` > 1), then each
+    FSQ digit of the code (FSQ's id = sum of digit * product of the levels before it)."""
+    ids = torch.arange(vocab_size)
+    codes = ids // n_colours
+    factors = [(ids % n_colours, n_colours)] if n_colours > 1 else []
+    basis = 1
+    for level in fsq_levels:
+        factors.append((codes // basis % level, level))
+        basis *= level
+    return factors
+
+
 def compose_palette(head: torch.Tensor, colours: torch.Tensor, n_colours: int, eps: float = 1e-6) -> torch.Tensor:
     """``code_split="shape_colour"`` decoding: head (B, 10, S, S) = a background logit and logits over the
     3 x 3 neighbour tokens (row-major, centre = the pixel's own token), colours (B, g, g) token colour ids in
@@ -378,16 +391,8 @@ class PixelVQ(ImageCodec):
     def id_factors(self) -> list[tuple[torch.Tensor, int]]:
         """The token colour (``code_split="shape_colour"``) and, with FSQ, each digit of the shape code
         (an FSQ code is one level per latent channel: ids with the same level share it)."""
-        ids = torch.arange(self.vocab_size)
-        codes, factors = ids // self.config.n_colours, []
-        if self.config.code_split == "shape_colour":
-            factors.append((ids % self.config.n_colours, self.config.n_colours))
-        if self.config.quantizer == "fsq":
-            basis = 1
-            for level in self.config.fsq_levels:  # FSQ's id = sum of digit * prod(levels before it)
-                factors.append((codes // basis % level, level))
-                basis *= level
-        return factors
+        levels = self.config.fsq_levels if self.config.quantizer == "fsq" else []
+        return split_factors(self.vocab_size, self.config.n_colours, levels)
 
     def _latents(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images (and, for palette pixels, their ``palette_index`` if known) -> the quantizer's input
