@@ -158,6 +158,7 @@ def test_shipped_config_builds_a_mask_colour_codec_that_round_trips(teacher, ima
     cfg = load_config(recipe.SemanticCodecRecipe, config_path("codec_semantic_vq.yaml"), ["teacher_dir=unused"])
     assert cfg.codec.pixel.encoder_input == "mask_colour" and cfg.codec.pixel.res_blocks == 0
     assert cfg.codec.encoder_input == "both" and cfg.train.edge_weight == 10.0 and cfg.train.optim.lr == 6e-3
+    assert cfg.codec.quantizer == "fsq" and cfg.codec.pixel.code_split == "shape_colour"
     torch.manual_seed(0)
     config = dataclasses.replace(cfg.codec, teacher=teacher.config)
     codec = SemanticVQ.from_teacher(config, teacher).train()
@@ -166,7 +167,7 @@ def test_shipped_config_builds_a_mask_colour_codec_that_round_trips(teacher, ima
     loaded = load_codec(tmp_path / "codec")
     ids = loaded.encode_tensor(images)
     assert ids.shape == (8, 64) and torch.equal(ids, codec.encode_tensor(images))
-    assert loaded.decode_tensor(ids).shape == (8, 3, 64, 64)
+    assert loaded.vocab_size == 240 * 8 and loaded.decode_tensor(ids).shape == (8, 3, 64, 64)
 
 
 def test_a_colour_split_codec_joins_codes_and_token_colours(teacher, images, tmp_path):
