@@ -189,3 +189,26 @@ def test_detokenizer_can_read_the_codes_too(teacher, pixel, images):
     assert codec.detokenizer.context(embedding, codes).shape == (2, cfg.detokenizer.cond_tokens + 32, 16)
     assert torch.equal(codec.decode_tensor(ids), codec.decode_tensor(ids))
     assert torch.isfinite(detokenizer_loss(codec, images[:2])[0])
+
+
+def test_the_detokenizer_takes_a_colour_split_pixel_codec(teacher, images):
+    """With the pixel VQ's code_split (1920-style ids: code x colour) the detokenizer's latent table holds every
+    id's code and colour, and decoding snaps to ids the pixel codec decodes."""
+    from dataclasses import replace
+
+    torch.manual_seed(2)
+    pixel_cfg = replace(PixelVQ.debug_config(), fsq_levels=[4, 3], quantizer="fsq", code_split="shape_colour")
+    pixel = PixelVQ(pixel_cfg).eval()
+    torch.manual_seed(0)
+    debug = QFormerCodec.debug_config()
+    assert pixel_cfg.code_rank == 2 + 7
+    codec = QFormerCodec(replace(debug, pixel=pixel_cfg, detokenizer=replace(debug.detokenizer, latent_channels=9)))
+    codec.load_frozen_parts(teacher, pixel)
+    table = codec.pixel_code_table()
+    assert table.shape == (12 * 8, 16 + 8)
+    torch.testing.assert_close(table[:, 16:].argmax(dim=1), torch.arange(96) % 8)
+    ids = pixel.encode_tensor(images[:4])
+    assert torch.equal(codec.snap(codec.pixel_latents(images[:4])), ids)
+    codec.train()
+    codec(images)
+    assert codec.eval().decode_tensor(codec.encode_tensor(images[:2])).shape == (2, 3, 64, 64)

@@ -66,7 +66,8 @@ class DetokenizerConfig:
     sampler."""
 
     # The latent it denoises: the pixel codec's codes (the input of its decoder) projected on the first
-    # ``latent_channels`` principal components of its code table (FSQ [8, 6, 5] codes span exactly 3).
+    # ``latent_channels`` principal components of its code table (FSQ [8, 6, 5] codes span exactly 3; a
+    # colour-split pixel codec's add 7 colour directions: the recipe widens to ``pixel.code_rank``).
     latent_channels: int = 3
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     layers_per_block: int = 1
@@ -126,10 +127,10 @@ class QFormerCodecConfig:
         for name, size in (("teacher", self.teacher.image_size), ("pixel", self.pixel.image_size)):
             if size != self.image_size:
                 problems.append(f"{name}.image_size is {size}, expected image_size {self.image_size}")
-        if self.detokenizer.latent_channels > self.pixel.latent_dim:
+        if self.detokenizer.latent_channels > self.pixel.code_dim:
             problems.append(
                 f"detokenizer.latent_channels {self.detokenizer.latent_channels} exceeds the pixel codec's "
-                f"latent_dim {self.pixel.latent_dim}"
+                f"code width {self.pixel.code_dim}"
             )
         if self.codebook_size < 2 or self.codebook_dim < 1:
             problems.append(
@@ -392,10 +393,8 @@ class QFormerCodec(ImageCodec):
             config.qformer.dim,
         )
         # The detokenizer's latent space, fitted to the pixel codec's code table (saved with the weights).
-        self.register_buffer("latent_mean", torch.zeros(config.pixel.latent_dim))
-        self.register_buffer(
-            "latent_basis", torch.zeros(config.pixel.latent_dim, config.detokenizer.latent_channels)
-        )
+        self.register_buffer("latent_mean", torch.zeros(config.pixel.code_dim))
+        self.register_buffer("latent_basis", torch.zeros(config.pixel.code_dim, config.detokenizer.latent_channels))
         self.fit_latent_space()
         self.freeze_frozen_parts()
 

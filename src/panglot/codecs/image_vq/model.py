@@ -107,6 +107,19 @@ class PixelVQConfig:
         return len(self.palette) - 1 if self.code_split == "shape_colour" else 1
 
     @property
+    def code_dim(self) -> int:
+        """Width of ``PixelVQ.code_vectors``: the quantizer's code, plus the colour one-hot with a split."""
+        return self.latent_dim + (self.n_colours if self.code_split == "shape_colour" else 0)
+
+    @property
+    def code_rank(self) -> int | None:
+        """Directions the code vectors span (FSQ: one per level; a split adds n_colours - 1); None for
+        a learned codebook."""
+        if self.quantizer != "fsq":
+            return None
+        return len(self.fsq_levels) + (self.n_colours - 1 if self.code_split == "shape_colour" else 0)
+
+    @property
     def head_channels(self) -> int:
         """Decoder outputs per pixel: the palette (or RGB), or with ``code_split="shape_colour"`` one
         background logit and one logit per 3 x 3 neighbour token whose colour the pixel may take."""
@@ -426,12 +439,12 @@ class PixelVQ(ImageCodec):
     def code_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, N) -> (B, N, C) float32: what the decoder reads for each id (the quantizer's code, with
         ``code_split="shape_colour"`` followed by the colour's one-hot)."""
-        shape_ids, colours = self.split_ids(ids)
+        ids, n = ids.long(), self.config.n_colours  # any (B, N): no token grid needed
         with torch.autocast(device_type=ids.device.type, enabled=False):
-            codes = self.quantizer.codes(shape_ids).float()
-        if colours is None:
+            codes = self.quantizer.codes(ids // n).float()
+        if self.config.code_split == "none":
             return codes
-        return torch.cat([codes, F.one_hot(colours.flatten(1), self.config.n_colours).float()], dim=-1)
+        return torch.cat([codes, F.one_hot(ids % n, n).float()], dim=-1)
 
     def forward(self, x: torch.Tensor) -> PixelVQOutput:
         """Training path: reconstruction, ids and the quantizer's auxiliary loss (updates the codebook
