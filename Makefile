@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
+# idle OpenMP threads sleep instead of spinning: on a shared machine spinning threads cost many times over
 quickstart: $(STAMP)
-	$(VENV)/bin/panglot quickstart
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/panglot quickstart
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests recipes benchmarks
