@@ -1,8 +1,8 @@
 """Text-to-image decoding throughput: panglot's `generate` vs transformers' `LlamaForCausalLM.generate`.
 
 Both decode the same 64 image codes per prompt from the same weights (a random-init backbone over the real
-world tokenizer + a 512-code image block), with classifier-free guidance, multinomial sampling over image
-codes only, and a KV cache:
+world tokenizer + the shipped pixel codec's 1920-id image block), with classifier-free guidance,
+multinomial sampling over image codes only, and a KV cache:
 
 - panglot: `panglot.generation.generate` as `Panglot.draw` calls it: on the backbone's decoding copy
   (`Transformer.for_decoding`: weights cast once to the decoding dtype), conditional and unconditional rows
@@ -83,7 +83,9 @@ class Setting:
 
 def build_bench(size: str, max_batch: int, seed: int = 0) -> Bench:
     tokenizer = train_world_tokenizer(world_texts("train", 500, seed))
-    codec = PixelVQ(PixelVQConfig()).eval()  # untrained: speed only
+    # the shipped recipe's codec layout (configs/codec_pixel_vq.yaml: 240 shape codes x 8 colours = 1920
+    # ids), untrained: speed only
+    codec = PixelVQ(PixelVQConfig(res_blocks=0, encoder_input="mask_colour", code_split="shape_colour")).eval()
     vocab = UnifiedVocab.build(tokenizer, [("image", codec, "<boi>", "<eoi>")])
     torch.manual_seed(seed)
     model = UnifiedModel(build_transformer(size, vocab.size), vocab, codec).eval()
