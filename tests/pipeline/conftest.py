@@ -31,10 +31,21 @@ def debug_run(tmp_path_factory):
             "train.optim.lr=3e-3",
         ],
     )
+    run_on_one_thread(cfg)
+    return root / "run"
+
+
+def run_on_one_thread(cfg: train_unified.UnifiedRecipe) -> None:
+    """``train_unified.run(cfg)`` on one torch thread (debug sizes gain nothing from more), restoring the count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         train_unified.run(cfg)
     finally:
         torch.set_num_threads(threads)
-    return root / "run"
+
+
+@pytest.fixture
+def run_unified():
+    """``run_unified(cfg)``: a unified recipe trained on one torch thread."""
+    return run_on_one_thread

@@ -11,7 +11,7 @@ from panglot.model.run import load_model
 from recipes import train_unified
 
 
-def test_a_run_with_code_factors_trains_and_loads_as_a_plain_run(tmp_path, monkeypatch):
+def test_a_run_with_code_factors_trains_and_loads_as_a_plain_run(tmp_path, monkeypatch, run_unified):
     torch.manual_seed(0)
     codec_cfg = PixelVQConfig(
         channels=[16, 32], latent_dim=16, res_blocks=0, encoder_input="mask_colour", code_split="shape_colour",
@@ -42,12 +42,7 @@ def test_a_run_with_code_factors_trains_and_loads_as_a_plain_run(tmp_path, monke
         return built["model"], loader
 
     monkeypatch.setattr(train_unified, "build", keep)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_unified.run(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    run_unified(cfg)
     trained = built["model"].eval()
     tables = trained.backbone.tok_embeddings.parametrizations.weight[0].tables
     assert [t.shape[0] for t in tables] == [8, 4, 3]  # colour, then the FSQ digits

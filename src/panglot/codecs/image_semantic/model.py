@@ -42,11 +42,12 @@ from panglot.codecs.image_vq.model import (
     PixelVQConfig,
     build_decoder,
     build_encoder,
+    colour_split_input,
     compose_palette,
     edge_mask,
-    shape_masks,
+    join_ids,
     split_factors,
-    token_colours,
+    split_ids,
 )
 from panglot.encoders import DualEncoder, DualEncoderConfig, TowerConfig
 from panglot.encoders.dual import Tower
@@ -255,14 +256,7 @@ class SemanticVQ(ImageCodec):
 
     def split_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ids (B, N) -> codebook ids (B, N) and token colours (B, g, g) (None without a code split)."""
-        ids = ids.long()
-        if not self.split:
-            return ids, None
-        n = self.config.pixel.n_colours
-        return ids // n, (ids % n).view(-1, self.grid, self.grid)
-
-    def _join(self, ids: torch.Tensor, colours: torch.Tensor | None) -> torch.Tensor:
-        return ids if colours is None else ids * self.config.pixel.n_colours + colours.flatten(1)
+        return split_ids(ids, self.config.pixel.n_colours, self.grid)
 
     def id_factors(self) -> list[tuple[torch.Tensor, int]]:
         """The token colour (with a code split) and, with FSQ, each digit of the code."""
@@ -295,9 +289,7 @@ class SemanticVQ(ImageCodec):
             z = z + self.adapter(teacher_features)
         if self.config.pixel.pixels == "palette" and (self.config.reads_pixels or self.split):
             x = F.one_hot(self.palette_index(x), len(self.palette)).permute(0, 3, 1, 2).to(x.dtype)
-            if self.split:
-                colours = token_colours(x, self.config.pixel.downsample)
-                x = shape_masks(x, colours, self.config.pixel.downsample)
+            x, colours = colour_split_input(x, self.config.pixel)
         if self.config.reads_pixels:
             z = z + self.pixel_encoder(x).flatten(2).transpose(1, 2)  # (B, N, D)
         return z.float(), colours
@@ -331,7 +323,7 @@ class SemanticVQ(ImageCodec):
             self._pixels(q.codes, colours),
             self._features(q.codes, colours),
             target,
-            self._join(q.ids, colours),
+            join_ids(q.ids, colours, self.config.pixel.n_colours),
             q.aux_loss,
         )
 
@@ -341,7 +333,7 @@ class SemanticVQ(ImageCodec):
         features = self.teacher(x) if self.config.reads_teacher else None
         z, colours = self._latents(x, features)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self._join(self.quantizer.ids(z), colours)
+            return join_ids(self.quantizer.ids(z), colours, self.config.pixel.n_colours)
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, N) -> code vectors (B, N, D) in fp32 (with a code split: of the codebook part)."""

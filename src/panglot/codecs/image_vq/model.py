@@ -251,6 +251,30 @@ def split_factors(vocab_size: int, n_colours: int, fsq_levels: list[int]) -> lis
     return factors
 
 
+def colour_split_input(onehot: torch.Tensor, cfg: PixelVQConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Palette one-hot (B, K, S, S) -> the pixel encoder's input and the token colours: with
+    ``code_split="shape_colour"`` the colour-free ``shape_masks`` and ``token_colours``, else the one-hot, None."""
+    if cfg.code_split == "none":
+        return onehot, None
+    colours = token_colours(onehot, cfg.downsample)
+    return shape_masks(onehot, colours, cfg.downsample), colours
+
+
+def join_ids(codes: torch.Tensor, colours: torch.Tensor | None, n_colours: int) -> torch.Tensor:
+    """Codebook ids (B, N) and token colours (B, g, g) -> ids = code x ``n_colours`` + colour (no colours:
+    the codes)."""
+    return codes if colours is None else codes * n_colours + colours.flatten(1)
+
+
+def split_ids(ids: torch.Tensor, n_colours: int, grid: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``join_ids`` undone: ids (B, N) -> codebook ids (B, N) and token colours (B, grid, grid) (None when
+    ``n_colours`` is 1, i.e. without a code split)."""
+    ids = ids.long()
+    if n_colours == 1:
+        return ids, None
+    return ids // n_colours, (ids % n_colours).view(-1, grid, grid)
+
+
 def compose_palette(head: torch.Tensor, colours: torch.Tensor, n_colours: int, eps: float = 1e-6) -> torch.Tensor:
     """``code_split="shape_colour"`` decoding: head (B, 10, S, S) = a background logit and logits over the
     3 x 3 neighbour tokens (row-major, centre = the pixel's own token), colours (B, g, g) token colour ids in
@@ -415,9 +439,7 @@ class PixelVQ(ImageCodec):
             classes = self.palette_index(x) if classes is None else classes
             palette = torch.arange(len(self.palette), device=x.device)[None, :, None, None]
             x = (classes[:, None] == palette).to(x.dtype)  # (B, K, S, S) one-hot
-            if self.config.code_split == "shape_colour":
-                colours = token_colours(x, self.config.downsample)
-                x = shape_masks(x, colours, self.config.downsample)
+            x, colours = colour_split_input(x, self.config)
         z = self.encoder(x)  # (B, D, h, w)
         return z.flatten(2).transpose(1, 2).float(), colours  # quantizer in fp32
 
@@ -430,11 +452,7 @@ class PixelVQ(ImageCodec):
 
     def split_ids(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """ids (B, N) -> quantizer ids (B, N) and token colours (B, g, g) (None without a code split)."""
-        ids = ids.long()
-        if self.config.code_split == "none":
-            return ids, None
-        n = self.config.n_colours
-        return ids // n, (ids % n).view(-1, self.grid, self.grid)
+        return split_ids(ids, self.config.n_colours, self.grid)
 
     def code_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, N) -> (B, N, C) float32: what the decoder reads for each id (the quantizer's code, with
@@ -454,12 +472,8 @@ class PixelVQ(ImageCodec):
         z, colours = self._latents(x, classes)
         with torch.autocast(device_type=z.device.type, enabled=False):
             q = self.quantizer(z)
-        return PixelVQOutput(self._pixels(q.codes, colours), self._join(q.ids, colours), q.aux_loss, classes)
-
-    def _join(self, ids: torch.Tensor, colours: torch.Tensor | None) -> torch.Tensor:
-        if colours is None:
-            return ids
-        return ids * self.config.n_colours + colours.flatten(1)
+        ids = join_ids(q.ids, colours, self.config.n_colours)
+        return PixelVQOutput(self._pixels(q.codes, colours), ids, q.aux_loss, classes)
 
     def to_pixels(self, decoded: torch.Tensor) -> torch.Tensor:
         """Decoder output -> (B, 3, S, S) in [-1, 1] (palette: the most likely colour per pixel)."""
@@ -482,7 +496,7 @@ class PixelVQ(ImageCodec):
         self.check_images(x)
         z, colours = self._latents(x)
         with torch.autocast(device_type=z.device.type, enabled=False):
-            return self._join(self.quantizer.ids(z), colours)
+            return join_ids(self.quantizer.ids(z), colours, self.config.n_colours)
 
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
         shape_ids, colours = self.split_ids(ids)
