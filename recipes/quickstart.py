@@ -72,9 +72,13 @@ def _config_dict(name: str) -> dict:
     return yaml.safe_load(resources.files(configs).joinpath(name).read_text())
 
 
-def train_codec_stage(preset: Preset, out: Path, codec: str) -> Path:
-    """The image codec (and the stages it needs) under ``OUT/stages/``; a finished stage is reused."""
-    codec_dir = stages.build(codec, out / "stages", preset.stages)
+def train_codec_stage(preset: Preset, out: Path, codec: str, threads: int = 1) -> Path:
+    """The image codec (and the stages it needs) under ``OUT/stages/``; a finished stage is reused.
+
+    Each stage trains on ``threads`` threads (the stage recipes default to 1, for a machine shared with other
+    jobs; the quickstart runs its stages one after another, so they get what the unified stage gets)."""
+    overrides = merge_dicts({name: {"threads": threads} for name in stages.STAGES}, preset.stages)
+    codec_dir = stages.build(codec, out / "stages", overrides)
     metrics = json.loads((codec_dir / "codec.json").read_text()).get("metrics", {})
     logger.info("codec %s: %s", codec, json.dumps({k: v for k, v in metrics.items() if k != "train"}))
     return codec_dir
@@ -111,13 +115,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     preset, out = PRESETS[args.preset], Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    threads = max(1, torch.get_num_threads())  # OMP_NUM_THREADS, else the cores torch sees
+    torch.set_num_threads(threads)
     times, start = {}, time.perf_counter()
 
     def lap(name: str) -> None:
         times[name] = round(time.perf_counter() - start - sum(times.values()), 1)
 
-    codec_dir = train_codec_stage(preset, out, args.codec)
+    codec_dir = train_codec_stage(preset, out, args.codec, threads)
     lap("codec_s")
     minutes = args.minutes if args.minutes is not None else preset.unified_minutes
     train_unified_stage(preset, out, codec_dir, minutes, args.overrides)

@@ -40,3 +40,21 @@ def test_overrides_reach_the_unified_recipe(tmp_path, monkeypatch, overrides):
     assert cfg.train.max_steps == 400 and cfg.codec_dir == str(tmp_path / "codec")  # the preset still applies
     with pytest.raises(ValueError, match=r"model\.code_factorz"):
         quickstart.train_unified_stage(preset, tmp_path, tmp_path / "codec", 2.0, ["model.code_factorz=true"])
+
+
+def test_codec_stages_train_on_the_quickstarts_threads(tmp_path, monkeypatch):
+    """The stage recipes default to 1 thread (a machine shared with other jobs); the quickstart runs its stages
+    one at a time, so every stage gets the threads the unified stage gets (the preset's overrides stay)."""
+    seen = {}
+
+    def build(name, root, overrides):
+        seen.update(name=name, overrides=overrides)
+        (tmp_path / "codec.json").write_text("{}")
+        return tmp_path
+
+    monkeypatch.setattr(quickstart.stages, "build", build)
+    quickstart.train_codec_stage(quickstart.PRESETS["ci"], tmp_path, "qformer", threads=2)
+    overrides = seen["overrides"]
+    assert set(overrides) == set(quickstart.stages.STAGES) and seen["name"] == "qformer"
+    assert all(stage["threads"] == 2 for stage in overrides.values())
+    assert overrides["pixel_vq"]["train"] == {"max_minutes": 1.0}
