@@ -131,13 +131,7 @@ def build_codec(
     """A fresh codec (seeded by stage 1's seed) holding frozen copies of ``teacher``'s image tower and
     ``pixel``; its config nests theirs."""
     torch.manual_seed(cfg.qformer_train.seed)
-    codec_cfg = replace(cfg.codec, teacher=teacher.config, pixel=pixel.config)
-    rank = pixel.config.code_rank
-    if rank is not None and codec_cfg.detokenizer.latent_channels < rank:  # e.g. a colour-split pixel codec
-        logger.info("detokenizer.latent_channels %d -> %d: every direction of the pixel codes",
-                    codec_cfg.detokenizer.latent_channels, rank)  # fmt: skip
-        codec_cfg = replace(codec_cfg, detokenizer=replace(codec_cfg.detokenizer, latent_channels=rank))
-    codec = QFormerCodec(codec_cfg)
+    codec = QFormerCodec(replace(cfg.codec, teacher=teacher.config, pixel=pixel.config))
     codec.load_frozen_parts(teacher, pixel)
     return codec.to(device)
 

@@ -91,7 +91,7 @@ def test_decode_is_deterministic_and_batch_independent(codec, images):
     assert torch.equal(codec.decode_tensor(ids), first)
     torch.testing.assert_close(codec.decode_tensor(ids[2:3]), first[2:3])
     embedding, codes = codec.condition(ids)
-    latents = codec.detokenizer.sample(embedding, codes, (codec.config.detokenizer.latent_channels, 8, 8))
+    latents = codec.detokenizer.sample(embedding, codes, (codec.config.latent_channels, 8, 8))
     codec.detokenizer.config.seed += 1  # another seed, another start noise
     assert not torch.equal(codec.detokenizer.sample(embedding, codes, latents.shape[1:]), latents)
     codec.detokenizer.config.seed -= 1
@@ -191,6 +191,34 @@ def test_detokenizer_can_read_the_codes_too(teacher, pixel, images):
     assert torch.isfinite(detokenizer_loss(codec, images[:2])[0])
 
 
+def test_detokenizer_can_read_a_grid_laid_out_from_the_codes(teacher, pixel, images):
+    """``embedding+grid``: a reverse Q-Former lays the codes out on the latent grid, and the UNet takes that map
+    as extra input channels; the map follows the ids, and the diffusion loss trains it."""
+    cfg = QFormerCodec.debug_config()
+    cfg.detokenizer.condition = "embedding+grid"
+    cfg.detokenizer.grid_channels, cfg.detokenizer.grid_dim = 4, 16
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    codec.train()
+    codec(images)  # k-means initialises the codebook: distinct ids get distinct codes
+    codec.eval()
+    ids = codec.encode_tensor(images[:2])
+    embedding, codes = codec.condition(ids)
+    cond = codec.detokenizer.condition(embedding, codes)
+    g = codec.latent_grid
+    assert cond.grid.shape == (2, 4, g, g)
+    assert codec.detokenizer.unet.config.in_channels == cfg.latent_channels + 4
+    some = torch.randint(0, codec.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
+    here, there = (codec.detokenizer.condition(*codec.condition(x)).grid for x in (some, some.roll(1, dims=1)))
+    assert not torch.allclose(here, there)  # the map depends on which code is where
+    assert torch.equal(codec.decode_tensor(ids), codec.decode_tensor(ids))
+    codec.train()
+    loss, _ = detokenizer_loss(codec, images[:4])
+    loss.backward()
+    assert codec.detokenizer.grid_reader.queries.grad.abs().sum() > 0
+
+
 def test_the_detokenizer_takes_a_colour_split_pixel_codec(teacher, images):
     """With the pixel VQ's code_split (1920-style ids: code x colour) the detokenizer's latent table holds every
     id's code and colour, and decoding snaps to ids the pixel codec decodes."""
@@ -202,7 +230,10 @@ def test_the_detokenizer_takes_a_colour_split_pixel_codec(teacher, images):
     torch.manual_seed(0)
     debug = QFormerCodec.debug_config()
     assert pixel_cfg.code_rank == 2 + 7
-    codec = QFormerCodec(replace(debug, pixel=pixel_cfg, detokenizer=replace(debug.detokenizer, latent_channels=9)))
+    with pytest.raises(ValueError, match="latent_channels 3 is below the 9 directions"):
+        replace(debug, pixel=pixel_cfg, detokenizer=replace(debug.detokenizer, latent_channels=3))
+    codec = QFormerCodec(replace(debug, pixel=pixel_cfg))  # latent_channels None: every direction
+    assert codec.config.latent_channels == 9 and codec.latent_basis.shape == (16 + 8, 9)
     codec.load_frozen_parts(teacher, pixel)
     table = codec.pixel_code_table()
     assert table.shape == (12 * 8, 16 + 8)

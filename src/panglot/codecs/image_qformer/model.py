@@ -66,18 +66,26 @@ class DetokenizerConfig:
     sampler."""
 
     # The latent it denoises: the pixel codec's codes (the input of its decoder) projected on the first
-    # ``latent_channels`` principal components of its code table (FSQ [8, 6, 5] codes span exactly 3; a
-    # colour-split pixel codec's add 7 colour directions: the recipe widens to ``pixel.code_rank``).
-    latent_channels: int = 3
+    # ``latent_channels`` principal components of its code table. None: every direction the codes span
+    # (``pixel.code_rank``: FSQ [8, 6, 5] codes span 3, a colour-split codec's add 7 colour directions;
+    # a learned codebook: its full width). Fewer than an FSQ codec's rank would merge codes: refused.
+    latent_channels: int | None = None
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64])
     layers_per_block: int = 1
     norm_groups: int = 8
     attention_heads: int = 2  # per cross-attention block (diffusers calls it ``attention_head_dim``)
-    # What the UNet's cross-attention reads: the reconstructed embedding as ``cond_tokens`` tokens (SEED:
-    # the embedding alone), or those plus the 32 quantized codes themselves.
-    condition: Literal["embedding", "embedding+codes"] = "embedding"
+    # What conditions the UNet besides the reconstructed embedding (cross-attention tokens + the timestep
+    # embedding, as SEED's unCLIP): nothing more ("embedding"), the 32 quantized codes as more
+    # cross-attention tokens ("embedding+codes"), or a map laid out on the latent grid that a reverse
+    # Q-Former (one learned query per grid cell, cross-attending to the codes) reads from the codes and
+    # the UNet takes as extra input channels ("embedding+grid", as image-conditioned diffusion models
+    # take their spatial condition).
+    condition: Literal["embedding", "embedding+codes", "embedding+grid"] = "embedding"
     cond_tokens: int = 4  # the embedding becomes this many cross-attention tokens of width cross_dim
     cross_dim: int = 64
+    grid_channels: int = 16  # "embedding+grid": channels of the map
+    grid_dim: int = 128  # "embedding+grid": width of the reverse Q-Former
+    grid_layers: int = 2
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
@@ -92,16 +100,22 @@ class DetokenizerConfig:
                 f"{self.norm_groups}"
             )
         sizes = (
-            self.latent_channels,
+            1 if self.latent_channels is None else self.latent_channels,
             self.cond_tokens,
             self.cross_dim,
             self.inference_steps,
             self.layers_per_block,
+            self.grid_channels,
+            self.grid_dim,
+            self.grid_layers,
         )
         if min(sizes) < 1:
             problems.append(
-                f"latent_channels, cond_tokens, cross_dim, inference_steps and layers_per_block must be >= 1, got {sizes}"
+                "latent_channels, cond_tokens, cross_dim, inference_steps, layers_per_block, grid_channels, "
+                f"grid_dim and grid_layers must be >= 1, got {sizes}"
             )
+        if self.grid_dim % self.attention_heads:
+            problems.append(f"grid_dim {self.grid_dim} must be a multiple of attention_heads {self.attention_heads}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -127,10 +141,15 @@ class QFormerCodecConfig:
         for name, size in (("teacher", self.teacher.image_size), ("pixel", self.pixel.image_size)):
             if size != self.image_size:
                 problems.append(f"{name}.image_size is {size}, expected image_size {self.image_size}")
-        if self.detokenizer.latent_channels > self.pixel.code_dim:
+        channels, rank = self.detokenizer.latent_channels, self.pixel.code_rank
+        if channels is not None and channels > self.pixel.code_dim:
             problems.append(
-                f"detokenizer.latent_channels {self.detokenizer.latent_channels} exceeds the pixel codec's "
-                f"code width {self.pixel.code_dim}"
+                f"detokenizer.latent_channels {channels} exceeds the pixel codec's code width {self.pixel.code_dim}"
+            )
+        if channels is not None and rank is not None and channels < rank:
+            problems.append(
+                f"detokenizer.latent_channels {channels} is below the {rank} directions the pixel codec's codes "
+                f"span (some of its codes would become one latent); use {rank} or null"
             )
         if self.codebook_size < 2 or self.codebook_dim < 1:
             problems.append(
@@ -138,6 +157,14 @@ class QFormerCodecConfig:
             )
         if problems:
             raise ValueError("; ".join(problems))
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the detokenizer's latent: ``detokenizer.latent_channels``, or when that is None every
+        direction of the pixel codec's codes."""
+        if self.detokenizer.latent_channels is not None:
+            return self.detokenizer.latent_channels
+        return self.pixel.code_rank or self.pixel.code_dim
 
 
 # --- the teacher's image tower --------------------------------------------------------------------------
@@ -266,21 +293,68 @@ class EmbeddingDecoder(nn.Module):
 
 
 # --- the diffusion detokenizer --------------------------------------------------------------------------
+class GridReader(nn.Module):
+    """Codes (B, T, D) -> a condition map (B, C, g, g): one learned query per latent-grid cell reads the
+    codes (with their positions) through cross-attention and a feed-forward, ``n_layers`` times; SEED's
+    reverse direction of the Q-Former, laid out where the detokenizer draws."""
+
+    def __init__(self, code_dim: int, n_codes: int, grid: int, cfg: DetokenizerConfig, eps: float = 1e-6):
+        super().__init__()
+        dim, self.grid = cfg.grid_dim, grid
+        self.queries = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
+        self.code_pos = nn.Parameter(torch.randn(n_codes, code_dim) * 0.02)  # which query a code came from
+        self.code_norm = RMSNorm(code_dim, eps)
+        self.cross_norms = nn.ModuleList(RMSNorm(dim, eps) for _ in range(cfg.grid_layers))
+        self.cross = nn.ModuleList(
+            CrossAttention(dim, code_dim, cfg.attention_heads) for _ in range(cfg.grid_layers)
+        )
+        self.ffn_norms = nn.ModuleList(RMSNorm(dim, eps) for _ in range(cfg.grid_layers))
+        self.ffns = nn.ModuleList(SwiGLU(dim, 3 * dim) for _ in range(cfg.grid_layers))
+        self.norm = RMSNorm(dim, eps)
+        self.out = nn.Linear(dim, cfg.grid_channels)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        b = codes.shape[0]
+        codes = self.code_norm(codes + self.code_pos.to(codes.dtype))
+        x = self.queries[None].expand(b, -1, -1).to(codes.dtype)
+        for cross_norm, cross, ffn_norm, ffn in zip(self.cross_norms, self.cross, self.ffn_norms, self.ffns):
+            x = x + cross(cross_norm(x), codes)
+            x = x + ffn(ffn_norm(x))
+        out = self.out(self.norm(x))  # (B, g * g, C)
+        return out.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
+
+
+class Condition(NamedTuple):
+    """What one detokenizer call is conditioned on, computed once per sampling run."""
+
+    context: torch.Tensor  # (B, K, cross_dim) cross-attention tokens
+    embedding: torch.Tensor  # (B, E) the embedding, scaled to unit variance (the UNet's class embedding)
+    grid: torch.Tensor | None  # (B, C, g, g) the spatial map ("embedding+grid"), else None
+
+
 class Detokenizer(nn.Module):
     """Conditional DDIM denoiser of a (B, C, g, g) latent grid, conditioned on an image embedding (B, E)
     (and, with ``condition: embedding+codes``, on the quantized codes (B, T, D))."""
 
     def __init__(
-        self, cfg: DetokenizerConfig, latent_channels: int, grid: int, embed_dim: int, code_dim: int
+        self,
+        cfg: DetokenizerConfig,
+        latent_channels: int,
+        grid: int,
+        embed_dim: int,
+        code_dim: int,
+        n_codes: int = 32,
     ):
         super().__init__()
         self.config = cfg
         n = len(cfg.block_out_channels)
         self.cond = nn.Linear(embed_dim, cfg.cond_tokens * cfg.cross_dim)
         self.code_proj = nn.Linear(code_dim, cfg.cross_dim) if cfg.condition == "embedding+codes" else None
+        with_grid = cfg.condition == "embedding+grid"
+        self.grid_reader = GridReader(code_dim, n_codes, grid, cfg) if with_grid else None
         self.unet = UNet2DConditionModel(
             sample_size=grid,
-            in_channels=latent_channels,
+            in_channels=latent_channels + (cfg.grid_channels if with_grid else 0),
             out_channels=latent_channels,
             down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (n - 1),
             up_block_types=("UpBlock2D",) * (n - 1) + ("CrossAttnUpBlock2D",),
@@ -312,16 +386,25 @@ class Detokenizer(nn.Module):
             return tokens
         return torch.cat([tokens, self.code_proj(codes)], dim=1)
 
+    def condition(self, embedding: torch.Tensor, codes: torch.Tensor) -> Condition:
+        """The reconstructed embedding (B, E) and the codes (B, T, D) -> the UNet's condition."""
+        # A unit-norm embedding has entries ~ 1 / sqrt(E); scaled to unit variance it weighs as much as the
+        # timestep embedding does from the first step.
+        embedding = embedding * embedding.shape[-1] ** 0.5
+        grid = None if self.grid_reader is None else self.grid_reader(codes)
+        return Condition(self.context(embedding, codes), embedding, grid)
+
+    def denoise(self, latents: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Noisy latents (B, C, g, g) and timesteps (B,) -> the model output (B, C, g, g)."""
+        x = latents if cond.grid is None else torch.cat([latents, cond.grid.to(latents.dtype)], dim=1)
+        return self.unet(x, t, encoder_hidden_states=cond.context, class_labels=cond.embedding).sample
+
     def forward(
         self, latents: torch.Tensor, t: torch.Tensor, embedding: torch.Tensor, codes: torch.Tensor
     ) -> torch.Tensor:
         """Noisy latents (B, C, g, g), timesteps (B,), embedding (B, E), codes (B, T, D) -> the model
         output (B, C, g, g)."""
-        # A unit-norm embedding has entries ~ 1 / sqrt(E); scaled to unit variance it weighs as much as the
-        # timestep embedding does from the first step.
-        embedding = embedding * embedding.shape[-1] ** 0.5
-        context = self.context(embedding, codes)
-        return self.unet(latents, t, encoder_hidden_states=context, class_labels=embedding).sample
+        return self.denoise(latents, t, self.condition(embedding, codes))
 
     def loss(self, latents: torch.Tensor, embedding: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """The denoising loss on clean latents (B, C, g, g) at uniformly drawn timesteps."""
@@ -347,8 +430,9 @@ class Detokenizer(nn.Module):
         sched.set_timesteps(self.config.inference_steps, device=embedding.device)
         generator = torch.Generator().manual_seed(self.config.seed)
         x = torch.randn(shape, generator=generator).to(embedding.device).expand(embedding.shape[0], *shape)
+        cond = self.condition(embedding, codes)
         for t in sched.timesteps:
-            out = self(x, t.expand(x.shape[0]), embedding, codes).float()
+            out = self.denoise(x, t.expand(x.shape[0]), cond).float()
             x = sched.step(out, t, x, eta=0.0).prev_sample
         return x
 
@@ -387,14 +471,15 @@ class QFormerCodec(ImageCodec):
         self.latent_grid = self.pixel.grid
         self.detokenizer = Detokenizer(
             config.detokenizer,
-            config.detokenizer.latent_channels,
+            config.latent_channels,
             self.latent_grid,
             teacher.embed_dim,
             config.qformer.dim,
+            config.qformer.n_queries,
         )
         # The detokenizer's latent space, fitted to the pixel codec's code table (saved with the weights).
         self.register_buffer("latent_mean", torch.zeros(config.pixel.code_dim))
-        self.register_buffer("latent_basis", torch.zeros(config.pixel.code_dim, config.detokenizer.latent_channels))
+        self.register_buffer("latent_basis", torch.zeros(config.pixel.code_dim, config.latent_channels))
         self.fit_latent_space()
         self.freeze_frozen_parts()
 
@@ -483,7 +568,7 @@ class QFormerCodec(ImageCodec):
         """Principal components of the pixel code table, whitened, each signed so its largest entry is
         positive (deterministic): ``latent_mean`` (C,) and ``latent_basis`` (C, K)."""
         table = self.pixel_code_table()
-        k = self.config.detokenizer.latent_channels
+        k = self.config.latent_channels
         mean = table.mean(dim=0)
         _, sv, vh = torch.linalg.svd(table - mean, full_matrices=False)
         basis = vh[:k].t()  # (C, K)
@@ -513,7 +598,7 @@ class QFormerCodec(ImageCodec):
     @torch.no_grad()
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
         embedding, codes = self.condition(ids)
-        shape = (self.config.detokenizer.latent_channels, self.latent_grid, self.latent_grid)
+        shape = (self.config.latent_channels, self.latent_grid, self.latent_grid)
         return self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, codes, shape)))
 
 
