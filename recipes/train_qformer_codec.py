@@ -96,6 +96,9 @@ class QFormerLossConfig:
     temperature: float = 0.07  # of the contrastive loss (fixed)
     contrastive_weight: float = 1.0
     embed_weight: float = 1.0  # weight of 1 - cos(reconstructed, teacher image embedding)
+    # weight of the grid map's squared error against the clean latent (needs the detokenizer's condition
+    # embedding+grid; 0 = off): the codes learn the layout, and the map trains in stage 1 too
+    grid_weight: float = 0.0
 
 
 @dataclass
@@ -145,7 +148,7 @@ def stage1_loss(
         text_embedding = teacher.embed_texts(batch.captions)
     return qformer_loss(
         codec, batch.images, text_embedding, batch.captions,
-        loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight,
+        loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight, loss_cfg.grid_weight,
     )  # fmt: skip
 
 
@@ -215,9 +218,13 @@ def train(
     """Both stages, in place; returns their summaries."""
     out = Path(cfg.out_dir)
     loss1 = partial(stage1_loss, cfg.loss, teacher)
+    stage1_freezes = STAGE2_TRAINS
+    if cfg.loss.grid_weight > 0:  # the detokenizer's grid reader trains in stage 1 as well
+        stage1_freezes = [f"detokenizer.{name}" for name, m in codec.detokenizer.named_children()
+                          if name != "grid_reader" and any(True for _ in m.parameters())]  # fmt: skip
     summary = {
         "qformer": train_stage(
-            "stage 1 (Q-Former)", codec, loss1, cfg.qformer_train, STAGE2_TRAINS, cfg.data_seed,
+            "stage 1 (Q-Former)", codec, loss1, cfg.qformer_train, stage1_freezes, cfg.data_seed,
             out / "qformer_train", resume, device,
         )
     }  # fmt: skip

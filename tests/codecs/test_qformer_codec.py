@@ -196,7 +196,7 @@ def test_detokenizer_can_read_a_grid_laid_out_from_the_codes(teacher, pixel, ima
     as extra input channels; the map follows the ids, and the diffusion loss trains it."""
     cfg = QFormerCodec.debug_config()
     cfg.detokenizer.condition = "embedding+grid"
-    cfg.detokenizer.grid_channels, cfg.detokenizer.grid_dim = 4, 16
+    cfg.detokenizer.grid_dim = 16
     torch.manual_seed(0)
     codec = QFormerCodec(cfg)
     codec.load_frozen_parts(teacher, pixel)
@@ -207,8 +207,8 @@ def test_detokenizer_can_read_a_grid_laid_out_from_the_codes(teacher, pixel, ima
     embedding, codes = codec.condition(ids)
     cond = codec.detokenizer.condition(embedding, codes)
     g = codec.latent_grid
-    assert cond.grid.shape == (2, 4, g, g)
-    assert codec.detokenizer.unet.config.in_channels == cfg.latent_channels + 4
+    assert cond.grid.shape == (2, cfg.latent_channels, g, g)
+    assert codec.detokenizer.unet.config.in_channels == 2 * cfg.latent_channels
     some = torch.randint(0, codec.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0))
     here, there = (codec.detokenizer.condition(*codec.condition(x)).grid for x in (some, some.roll(1, dims=1)))
     assert not torch.allclose(here, there)  # the map depends on which code is where
@@ -217,6 +217,34 @@ def test_detokenizer_can_read_a_grid_laid_out_from_the_codes(teacher, pixel, ima
     loss, _ = detokenizer_loss(codec, images[:4])
     loss.backward()
     assert codec.detokenizer.grid_reader.queries.grad.abs().sum() > 0
+
+
+def test_stage_one_can_train_the_grid_map_towards_the_latent(teacher, pixel, images, scenes):
+    """loss.grid_weight: the map's squared error against the clean latent joins stage 1, and its gradient
+    reaches the Q-Former through the straight-through codes; without the grid condition it is refused."""
+    cfg = QFormerCodec.debug_config()
+    cfg.detokenizer.condition, cfg.detokenizer.grid_dim = "embedding+grid", 16
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    codec.train()
+    captions = [caption(s) for s in scenes]
+    with torch.no_grad():
+        texts = teacher.embed_texts(captions)
+    plain, _ = qformer_loss(codec, images, texts, captions)
+    torch.manual_seed(0)
+    loss, metrics = qformer_loss(codec, images, texts, captions, grid_weight=2.0)
+    with torch.no_grad():
+        mse = torch.nn.functional.mse_loss(
+            codec.detokenizer.grid_reader(codec(images).codes), codec.pixel_latents(images)
+        )
+    assert metrics["grid_mse"] == pytest.approx(mse.item(), rel=1e-4)
+    assert loss.item() == pytest.approx(plain.item() + 2.0 * metrics["grid_mse"], rel=1e-3)
+    loss.backward()
+    assert codec.detokenizer.grid_reader.out.weight.grad.abs().sum() > 0
+    assert codec.qformer.queries.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="embedding\\+grid"):
+        qformer_loss(QFormerCodec(QFormerCodec.debug_config()), images, texts, captions, grid_weight=1.0)
 
 
 def test_the_detokenizer_takes_a_colour_split_pixel_codec(teacher, images):

@@ -79,12 +79,12 @@ class DetokenizerConfig:
     # cross-attention tokens ("embedding+codes"), or a map laid out on the latent grid that a reverse
     # Q-Former (one learned query per grid cell, cross-attending to the codes) reads from the codes and
     # the UNet takes as extra input channels ("embedding+grid", as image-conditioned diffusion models
-    # take their spatial condition).
+    # take their spatial condition). The map has the latent's channels: stage 1 can train it to predict
+    # the clean latent (the recipe's ``loss.grid_weight``), a blurred guess the diffusion then resolves.
     condition: Literal["embedding", "embedding+codes", "embedding+grid"] = "embedding"
     cond_tokens: int = 4  # the embedding becomes this many cross-attention tokens of width cross_dim
     cross_dim: int = 64
-    grid_channels: int = 16  # "embedding+grid": channels of the map
-    grid_dim: int = 128  # "embedding+grid": width of the reverse Q-Former
+    grid_dim: int = 128  # "embedding+grid": width of the reverse Q-Former (its map has the latent's channels)
     grid_layers: int = 2
     num_train_timesteps: int = 1000
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
@@ -105,14 +105,13 @@ class DetokenizerConfig:
             self.cross_dim,
             self.inference_steps,
             self.layers_per_block,
-            self.grid_channels,
             self.grid_dim,
             self.grid_layers,
         )
         if min(sizes) < 1:
             problems.append(
-                "latent_channels, cond_tokens, cross_dim, inference_steps, layers_per_block, grid_channels, "
-                f"grid_dim and grid_layers must be >= 1, got {sizes}"
+                "latent_channels, cond_tokens, cross_dim, inference_steps, layers_per_block, grid_dim and "
+                f"grid_layers must be >= 1, got {sizes}"
             )
         if self.grid_dim % self.attention_heads:
             problems.append(f"grid_dim {self.grid_dim} must be a multiple of attention_heads {self.attention_heads}")
@@ -298,7 +297,9 @@ class GridReader(nn.Module):
     codes (with their positions) through cross-attention and a feed-forward, ``n_layers`` times; SEED's
     reverse direction of the Q-Former, laid out where the detokenizer draws."""
 
-    def __init__(self, code_dim: int, n_codes: int, grid: int, cfg: DetokenizerConfig, eps: float = 1e-6):
+    def __init__(
+        self, code_dim: int, n_codes: int, grid: int, channels: int, cfg: DetokenizerConfig, eps: float = 1e-6
+    ):
         super().__init__()
         dim, self.grid = cfg.grid_dim, grid
         self.queries = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
@@ -311,7 +312,7 @@ class GridReader(nn.Module):
         self.ffn_norms = nn.ModuleList(RMSNorm(dim, eps) for _ in range(cfg.grid_layers))
         self.ffns = nn.ModuleList(SwiGLU(dim, 3 * dim) for _ in range(cfg.grid_layers))
         self.norm = RMSNorm(dim, eps)
-        self.out = nn.Linear(dim, cfg.grid_channels)
+        self.out = nn.Linear(dim, channels)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         b = codes.shape[0]
@@ -351,10 +352,10 @@ class Detokenizer(nn.Module):
         self.cond = nn.Linear(embed_dim, cfg.cond_tokens * cfg.cross_dim)
         self.code_proj = nn.Linear(code_dim, cfg.cross_dim) if cfg.condition == "embedding+codes" else None
         with_grid = cfg.condition == "embedding+grid"
-        self.grid_reader = GridReader(code_dim, n_codes, grid, cfg) if with_grid else None
+        self.grid_reader = GridReader(code_dim, n_codes, grid, latent_channels, cfg) if with_grid else None
         self.unet = UNet2DConditionModel(
             sample_size=grid,
-            in_channels=latent_channels + (cfg.grid_channels if with_grid else 0),
+            in_channels=latent_channels * (2 if with_grid else 1),
             out_channels=latent_channels,
             down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (n - 1),
             up_block_types=("UpBlock2D",) * (n - 1) + ("CrossAttnUpBlock2D",),
@@ -444,6 +445,7 @@ class QFormerOutput(NamedTuple):
     embedding: torch.Tensor  # (B, E) embedding reconstructed from the quantized codes, L2-normalised
     target_embedding: torch.Tensor  # (B, E) the teacher's image embedding
     aux_loss: torch.Tensor  # scalar commitment loss
+    codes: torch.Tensor  # (B, T, D) the quantized codes (straight-through)
 
 
 @register_codec
@@ -540,7 +542,7 @@ class QFormerCodec(ImageCodec):
         query_embedding = F.normalize(self.query_proj(z[:, -1]).float(), dim=-1)  # the last query sees all
         with torch.autocast(device_type=z.device.type, enabled=False):
             codes, ids, aux = self.codebook(z)
-        return QFormerOutput(ids, query_embedding, self.embed_decoder(codes), target, aux)
+        return QFormerOutput(ids, query_embedding, self.embed_decoder(codes), target, aux, codes)
 
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
         z, _ = self._query_outputs(x)
@@ -611,23 +613,35 @@ def qformer_loss(
     temperature: float = 0.07,
     contrastive_weight: float = 1.0,
     embed_weight: float = 1.0,
+    grid_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 1: contrastive alignment of the last query with the captions' embeddings (B, E) (pairs with
     equal ``keys`` are positives), cosine reconstruction of the teacher's image embedding from the
-    quantized codes, and the commitment loss."""
-    out = codec(images.to(codec.device))
+    quantized codes, and the commitment loss; with ``grid_weight`` > 0 (``condition: embedding+grid``),
+    also the mean squared error of the detokenizer's grid map against the image's clean latent, so that
+    the codes carry the layout and the map starts as a guess of the latent."""
+    images = images.to(codec.device)
+    out = codec(images)
     scale = torch.tensor(1.0 / temperature, device=codec.device)
     contrastive, cm = contrastive_loss(out.query_embedding, text_embedding.to(codec.device), scale, keys)
     cosine = (out.embedding * out.target_embedding).sum(dim=-1).mean()
     loss = contrastive_weight * contrastive + embed_weight * (1.0 - cosine) + out.aux_loss
     metrics = {
-        "loss": loss.item(),
         "contrastive": contrastive.item(),
         "i2t_acc": cm["i2t_acc"],
         "embed_cos": cosine.item(),
         "commit": float(out.aux_loss.detach()),
     }
-    return loss, metrics
+    if grid_weight > 0:
+        reader = codec.detokenizer.grid_reader
+        if reader is None:
+            raise ValueError("grid_weight > 0 needs the detokenizer's condition embedding+grid")
+        with torch.no_grad():
+            latents = codec.pixel_latents(images)
+        grid = F.mse_loss(reader(out.codes).float(), latents.float())
+        loss = loss + grid_weight * grid
+        metrics["grid_mse"] = grid.item()
+    return loss, {"loss": loss.item(), **metrics}
 
 
 def detokenizer_loss(codec: QFormerCodec, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -260,6 +260,19 @@ def colour_split_input(onehot: torch.Tensor, cfg: PixelVQConfig) -> tuple[torch.
     return shape_masks(onehot, colours, cfg.downsample), colours
 
 
+def nearest_palette(x: torch.Tensor, palette: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, S, S) and a palette (K, 3) in the same scale -> (B, S, S) index of each pixel's
+    nearest palette colour.
+
+    |x - p|^2 = |x|^2 - 2 x.p + |p|^2, and |x|^2 is the same for every colour: one (B*S*S, 3) x (3, K)
+    matmul in fp32, argmin over the contiguous last dim (8x faster than the broadcast difference).
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        pixels = x.float().permute(0, 2, 3, 1)  # (B, S, S, 3)
+        dist = palette.square().sum(dim=-1) - 2 * pixels @ palette.T  # (B, S, S, K) minus |x|^2
+        return dist.argmin(dim=-1)
+
+
 def join_ids(codes: torch.Tensor, colours: torch.Tensor | None, n_colours: int) -> torch.Tensor:
     """Codebook ids (B, N) and token colours (B, g, g) -> ids = code x ``n_colours`` + colour (no colours:
     the codes)."""
@@ -482,15 +495,8 @@ class PixelVQ(ImageCodec):
         return self.palette[decoded.argmax(dim=1)].permute(0, 3, 1, 2)
 
     def palette_index(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) -> (B, S, S) index of the nearest palette colour (0 = background).
-
-        |x - p|^2 = |x|^2 - 2 x.p + |p|^2, and |x|^2 is the same for every colour: one (B*S*S, 3) x (3, K)
-        matmul in fp32, argmin over the contiguous last dim (8x faster than the broadcast difference).
-        """
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            pixels = x.float().permute(0, 2, 3, 1)  # (B, S, S, 3)
-            dist = self.palette.square().sum(dim=-1) - 2 * pixels @ self.palette.T  # (B, S, S, K) minus |x|^2
-            return dist.argmin(dim=-1)
+        """(B, 3, S, S) -> (B, S, S) index of the nearest palette colour (0 = background)."""
+        return nearest_palette(x, self.palette)
 
     def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
         self.check_images(x)
