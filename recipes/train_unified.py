@@ -26,6 +26,7 @@ from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, wor
 from panglot.data.packing import DocumentPacker, PackingConfig, packed_shape
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
+from panglot.model.unified import span_positions
 from panglot.multimodal import UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
@@ -69,7 +70,11 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     vocab = UnifiedVocab.build(tokenizer, [("image", codec, "<boi>", "<eoi>")])
     model_cfg = cfg.model
     torch.manual_seed(cfg.train.seed)
-    backbone = build_transformer(model_cfg.size, vocab.size, **model_cfg.overrides).to(device)
+    overrides = dict(model_cfg.overrides)
+    if model_cfg.span_positions:
+        overrides |= span_positions(vocab, codec)
+        logger.info("image tokens get span positions: %s", overrides)
+    backbone = build_transformer(model_cfg.size, vocab.size, **overrides).to(device)
     model = UnifiedModel(backbone, vocab, codec)
     if model_cfg.code_factors:
         logger.info("image ids share embedding rows through %d codec factors", model.factor_code_rows())

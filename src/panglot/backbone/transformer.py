@@ -44,6 +44,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.span_rows:  # where in its image each codec token lies (TransformerConfig's span positions)
+            self.span_row_embeddings = nn.Embedding(cfg.span_rows, cfg.dim)
+            self.span_col_embeddings = nn.Embedding(cfg.span_cols, cfg.dim)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -86,15 +89,40 @@ class Transformer(nn.Module):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
+        if self.cfg.span_rows:  # zero: turning span positions on starts from the same function
+            nn.init.zeros_(self.span_row_embeddings.weight)
+            nn.init.zeros_(self.span_col_embeddings.weight)
         if self.cfg.scaled_residual_init:
             residual_std = std / math.sqrt(2 * self.cfg.n_layers)
             for block in self.layers:
                 nn.init.normal_(block.attention.wo.weight, mean=0.0, std=residual_std)
                 nn.init.normal_(block.feed_forward.w2.weight, mean=0.0, std=residual_std)
 
-    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, T) long -> embeddings (B, T, D)."""
-        return self.tok_embeddings(tokens)
+    def embed(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """tokens (B, T) long -> embeddings (B, T, D), with span positions when the config has them (a
+        cache carries each row's open span from call to call, and is updated)."""
+        x = self.tok_embeddings(tokens)
+        if not self.cfg.span_rows:
+            return x
+        index, in_span = self.span_index(tokens, cache)
+        cfg = self.cfg
+        index = index.clamp(min=0) % (cfg.span_rows * cfg.span_cols)
+        where = self.span_row_embeddings(index // cfg.span_cols) + self.span_col_embeddings(index % cfg.span_cols)
+        return x + where * in_span[..., None].to(x.dtype)
+
+    def span_index(self, tokens: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, T) -> (index of each span token in its run (B, T) long, is a span token (B, T) bool).
+
+        A run is a maximal sequence of consecutive span ids; with a cache it continues the run that ends the
+        cached tokens (``cache.span_run``, updated here)."""
+        in_span = (tokens >= self.cfg.span_start) & (tokens < self.cfg.span_end)
+        t = tokens.shape[1]
+        step = torch.arange(t, device=tokens.device)
+        before = -1 if cache is None else -1 - cache.span_run[:, None]  # where the open run would have begun
+        last_break = torch.where(in_span, before, step).cummax(dim=1).values  # (B, T) last non-span token
+        if cache is not None:
+            cache.span_run = t - 1 - last_break[:, -1]
+        return step - last_break - 1, in_span
 
     def new_cache(
         self, batch: int, max_len: int, dtype: torch.dtype | None = None, static: bool | None = None
@@ -154,7 +182,7 @@ class Transformer(nn.Module):
         document; attention never leaves it and RoPE positions restart at 0 where it starts, so every
         token sees exactly what it would see with its document alone.
         """
-        x = self._inputs(tokens, inputs_embeds)  # (B, T, D)
+        x = self._inputs(tokens, inputs_embeds, cache)  # (B, T, D)
         b, t, _ = x.shape
         for name, given in (("valid", valid), ("document_ids", document_ids)):
             if given is not None and given.shape != (b, t):
@@ -206,13 +234,15 @@ class Transformer(nn.Module):
             return F.linear(hidden, self.tok_embeddings.weight)
         return self.output(hidden)
 
-    def _inputs(self, tokens: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+    def _inputs(
+        self, tokens: torch.Tensor | None, inputs_embeds: torch.Tensor | None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         if (tokens is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of tokens (B, T) or inputs_embeds (B, T, D)")
         if tokens is not None:
             if tokens.ndim != 2:
                 raise ValueError(f"tokens must be (batch, time), got shape {tuple(tokens.shape)}")
-            return self.embed(tokens)
+            return self.embed(tokens, cache)
         if inputs_embeds.ndim != 3 or inputs_embeds.shape[-1] != self.cfg.dim:
             raise ValueError(
                 f"inputs_embeds must be (batch, time, {self.cfg.dim}), got shape {tuple(inputs_embeds.shape)}"

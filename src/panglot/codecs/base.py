@@ -114,6 +114,12 @@ class Codec(nn.Module, ABC):
         """N: tokens one item becomes."""
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of an item's tokens in their order (row-major): ``(tokens_per_item, 1)`` for a
+        1-D sequence (the default); image codecs with a 2-D token grid say so (the pixel VQ: (8, 8))."""
+        return self.tokens_per_item, 1
+
+    @property
     def is_continuous(self) -> bool:
         return self.vocab_size == 0
 

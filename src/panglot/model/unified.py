@@ -23,6 +23,19 @@ class UnifiedModelConfig:
     # share embedding (and output) rows across codec ids by the codec's ``id_factors`` (the pixel VQ: the
     # token colour and each FSQ digit), training only: saved runs hold the computed rows (panglot.nn.factored_rows)
     code_factors: bool = False
+    # learned row and column embeddings for the image tokens by their place in the codec's token grid
+    # (the backbone's span positions; TransformerConfig)
+    span_positions: bool = False
+
+
+def span_positions(vocab: UnifiedVocab, codec: nn.Module, image_slot: str = "image") -> dict[str, int]:
+    """The backbone config fields (``TransformerConfig`` span positions) that give the image slot's ids learned
+    row and column embeddings on the codec's token grid (``codec.token_grid``)."""
+    slot = vocab.slot(image_slot)
+    if codec.is_continuous:
+        raise ValueError(f"span positions need a discrete codec; {codec.kind} is continuous")
+    rows, cols = codec.token_grid
+    return {"span_start": slot.offset, "span_end": slot.offset + codec.vocab_size, "span_rows": rows, "span_cols": cols}
 
 
 class UnifiedModel(nn.Module):

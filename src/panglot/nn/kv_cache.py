@@ -41,6 +41,8 @@ class KVCache:
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)  # (B, T_max)
         self.next_position = torch.zeros(batch, dtype=torch.long, device=device)  # (B,)
         self.length = 0  # slots filled, the same for every row
+        # per row: how many span tokens (a codec's ids, see Transformer span positions) end the cached tokens
+        self.span_run = torch.zeros(batch, dtype=torch.long, device=device)
         self.slots = torch.zeros(0, dtype=torch.long, device=device)  # the slots of the latest extend
 
     @property

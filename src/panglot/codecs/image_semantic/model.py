@@ -268,6 +268,10 @@ class SemanticVQ(ImageCodec):
     def tokens_per_item(self) -> int:
         return self.grid * self.grid
 
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        return self.grid, self.grid
+
     # --- parts --------------------------------------------------------------------------------------
     def palette_index(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, S, S) index of the nearest palette colour (0 = background)."""

@@ -432,6 +432,10 @@ class PixelVQ(ImageCodec):
         return self.grid * self.grid
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        return self.grid, self.grid
+
+    @property
     def codebook_size(self) -> int:
         return self.quantizer.vocab_size
 
