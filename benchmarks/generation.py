@@ -20,6 +20,7 @@ for both and is timed once, apart.
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/generation.py --breakdown   # tiny, batch 1 and 16, CFG 3
     .venv/bin/python benchmarks/generation.py --size small --rounds 7
     .venv/bin/python benchmarks/generation.py --compiled --threads 1  # also compiled decode steps
+    .venv/bin/python benchmarks/generation.py --compiled --spans --threads 1  # and with span positions
     .venv/bin/python benchmarks/generation.py --profile --threads 1  # cProfile panglot's loop at batch 16 instead
 
 `OMP_WAIT_POLICY=PASSIVE` matters on a loaded machine: with OpenMP's spin-waiting, two threads on two busy
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import platform
 import pstats
 import statistics
@@ -41,12 +43,13 @@ import torch
 import transformers
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LogitsProcessor, LogitsProcessorList
 
-from panglot.backbone import build_transformer, export_hf_state_dict, hf_config_from
+from panglot.backbone import Transformer, build_transformer, export_hf_state_dict, hf_config_from
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
 from panglot.codecs.text import train_world_tokenizer
 from panglot.data.mixture import world_texts
 from panglot.generation import Greedy, ModalityConstraint, Multinomial, Sampler, generate, left_pad
 from panglot.model import UnifiedModel
+from panglot.model.unified import span_positions
 from panglot.multimodal import UnifiedVocab
 from panglot.nn import autocast_context, resolve_dtype
 from panglot.world import language
@@ -95,17 +98,36 @@ def build_bench(size: str, max_batch: int, seed: int = 0) -> Bench:
     return Bench(model, hf, captions)
 
 
+def with_span_positions(bench: Bench) -> Transformer:
+    """The bench backbone rebuilt with span positions on the image block (the quickstart recipe's
+    ``model.span_positions``), same weights; its tables are zero, so it decodes the same codes as HF."""
+    backbone = bench.model.backbone
+    cfg = dataclasses.replace(backbone.cfg, **span_positions(bench.model.vocab, bench.model.codec))
+    spans = Transformer(cfg).eval()
+    missing, unexpected = spans.load_state_dict(backbone.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("span_") for name in missing), (missing, unexpected)
+    return spans
+
+
 def panglot_decoder(
-    bench: Bench, batch: int, cfg: float, dtype: str, sampler: Callable[[int], Sampler], compile: bool = False
+    bench: Bench,
+    batch: int,
+    cfg: float,
+    dtype: str,
+    sampler: Callable[[int], Sampler],
+    compile: bool = False,
+    backbone: Transformer | None = None,
 ) -> Decode:
     """`generate` exactly as `Panglot.draw` calls it for one chunk of `batch` prompts (``compile``: as
-    `panglot.load(..., compile=True)` does, compiled one-token steps over a static KV cache)."""
+    `panglot.load(..., compile=True)` does, compiled one-token steps over a static KV cache); ``backbone``
+    replaces the bench's (same vocabulary)."""
     layout, slot = bench.layout, bench.slot
     prompts = [layout.t2i_prompt(c) for c in bench.captions[:batch]]
     uncond = [layout.t2i_prompt(None)] * batch
     lo, hi = slot.id_range
     constraint = ModalityConstraint(lo, hi, layout.boi, layout.eoi, slot.tokens_per_item)
-    decoder = bench.model.backbone.for_decoding(resolve_dtype(dtype), compile=compile)  # once, as `Panglot` does
+    backbone = backbone or bench.model.backbone
+    decoder = backbone.for_decoding(resolve_dtype(dtype), compile=compile)  # once, as `Panglot` does
 
     def decode(seed: int) -> torch.Tensor:
         out = generate(
@@ -238,8 +260,11 @@ def check_same_codes(bench: Bench, batch: int, cfg: float) -> str:
     return f"greedy fp32 check, batch {batch}: {rows}/{batch} rows identical, {tokens:.1%} of codes"
 
 
-def build_settings(bench: Bench, batches: list[int], cfg: float, breakdown: bool, compiled: bool) -> list[Setting]:
+def build_settings(
+    bench: Bench, batches: list[int], cfg: float, breakdown: bool, compiled: bool, spans: bool = False
+) -> list[Setting]:
     settings = []
+    span_backbone = with_span_positions(bench) if spans else None
     for batch in batches:
         for dtype in ("fp32", "bf16"):
             multinomial = lambda seed, b=batch: Multinomial(tuple(seed + i for i in range(b)))  # noqa: E731
@@ -247,6 +272,9 @@ def build_settings(bench: Bench, batches: list[int], cfg: float, breakdown: bool
             if compiled:
                 decode = panglot_decoder(bench, batch, cfg, dtype, multinomial, compile=True)
                 settings.append(Setting(f"panglot {dtype} compiled", batch, decode))
+            if spans:
+                decode = panglot_decoder(bench, batch, cfg, dtype, multinomial, compiled, span_backbone)
+                settings.append(Setting(f"panglot {dtype}{' compiled' if compiled else ''} spans", batch, decode))
             settings.append(Setting(f"HF {dtype}", batch, hf_decoder(bench, batch, cfg, dtype, do_sample=True)))
             if breakdown:
                 settings.append(Setting(f"panglot {dtype} forwards only", batch, panglot_forwards(bench, batch, dtype)))
@@ -276,7 +304,7 @@ def report(settings: list[Setting]) -> None:
         wall = statistics.median(s.wall)
         ratio = ""
         if s.name.startswith("panglot"):
-            hf_name = s.name.replace("panglot", "HF").removesuffix(" compiled")
+            hf_name = s.name.replace("panglot", "HF").removesuffix(" spans").removesuffix(" compiled")
             hf = next(o for o in settings if o.batch == s.batch and o.name == hf_name)
             cpu_ratio = statistics.median(hf.cpu) / statistics.median(s.cpu)
             ratio = f"{statistics.median(hf.wall) / wall:.1f}x ({cpu_ratio:.1f}x)"
@@ -321,6 +349,9 @@ def main() -> None:
     parser.add_argument(
         "--compiled", action="store_true", help="also time panglot with compiled decode steps (compile_for_decoding)"
     )
+    parser.add_argument(
+        "--spans", action="store_true", help="also time panglot with span positions on the image block (the recipe's)"
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile panglot's loop instead of comparing")
     parser.add_argument("--dtype", default="bf16", help="with --profile: panglot's dtype")
     args = parser.parse_args()
@@ -339,7 +370,7 @@ def main() -> None:
         profile_panglot(bench, max(args.batch), args.cfg, args.dtype, calls=args.rounds)
         return
     print(check_same_codes(bench, max(args.batch), args.cfg))
-    settings = build_settings(bench, args.batch, args.cfg, args.breakdown, args.compiled)
+    settings = build_settings(bench, args.batch, args.cfg, args.breakdown, args.compiled, args.spans)
     run_rounds(settings, args.rounds, args.warmup)
     print()
     report(settings)
