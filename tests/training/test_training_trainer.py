@@ -142,6 +142,29 @@ def test_finite_data_ends_training_early_with_a_checkpoint(tmp_path):
     assert summary.checkpoint.name == "step_00000002"
 
 
+def test_the_wall_clock_guard_stops_early_with_a_checkpoint_and_a_resume_finishes(tmp_path, monkeypatch):
+    import panglot.training.trainer as trainer_module
+
+    class Clock:  # every reading of the trainer's clock is 10 s later: the 1-minute guard passes within steps
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 10.0
+            return self.now
+
+    monkeypatch.setattr(trainer_module, "time", Clock())
+    cfg = _cfg(max_steps=40, max_wall_minutes=1.0)
+    summary = _mlp_trainer(tmp_path, cfg).train()
+    assert summary.out_of_time and 1 <= summary.steps < 40
+    assert summary.checkpoint.name == f"step_{summary.steps:08d}"
+    lrs = [r["lr"] for r in _records(tmp_path)]
+    monkeypatch.undo()
+    resumed = _mlp_trainer(tmp_path, _cfg(max_steps=40)).train(resume=True)
+    assert resumed.steps == 40 and not resumed.out_of_time and resumed.resumed_from == summary.steps
+    _mlp_trainer(tmp_path / "ref", _cfg(max_steps=40)).train()
+    assert [r["lr"] for r in _records(tmp_path / "ref")][: len(lrs)] == lrs  # the schedule of max_steps
+
+
 def test_non_finite_loss_stops_training(tmp_path):
     def nan_loss(model, batch):
         return model(batch[0]).sum() * float("nan"), {}

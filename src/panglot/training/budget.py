@@ -18,6 +18,9 @@ from panglot.files import atomic_write_json
 
 BUDGET_FILE = "train_budget.json"
 OPTIMIZER_OVERHEAD = 1.1  # the probe times forward + backward; the optimizer step adds about this much
+# A budgeted run also stops once this many times its budget has passed (``TrainConfig.max_wall_minutes``): the
+# probe times a few steps at the start, and on a shared machine later steps ran up to 1.35x slower.
+WALL_GUARD = 1.1
 
 logger = logging.getLogger(__name__)
 

@@ -53,9 +53,14 @@ class TrainConfig:
     keep_last: int | None = 3  # checkpoints kept on disk; None = keep all
     freeze: list[str] = field(default_factory=list)  # glob patterns on parameter / module names
     tensorboard: bool = False
+    # A wall-clock guard: stop (with a checkpoint) once this many minutes of a ``train()`` call have passed,
+    # even before max_steps; the learning-rate schedule stays the one for max_steps. None = no guard.
+    max_wall_minutes: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.max_wall_minutes is not None and self.max_wall_minutes <= 0:
+            problems.append(f"max_wall_minutes must be > 0 or null, got {self.max_wall_minutes}")
         if self.max_steps < 1:
             problems.append(f"max_steps must be >= 1, got {self.max_steps}")
         if self.grad_accum < 1:

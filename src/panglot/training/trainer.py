@@ -71,6 +71,7 @@ class TrainSummary:
     frozen_params: int
     checkpoint: Path | None  # last checkpoint written
     data_exhausted: bool  # the data iterator ended before max_steps
+    out_of_time: bool = False  # cfg.max_wall_minutes passed before max_steps
 
 
 class Trainer:
@@ -119,7 +120,8 @@ class Trainer:
         start = time.perf_counter()
         log = MetricsLog(self.out_dir, tensorboard=self.cfg.tensorboard)
         window = _Window()
-        last_loss, tokens, saved_at, exhausted = None, 0.0, self.step, False
+        last_loss, tokens, saved_at, exhausted, out_of_time = None, 0.0, self.step, False, False
+        deadline = None if self.cfg.max_wall_minutes is None else start + 60 * self.cfg.max_wall_minutes
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not sys.stderr.isatty(), unit="step")
         try:
             while self.step < self.cfg.max_steps:
@@ -141,6 +143,13 @@ class Trainer:
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
+                if deadline is not None and self.step < self.cfg.max_steps and time.perf_counter() > deadline:
+                    out_of_time = True
+                    logger.warning(
+                        "stopping at step %d of %d: the %.1f-minute wall-clock guard (max_wall_minutes) has passed",
+                        self.step, self.cfg.max_steps, self.cfg.max_wall_minutes,
+                    )  # fmt: skip
+                    break
             if window.steps:  # the last, partial logging window
                 self._write_record(log, window.flush(), bar)
             if self.step != saved_at:
@@ -158,6 +167,7 @@ class Trainer:
             frozen_params=report.frozen_params,
             checkpoint=latest_checkpoint(self.out_dir),
             data_exhausted=exhausted,
+            out_of_time=out_of_time,
         )
 
     def _write_record(self, log: MetricsLog, record: dict[str, float], bar: tqdm) -> None:
