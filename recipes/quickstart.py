@@ -47,9 +47,10 @@ class Preset:
 
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 9 min unified model, the rest tuning and evaluation.
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 8.5 min unified model (stopped at 1.1x that if steps run slower
+    # than timed: train.max_wall_minutes), the rest tuning and evaluation.
     # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
-    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=9.0),
+    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=8.5),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
         "unified_quickstart.yaml",
