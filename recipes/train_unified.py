@@ -19,6 +19,7 @@ import torch
 
 from panglot.backbone import build_transformer
 from panglot.codecs import load_codec
+from panglot.codecs.base import images_to_tensor
 from panglot.codecs.text import TextTokenizer, train_world_tokenizer
 from panglot.config import load_config, to_dict
 from panglot.data.loader import StatefulLoader
@@ -26,12 +27,13 @@ from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes, wor
 from panglot.data.packing import DocumentPacker, PackingConfig, packed_shape
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
-from panglot.model.unified import span_positions
+from panglot.model.unified import code_looks, span_positions
 from panglot.multimodal import UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
 from panglot.training.budget import WALL_GUARD, fit_steps_to_minutes, median_step_seconds
 from panglot.world.dataset import split_scenes
+from panglot.world.render import render_batch
 
 logger = logging.getLogger("panglot.recipes.train_unified")
 
@@ -62,6 +64,9 @@ def build_tokenizer(cfg: UnifiedRecipe, out: Path) -> TextTokenizer:
     return tok
 
 
+LOOK_SCENES = 2000  # training scenes whose patches give each image id its look (model.code_features)
+
+
 def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, StatefulLoader | DocumentPacker]:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,8 +81,13 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
         logger.info("image tokens get span positions: %s", overrides)
     backbone = build_transformer(model_cfg.size, vocab.size, **overrides).to(device)
     model = UnifiedModel(backbone, vocab, codec)
-    if model_cfg.code_factors:
-        logger.info("image ids share embedding rows through %d codec factors", model.factor_code_rows())
+    if model_cfg.code_factors or model_cfg.code_features:
+        looks = None
+        if model_cfg.code_features:  # what each id looks like in (a share of) the training scenes
+            shown = split_scenes("train", min(cfg.data.n_scenes, LOOK_SCENES), cfg.data.seed)
+            looks = code_looks(codec, images_to_tensor(render_batch(shown)))
+        n = model.factor_code_rows(factors=model_cfg.code_factors, looks=looks)
+        logger.info("image ids share embedding rows: %d factors and looks (code_features)", n)
     scenes = split_scenes("train", cfg.data.n_scenes, cfg.data.seed)
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))

@@ -64,7 +64,7 @@ def test_plain_state_dict_loads_into_a_module_without_factors():
 @pytest.mark.parametrize(
     ("factors", "message"),
     [
-        ([], "at least one factor"),
+        ([], "at least one factor or features"),
         ([COLOUR, (torch.arange(5), 5)], "each of the 6 ids"),
         ([(torch.arange(6), 3)], r"in \[0, 3\)"),
     ],
@@ -77,3 +77,26 @@ def test_bad_factors_are_named(factors, message):
 def test_rows_past_the_weight_are_an_error():
     with pytest.raises(ValueError, match=r"rows \[8, 14\) do not fit a weight of 12 rows"):
         FactoredRows(8, [COLOUR], 4)(torch.zeros(12, 4))
+
+
+def test_features_add_a_learned_map_of_each_rows_fixed_features():
+    looks = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 0.0], [1.0, 1.0]])  # (6 ids, 2)
+    torch.manual_seed(0)
+    emb = nn.Embedding(12, 4)
+    factor_rows(emb, 4, [COLOUR], features=looks)
+    rows = emb.parametrizations.weight[0]
+    original = emb.parametrizations.weight.original.detach().clone()
+    torch.testing.assert_close(emb.weight, original)  # the map starts at zero too
+    with torch.no_grad():
+        rows.proj.copy_(torch.tensor([[1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]]))
+    expected = original.clone()
+    expected[4:10] += looks @ rows.proj.detach()
+    torch.testing.assert_close(emb.weight, expected)
+    emb(torch.tensor([4])).sum().backward()  # id 0 looks like id 1: its gradient moves the map both share
+    assert rows.proj.grad[0].abs().sum() > 0 and rows.proj.grad[1].abs().sum() == 0
+    only_looks = nn.Embedding(12, 4)
+    factor_rows(only_looks, 4, [], features=looks)  # features alone are enough
+    assert set(plain_state_dict(only_looks)) == {"weight"}
+    torch.testing.assert_close(plain_state_dict(only_looks)["weight"], only_looks.weight.detach())
+    with pytest.raises(ValueError, match=r"features must be \(n, F\) with n = 6"):
+        FactoredRows(4, [COLOUR], 4, features=torch.zeros(5, 2))

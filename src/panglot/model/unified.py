@@ -23,6 +23,9 @@ class UnifiedModelConfig:
     # share embedding (and output) rows across codec ids by the codec's ``id_factors`` (the pixel VQ: the
     # token colour and each FSQ digit), training only: saved runs hold the computed rows (panglot.nn.factored_rows)
     code_factors: bool = False
+    # also a learned linear map of what each image id looks like (``code_looks``: the mean foreground mask of
+    # the patches its code covers in training images) in its embedding and output rows; training only
+    code_features: bool = False
     # learned row and column embeddings for the image tokens by their place in the codec's token grid
     # (the backbone's span positions; TransformerConfig)
     span_positions: bool = False
@@ -36,6 +39,33 @@ def span_positions(vocab: UnifiedVocab, codec: nn.Module, image_slot: str = "ima
         raise ValueError(f"span positions need a discrete codec; {codec.kind} is continuous")
     rows, cols = codec.token_grid
     return {"span_start": slot.offset, "span_end": slot.offset + codec.vocab_size, "span_rows": rows, "span_cols": cols}
+
+
+@torch.no_grad()
+def code_looks(codec: nn.Module, images: torch.Tensor, batch_size: int = 250) -> torch.Tensor:
+    """What each id looks like: (vocab_size, cell * cell), the mean foreground (non-white) mask of the image
+    patches its learned code covers in ``images`` (B, 3, S, S); ids that join one code with something fixed
+    (the pixel VQ's colour split) share their code's look, so a colour-shape pair never seen still gets its
+    shape's look; codes never seen look blank. Needs a codec whose tokens tile the image (``token_grid``)."""
+    rows, cols = codec.token_grid
+    size = images.shape[-1]
+    if rows * cols != codec.tokens_per_item or size % rows or size % cols or rows * (size // rows) != size:
+        raise ValueError(f"code_looks needs tokens that tile the image; {codec.kind} has a {rows} x {cols} grid")
+    ch, cw = size // rows, size // cols
+    sums = torch.zeros(codec.codebook_size, ch * cw)
+    counts = torch.zeros(codec.codebook_size)
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(codec.device)
+        codes = codec.codebook_ids(codec.encode_tensor(x)).flatten().cpu()  # (B * N,)
+        fg = (x < 0.99).any(dim=1).float().cpu()  # (B, S, S)
+        patches = fg.view(len(x), rows, ch, cols, cw).permute(0, 1, 3, 2, 4).reshape(-1, ch * cw)
+        sums.index_add_(0, codes, patches)
+        counts.index_add_(0, codes, torch.ones_like(codes, dtype=torch.float32))
+    looks = sums / counts.clamp_min(1.0)[:, None]
+    ids = torch.arange(codec.vocab_size)
+    n = codec.tokens_per_item
+    padded = torch.cat([ids, ids.new_zeros(-len(ids) % n)]).view(-1, n)  # codebook_ids takes (B, N) rows
+    return looks[codec.codebook_ids(padded).flatten()[: len(ids)].cpu()]
 
 
 class UnifiedModel(nn.Module):
@@ -55,17 +85,19 @@ class UnifiedModel(nn.Module):
         self.codec.requires_grad_(False)
         self.codec.eval()
 
-    def factor_code_rows(self) -> int:
+    def factor_code_rows(self, factors: bool = True, looks: torch.Tensor | None = None) -> int:
         """Let the image codec's ids share embedding rows (and output rows, when untied) through
-        ``codec.id_factors()``; returns the number of factors (0: the codec has none, nothing changes)."""
-        factors = self.codec.id_factors()
-        if not factors:
+        ``codec.id_factors()`` and, with ``looks`` (vocab_size, F) (``code_looks``), a learned linear map of
+        each id's look; returns the number of factors, plus 1 for the looks (0: nothing changes)."""
+        factors = self.codec.id_factors() if factors else []
+        if not factors and looks is None:
             return 0
         start = self.vocab.slot(self.image_slot).offset
-        factor_rows(self.backbone.tok_embeddings, start, factors)
+        looks = None if looks is None else looks.to(self.device)
+        factor_rows(self.backbone.tok_embeddings, start, factors, features=looks)
         if self.backbone.output is not None:
-            factor_rows(self.backbone.output, start, factors)
-        return len(factors)
+            factor_rows(self.backbone.output, start, factors, features=looks)
+        return len(factors) + (looks is not None)
 
     def train(self, mode: bool = True) -> UnifiedModel:
         super().train(mode)

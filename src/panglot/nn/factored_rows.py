@@ -21,13 +21,18 @@ from torch.nn.utils import parametrize
 
 
 class FactoredRows(nn.Module):
-    """weight (V, D) -> weight with rows ``[start, start + n)`` plus their factors' shared rows."""
+    """weight (V, D) -> weight with rows ``[start, start + n)`` plus their factors' shared rows and, with
+    ``features`` (n, F), a learned linear map of each row's fixed features (``features @ proj``, proj (F, D))."""
 
-    def __init__(self, start: int, factors: Sequence[tuple[torch.Tensor, int]], dim: int):
+    def __init__(
+        self, start: int, factors: Sequence[tuple[torch.Tensor, int]], dim: int, features: torch.Tensor | None = None
+    ):
         super().__init__()
-        if not factors:
-            raise ValueError("FactoredRows needs at least one factor")
-        n = len(factors[0][0])
+        if not factors and features is None:
+            raise ValueError("FactoredRows needs at least one factor or features")
+        n = len(factors[0][0]) if factors else len(features)
+        if features is not None and (features.ndim != 2 or len(features) != n):
+            raise ValueError(f"features must be (n, F) with n = {n} rows, got {tuple(features.shape)}")
         if any(len(values) != n for values, _ in factors):
             raise ValueError(f"every factor must give a value for each of the {n} ids")
         for values, size in factors:
@@ -37,10 +42,17 @@ class FactoredRows(nn.Module):
         self.tables = nn.ParameterList([nn.Parameter(torch.zeros(size, dim)) for _, size in factors])
         for i, (values, _) in enumerate(factors):
             self.register_buffer(f"values_{i}", values.long().clone(), persistent=False)
+        self.proj = None
+        if features is not None:
+            self.register_buffer("features", features.float().clone(), persistent=False)
+            self.proj = nn.Parameter(torch.zeros(features.shape[1], dim))
 
     def shared(self) -> torch.Tensor:
-        """(n, D): what the factors add to each of the ``n`` rows."""
-        return sum(table[getattr(self, f"values_{i}")] for i, table in enumerate(self.tables))
+        """(n, D): what the factors (and the features) add to each of the ``n`` rows."""
+        out = sum(table[getattr(self, f"values_{i}")] for i, table in enumerate(self.tables))
+        if self.proj is not None:
+            out = out + self.features @ self.proj
+        return out
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         a, b = self.start, self.start + self.n
@@ -50,10 +62,16 @@ class FactoredRows(nn.Module):
         return torch.cat([weight[:a], rows, weight[b:]])
 
 
-def factor_rows(module: nn.Module, start: int, factors: Sequence[tuple[torch.Tensor, int]], name: str = "weight") -> None:
+def factor_rows(
+    module: nn.Module,
+    start: int,
+    factors: Sequence[tuple[torch.Tensor, int]],
+    name: str = "weight",
+    features: torch.Tensor | None = None,
+) -> None:
     """Register ``FactoredRows`` on ``module.<name>`` (an ``nn.Embedding`` or ``nn.Linear`` weight)."""
     weight = getattr(module, name)
-    parametrize.register_parametrization(module, name, FactoredRows(start, factors, weight.shape[1]))
+    parametrize.register_parametrization(module, name, FactoredRows(start, factors, weight.shape[1], features))
 
 
 def plain_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
