@@ -87,7 +87,8 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
             shown = split_scenes("train", min(cfg.data.n_scenes, LOOK_SCENES), cfg.data.seed)
             looks = code_looks(codec, images_to_tensor(render_batch(shown)))
         n = model.factor_code_rows(factors=model_cfg.code_factors, looks=looks)
-        logger.info("image ids share embedding rows: %d factors and looks (code_features)", n)
+        logger.info("image ids share embedding rows: %d factors%s", n - (looks is not None),
+                    " and their code's look" if looks is not None else "")  # fmt: skip
     scenes = split_scenes("train", cfg.data.n_scenes, cfg.data.seed)
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
