@@ -45,11 +45,20 @@ def pixel():
     return PixelVQ(PixelVQ.debug_config()).eval()
 
 
+def debug_codec(teacher, pixel, **detokenizer) -> QFormerCodec:
+    """The debug-size codec (seed 0) holding ``teacher`` and ``pixel``, with ``detokenizer`` fields changed."""
+    cfg = QFormerCodec.debug_config()
+    for name, value in detokenizer.items():
+        setattr(cfg.detokenizer, name, value)
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    return codec
+
+
 @pytest.fixture
 def codec(teacher, pixel, images):
-    torch.manual_seed(0)
-    codec = QFormerCodec(QFormerCodec.debug_config())
-    codec.load_frozen_parts(teacher, pixel)
+    codec = debug_codec(teacher, pixel)
     codec.train()
     codec(images)  # k-means initialises the codebook, as in training
     return codec.eval()
@@ -178,11 +187,8 @@ def test_recipe_trains_both_stages_evaluates_and_resumes(teacher, pixel, tmp_pat
 
 
 def test_detokenizer_can_read_the_codes_too(teacher, pixel, images):
-    cfg = QFormerCodec.debug_config()
-    cfg.detokenizer.condition = "embedding+codes"
-    torch.manual_seed(0)
-    codec = QFormerCodec(cfg)
-    codec.load_frozen_parts(teacher, pixel)
+    codec = debug_codec(teacher, pixel, condition="embedding+codes")
+    cfg = codec.config
     codec.eval()
     ids = codec.encode_tensor(images[:2])
     embedding, codes = codec.condition(ids)
@@ -194,12 +200,8 @@ def test_detokenizer_can_read_the_codes_too(teacher, pixel, images):
 def test_detokenizer_can_read_a_grid_laid_out_from_the_codes(teacher, pixel, images):
     """``embedding+grid``: a reverse Q-Former lays the codes out on the latent grid, and the UNet takes that map
     as extra input channels; the map follows the ids, and the diffusion loss trains it."""
-    cfg = QFormerCodec.debug_config()
-    cfg.detokenizer.condition = "embedding+grid"
-    cfg.detokenizer.grid_dim = 16
-    torch.manual_seed(0)
-    codec = QFormerCodec(cfg)
-    codec.load_frozen_parts(teacher, pixel)
+    codec = debug_codec(teacher, pixel, condition="embedding+grid", grid_dim=16)
+    cfg = codec.config
     codec.train()
     codec(images)  # k-means initialises the codebook: distinct ids get distinct codes
     codec.eval()
@@ -222,11 +224,7 @@ def test_detokenizer_can_read_a_grid_laid_out_from_the_codes(teacher, pixel, ima
 def test_stage_one_can_train_the_grid_map_towards_the_latent(teacher, pixel, images, scenes):
     """loss.grid_weight: the map's squared error against the clean latent joins stage 1, and its gradient
     reaches the Q-Former through the straight-through codes; without the grid condition it is refused."""
-    cfg = QFormerCodec.debug_config()
-    cfg.detokenizer.condition, cfg.detokenizer.grid_dim = "embedding+grid", 16
-    torch.manual_seed(0)
-    codec = QFormerCodec(cfg)
-    codec.load_frozen_parts(teacher, pixel)
+    codec = debug_codec(teacher, pixel, condition="embedding+grid", grid_dim=16)
     codec.train()
     captions = [caption(s) for s in scenes]
     with torch.no_grad():

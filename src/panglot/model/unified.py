@@ -49,7 +49,7 @@ def code_looks(codec: nn.Module, images: torch.Tensor, batch_size: int = 250) ->
     shape's look; codes never seen look blank. Needs a codec whose tokens tile the image (``token_grid``)."""
     rows, cols = codec.token_grid
     size = images.shape[-1]
-    if rows * cols != codec.tokens_per_item or size % rows or size % cols or rows * (size // rows) != size:
+    if rows * cols != codec.tokens_per_item or size % rows or size % cols:
         raise ValueError(f"code_looks needs tokens that tile the image; {codec.kind} has a {rows} x {cols} grid")
     ch, cw = size // rows, size // cols
     sums = torch.zeros(codec.codebook_size, ch * cw)
