@@ -1,12 +1,14 @@
-"""Packed rows (document_ids): every document's logits are exactly those of the document alone."""
+"""Packed rows (document_ids): every document's logits are exactly those of the document alone; the per-document
+attention blocks that compute them."""
 
 import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from panglot.backbone import Transformer, build_transformer
-from panglot.nn.attention import document_layout
+from panglot.nn.attention import BLOCK_ROUND, causal_attention, document_blocks, document_layout
 
 VOCAB = 97
 LENGTHS = [(7, 12, 5, 3), (20, 1, 6)]  # documents per row; rows padded to WIDTH with a tail of their own
@@ -116,3 +118,50 @@ def test_packed_gradients_stay_inside_each_document(model):
     expected = torch.zeros_like(touched)
     expected[0, span] = True
     assert torch.equal(touched, expected)
+
+
+def test_document_blocks_move_every_token_to_its_documents_block_and_back():
+    ids = torch.tensor([[4, 4, 4, 9, 9, 4, 4], [0, 0, 0, 0, 0, 0, 0]])
+    positions, blocks = document_blocks(ids)
+    assert positions.tolist() == [[0, 1, 2, 0, 1, 0, 1], [0, 1, 2, 3, 4, 5, 6]]
+    length = -(-7 // BLOCK_ROUND) * BLOCK_ROUND  # the longest run (7 tokens), rounded up
+    assert blocks.gather.shape == blocks.real.shape == (4, length)  # three runs in row 0, one in row 1
+    flat = torch.arange(14)  # token index in the flattened rows
+    for block, run in enumerate([[0, 1, 2], [3, 4], [5, 6], list(range(7, 14))]):
+        assert blocks.gather[block, : len(run)].tolist() == run
+        assert blocks.real[block].tolist() == [True] * len(run) + [False] * (length - len(run))
+    assert torch.equal(blocks.gather.view(-1)[blocks.slot], flat)  # slot undoes gather, token by token
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cpu_causal_attention_equals_sdpa(kv_heads):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 4, 11, 8, generator=gen, requires_grad=True)
+    k, v = (torch.randn(3, kv_heads, 11, 8, generator=gen, requires_grad=True) for _ in range(2))
+    out = causal_attention(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != 4)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    for got, want in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v)), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_parameter_gradients_equal_each_document_alone(model):
+    """Backward through the blocks: the packed rows' summed logits give the parameters the gradients that the
+    documents alone give, summed (the blocks' pad slots and the row tails add nothing)."""
+    rows = _docs(seed=2)
+    tokens, ids = _pack(rows)
+    weight = torch.randn(VOCAB, generator=torch.Generator().manual_seed(4))
+    mask = torch.zeros(tokens.shape, dtype=torch.bool)
+    for r in range(len(rows)):
+        mask[r, : sum(LENGTHS[r])] = True  # every document token, not the tail
+    model.zero_grad()
+    (model(tokens, document_ids=ids)[mask] @ weight).square().sum().backward()
+    packed = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    for docs in rows:
+        for doc in docs:
+            (model(doc[None])[0] @ weight).square().sum().backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(packed[k], p.grad, atol=1e-4, rtol=1e-4, msg=k)
+    model.zero_grad()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from panglot.backbone import build_transformer
@@ -166,6 +167,39 @@ def test_packed_loss_and_task_metrics_equal_the_padded_batch(unified):
     torch.testing.assert_close(
         unified.loss(collate_packed(shuffled, pack_len, PAD))[0], padded_loss, atol=1e-5, rtol=1e-5
     )
+
+
+def test_loss_is_the_weighted_mean_over_every_position(unified):
+    """The loss projects only the counted positions to logits; it equals the weighted mean of the nll that
+    logits at every position give, with the same gradients."""
+    docs = _world_docs(unified, 7, seed=2)
+    batch = collate(docs, PAD)
+    tokens, w = batch["tokens"], batch["weights"][:, 1:]
+    unified.zero_grad()
+    loss, _ = unified.loss(batch)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in unified.named_parameters()}
+    unified.zero_grad()
+    nll = F.cross_entropy(unified(tokens[:, :-1]).transpose(1, 2), tokens[:, 1:], reduction="none")
+    reference = (nll * w).sum() / w.sum()
+    reference.backward()
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    for k, p in unified.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad, atol=1e-5, rtol=1e-4, msg=k)
+    unified.zero_grad()
+
+
+def test_packed_gradients_equal_the_padded_batch(unified):
+    """Backward through the per-document attention blocks gives the padded batch's gradients."""
+    docs = _world_docs(unified, 9, seed=3)
+    grads = []
+    for batch in (collate(docs, PAD), collate_packed([docs[:4], docs[4:6], docs[6:]], 160, PAD)):
+        unified.zero_grad()
+        unified.loss(batch)[0].backward()
+        grads.append({k: p.grad.clone() for k, p in unified.named_parameters()})
+    unified.zero_grad()
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], atol=1e-5, rtol=1e-4, msg=k)
 
 
 def test_loss_weights_are_token_weights_on_packed_batches(unified):

@@ -11,7 +11,7 @@ from torch import nn
 
 from panglot.backbone.config import TransformerConfig
 from panglot.nn import Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, attention_mask
-from panglot.nn.attention import document_layout
+from panglot.nn.attention import DocumentBlocks, document_blocks
 
 
 class TransformerBlock(nn.Module):
@@ -29,7 +29,7 @@ class TransformerBlock(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | DocumentBlocks | None,
         cache: KVCache | None,
         layer: int,
     ) -> torch.Tensor:  # (B, T, D) -> (B, T, D)
@@ -195,8 +195,8 @@ class Transformer(nn.Module):
         else:
             if t > self.cfg.max_seq_len:
                 raise ValueError(f"sequence length {t} exceeds max_seq_len {self.cfg.max_seq_len}")
-            if document_ids is not None:  # packed rows: block-diagonal causal
-                positions, mask = document_layout(document_ids)
+            if document_ids is not None:  # packed rows: causal attention within each document
+                positions, mask = document_blocks(document_ids)
             elif valid is None:  # training route: plain causal, SDPA's is_causal fast path
                 positions, mask = torch.arange(t, device=x.device)[None], None
             else:
@@ -207,7 +207,12 @@ class Transformer(nn.Module):
         return (self._compiled_layers if step else self._layers_and_norm)(x, cos, sin, mask, cache)
 
     def _layers_and_norm(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | DocumentBlocks | None,
+        cache: KVCache | None,
     ) -> torch.Tensor:
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, cache, i)

@@ -126,32 +126,34 @@ class UnifiedModel(nn.Module):
         targets, w = tokens[:, 1:], weights[:, 1:].float()  # (B, T-1)
         if "doc" in batch:
             doc = batch["doc"]
-            logits = self.backbone(tokens[:, :-1], document_ids=doc[:, :-1])  # (B, T-1, V)
+            hidden = self.backbone.forward_hidden(tokens[:, :-1], document_ids=doc[:, :-1])  # (B, T-1, D)
             w = w * (doc[:, 1:] == doc[:, :-1])
             document = doc[:, 1:] + t * torch.arange(b, device=doc.device)[:, None]  # unique in the batch
             task = batch["task"][:, 1:]
         else:
-            logits = self.backbone(tokens[:, :-1])
+            hidden = self.backbone.forward_hidden(tokens[:, :-1])
             document = torch.arange(b, device=tokens.device)[:, None].expand(b, t - 1)
             task = batch["task"][:, None].expand(b, t - 1)
-        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (B, T-1)
-        loss = (nll * w).sum() / w.sum().clamp_min(1.0)
+        # Logits only where a target counts (about 45 % of a packed batch's positions: prompts, the images read
+        # by captions and questions, row tails carry no loss): the output projection, the fp32 log-softmax
+        # and their backward skip the rest (docs/benchmarks.md "Training step").
+        counted = w > 0
+        logits = self.backbone.logits(hidden[counted])  # (N, V)
+        nll = F.cross_entropy(logits.float(), targets[counted], reduction="none")  # (N,)
+        loss = (nll * w[counted]).sum() / w.sum().clamp_min(1.0)
         with torch.no_grad():
-            metrics = task_losses(nll, w > 0, document, task, n_documents=b * t)
+            metrics = task_losses(nll, document[counted], task[counted], n_documents=b * t)
         return loss, metrics
 
 
-def task_losses(
-    nll: torch.Tensor, counted: torch.Tensor, document: torch.Tensor, task: torch.Tensor, n_documents: int
-) -> dict[str, float]:
+def task_losses(nll: torch.Tensor, document: torch.Tensor, task: torch.Tensor, n_documents: int) -> dict[str, float]:
     """``loss_<task>``: mean over the task's documents of the mean ``nll`` over each one's counted tokens.
 
-    nll (B, T) float, counted (B, T) bool, document (B, T) long in [0, n_documents), task (B, T) long
-    (index in ``TASKS``; -1 = no document, e.g. a packed row's tail).
+    nll (N,) float, document (N,) long in [0, n_documents), task (N,) long (index in ``TASKS``): one entry per
+    counted target token.
     """
-    document, task, counted = document.reshape(-1), task.reshape(-1), counted.reshape(-1).float()
-    sums = nll.new_zeros(n_documents).index_add_(0, document, nll.reshape(-1) * counted)
-    counts = nll.new_zeros(n_documents).index_add_(0, document, counted)
+    sums = nll.new_zeros(n_documents).index_add_(0, document, nll)
+    counts = nll.new_zeros(n_documents).index_add_(0, document, torch.ones_like(nll))
     doc_task = torch.full((n_documents,), -1, dtype=torch.long, device=task.device).scatter_(
         0, document, task
     )

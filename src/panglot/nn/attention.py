@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,11 +36,12 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None,
+        mask: torch.Tensor | DocumentBlocks | None,
         cache: KVCache | None = None,
         layer: int = 0,
     ) -> torch.Tensor:
-        """x (B, T, D); cos/sin (B, 1, T, Dh); mask (B, 1, T, S) bool or None for plain causal.
+        """x (B, T, D); cos/sin (B, 1, T, Dh); mask (B, 1, T, S) bool, None for plain causal, or the
+        ``DocumentBlocks`` of packed rows (``document_blocks``; no cache).
 
         With a cache, the new keys/values are written into it (slots reserved by `cache.extend`)
         and the queries attend over everything cached so far.
@@ -51,12 +54,114 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k.to(cache.keys[layer].dtype), v.to(cache.values[layer].dtype))
             k, v = k.to(q.dtype), v.to(q.dtype)
+        if isinstance(mask, DocumentBlocks):  # packed training rows, one attention block per document
+            out = mask.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            return self.wo(out)
         gqa = self.n_kv_heads != self.n_heads
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain causal attention of q (N, H, L, Dh) over k, v (N, H_kv, L, Dh) -> (N, H, L, Dh).
+
+    On CPU as explicit matrix products and an fp32 softmax: for the short blocks of packed training (one
+    document, ~100 tokens) this runs 2-3x faster than the CPU flash kernel, forward + backward, compiled or
+    not (docs/benchmarks.md "Training step"); elsewhere through SDPA's causal path.
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
+    if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves a group of query heads
+        k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+    length = q.shape[2]
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1).to(q.dtype) @ v
+
+
+class _Regroup(torch.autograd.Function):
+    """``x[index]`` along dim 0 where ``index`` moves tokens one to one (apart from pad slots): its gradient is
+    the reverse move, ``grad[inverse]`` (zeroed where ``keep`` is False), a gather instead of autograd's
+    accumulating scatter, which a compiled CPU backward runs with atomic adds, slower on two threads than one."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor, keep: torch.Tensor | None):
+        ctx.has_keep = keep is not None
+        ctx.save_for_backward(inverse, *([keep] if ctx.has_keep else []))
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inverse, *keep = ctx.saved_tensors
+        grad = grad[inverse]
+        if ctx.has_keep:
+            grad = torch.where(keep[0].view(-1, *[1] * (grad.ndim - 1)), grad, 0)
+        return grad, None, None, None
+
+
+@dataclass(frozen=True)
+class DocumentBlocks:
+    """Packed rows regrouped by document, so attention runs over each document alone.
+
+    A row of 256 tokens holding three documents spends two thirds of a block-diagonal mask's work on pairs
+    it masks out; here each document is one right-padded block instead. ``gather`` (n, length) picks each
+    block slot's token from the flattened (B * T) rows (n documents, row tails counting as one each; length
+    = the longest, rounded up; pad slots repeat token 0, ``real`` (n, length) marks the others); ``slot``
+    (B * T,) picks each row token's output back from the flattened blocks. A pad slot is only ever a key
+    after every real token of its block, so causality alone keeps it out of every real token's output and
+    gradient. The sizes live in tensor shapes, not ints, so a compiled block sees them as shapes.
+    """
+
+    gather: torch.Tensor
+    real: torch.Tensor
+    slot: torch.Tensor
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, T, H, Dh), k / v (B, T, H_kv, Dh) in row order -> (B, T, H * Dh)."""
+        b, t, heads, dim = q.shape
+        n, length = self.gather.shape
+
+        def blocks(x: torch.Tensor) -> torch.Tensor:  # (B, T, h, Dh) -> (n, h, length, Dh)
+            moved = _Regroup.apply(x.reshape(b * t, *x.shape[2:]), self.gather.view(-1), self.slot, None)
+            return moved.view(n, length, *x.shape[2:]).transpose(1, 2)
+
+        out = causal_attention(blocks(q), blocks(k), blocks(v))  # (n, H, length, Dh)
+        out = out.transpose(1, 2).reshape(n * length, heads * dim)
+        return _Regroup.apply(out, self.slot, self.gather.view(-1), self.real.view(-1)).view(b, t, heads * dim)
+
+
+def _runs(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, T) ids -> index (B, T), starts (B, T) bool (a run begins), positions (B, T) (index within its run)."""
+    b, t = document_ids.shape
+    index = torch.arange(t, device=document_ids.device).expand(b, t)  # (B, T)
+    starts = torch.ones_like(document_ids, dtype=torch.bool)
+    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+    run_start = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T) index where each run begins
+    return index, starts, index - run_start
+
+
+BLOCK_ROUND = 8  # block lengths are rounded up to a multiple of this: few shapes for a compiled block
+
+
+def document_blocks(document_ids: torch.Tensor) -> tuple[torch.Tensor, DocumentBlocks]:
+    """Positions (B, T) restarting at 0 where each run of equal ids starts (as ``document_layout``), and the
+    runs as ``DocumentBlocks``: the same attention as ``document_layout``'s mask, computed per document."""
+    b, t = document_ids.shape
+    _, starts, positions = _runs(document_ids)
+    doc = starts.reshape(-1).long().cumsum(0) - 1  # (B * T,) run number over the batch (every row starts one)
+    n, length = int(doc[-1]) + 1, -(-(int(positions.max()) + 1) // BLOCK_ROUND) * BLOCK_ROUND
+    slot = doc * length + positions.reshape(-1)
+    gather = torch.zeros(n * length, dtype=torch.long, device=document_ids.device)
+    gather.scatter_(0, slot, torch.arange(b * t, device=document_ids.device))
+    real = torch.zeros(n * length, dtype=torch.bool, device=document_ids.device)
+    real[slot] = True
+    gather, real = gather.view(n, length), real.view(n, length)
+    for x in (gather, real):  # the document count changes every batch; the length seldom
+        torch._dynamo.maybe_mark_dynamic(x, 0)
+    return positions, DocumentBlocks(gather, real, slot)
 
 
 def document_layout(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,12 +172,8 @@ def document_layout(document_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     0 where each run starts, and a block-diagonal causal mask (B, 1, T, T) bool (True = attend): a
     query sees the keys of its own run up to itself, never another document's.
     """
-    b, t = document_ids.shape
-    index = torch.arange(t, device=document_ids.device).expand(b, t)  # (B, T)
-    starts = torch.ones_like(document_ids, dtype=torch.bool)
-    starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
-    run_start = torch.where(starts, index, 0).cummax(dim=1).values  # (B, T) index where each run begins
+    index, starts, positions = _runs(document_ids)
     run = starts.long().cumsum(1)  # (B, T) run number, unique within a row
     causal = index[:, None, :] <= index[:, :, None]  # (B, T_q, T_k)
     mask = causal & (run[:, :, None] == run[:, None, :])
-    return index - run_start, mask[:, None]
+    return positions, mask[:, None]

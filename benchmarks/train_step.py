@@ -1,0 +1,130 @@
+"""The unified recipe's whole training step (forward, loss, backward, AdamW), before and after a change.
+
+Builds the quickstart's model and packed batches exactly as ``recipes/train_unified.py`` does (its YAML, a
+trained codec, compiled blocks) and times full steps of each arm over the same batches, rounds interleaved
+(every arm once per round, rotating order) so that load from other jobs hits all arms alike.
+
+Arms (each names what differs from the shipped code, which is the last):
+- ``mask + all logits``: the step before 2026-12-02: packed rows attend through one block-diagonal
+  (B, 1, T, T) mask (``document_layout``, SDPA's CPU flash kernel) and the loss projects every position
+  to logits (reproduced here by ``full_logits_loss``).
+- ``mask + counted logits``: the shipped loss (logits only where a target counts), the mask attention.
+- ``document blocks + counted logits``: the shipped step (``document_blocks``: one causal block per
+  document).
+
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_step.py --threads 1 [--codec-dir DIR]
+
+``--codec-dir`` defaults to the pixel codec a ``make quickstart`` trains (runs/quickstart/stages/pixel_vq).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+import panglot.backbone.transformer as transformer_module
+from panglot.config import load_config
+from panglot.model import UnifiedModel
+from panglot.nn import autocast_context
+from panglot.nn.attention import document_blocks, document_layout
+from panglot.training.optim import build_optimizer
+from recipes.train_unified import UnifiedRecipe, build
+
+
+def full_logits_loss(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The packed loss as it was: logits and an fp32 log-softmax at every position, weights applied after."""
+    tokens, weights, doc = batch["tokens"], batch["weights"], batch["doc"]
+    logits = model.backbone(tokens[:, :-1], document_ids=doc[:, :-1])
+    w = weights[:, 1:].float() * (doc[:, 1:] == doc[:, :-1])
+    nll = F.cross_entropy(logits.float().transpose(1, 2), tokens[:, 1:], reduction="none")
+    return (nll * w).sum() / w.sum().clamp_min(1.0)
+
+
+def counted_logits_loss(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model.loss(batch)[0]
+
+
+@dataclass
+class Arm:
+    name: str
+    layout: Callable  # what the backbone regroups packed rows with
+    loss: Callable[[UnifiedModel, dict[str, torch.Tensor]], torch.Tensor]
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+ARMS = [
+    Arm("mask + all logits (before)", document_layout, full_logits_loss),
+    Arm("mask + counted logits", document_layout, counted_logits_loss),
+    Arm("document blocks + counted logits (now)", document_blocks, counted_logits_loss),
+]
+
+
+def run_arm(model: UnifiedModel, optimizer: torch.optim.Optimizer, arm: Arm, batches: list[dict]) -> None:
+    transformer_module.document_blocks = arm.layout  # the name forward_hidden calls for packed rows
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in batches:
+        with autocast_context(model.device, "bf16"):
+            loss = arm.loss(model, batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    arm.wall.append(time.perf_counter() - wall)
+    arm.cpu.append(time.process_time() - cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/unified_quickstart.yaml")
+    parser.add_argument("--codec-dir", default="runs/quickstart/stages/pixel_vq")
+    parser.add_argument("--steps", type=int, default=8, help="batches per arm and round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(UnifiedRecipe, args.config, [f"out_dir={out}", f"codec_dir={args.codec_dir}"])
+        model, loader = build(cfg)
+    model.train()
+    if cfg.compile:
+        model.backbone.compile_layers()
+    optimizer = build_optimizer(model, cfg.train.optim)
+    batches = [next(loader) for _ in range(args.steps)]
+    real = sum(int((b["task"] >= 0).sum()) for b in batches)
+    shape = tuple(batches[0]["tokens"].shape)
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.config}: size "
+        f"{cfg.model.size}, compiled {cfg.compile}, bf16, {args.threads} thread(s), {args.steps} packed batches of "
+        f"{shape[0]} x {shape[1]} ({real} document tokens)"
+    )
+    for arm in ARMS:  # warm-up: compiles every shape the batches bring
+        run_arm(model, optimizer, arm, batches)
+        arm.wall, arm.cpu = [], []
+    for r in range(args.rounds):
+        for k in range(len(ARMS)):
+            arm = ARMS[(r + k) % len(ARMS)]
+            run_arm(model, optimizer, arm, batches)
+    transformer_module.document_blocks = document_blocks
+    base_wall, base_cpu = statistics.median(ARMS[0].wall), statistics.median(ARMS[0].cpu)
+    print(f"\nmedians over {args.rounds} rounds")
+    print("| arm | wall s/step | CPU s/step | document tokens/s | vs before (wall / CPU) |")
+    print("|---|---:|---:|---:|---:|")
+    for arm in ARMS:
+        wall, cpu = statistics.median(arm.wall), statistics.median(arm.cpu)
+        print(
+            f"| {arm.name} | {wall / args.steps:.3f} | {cpu / args.steps:.3f} | {real / wall:.0f} | "
+            f"{base_wall / wall:.2f}x / {base_cpu / cpu:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
