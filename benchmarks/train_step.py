@@ -5,12 +5,12 @@ trained codec, compiled blocks) and times full steps of each arm over the same b
 (every arm once per round, rotating order) so that load from other jobs hits all arms alike.
 
 Arms (each names what differs from the shipped code, which is the last):
-- ``mask + all logits``: the step before 2026-12-02: packed rows attend through one block-diagonal
-  (B, 1, T, T) mask (``document_layout``, SDPA's CPU flash kernel) and the loss projects every position
-  to logits (reproduced here by ``full_logits_loss``).
-- ``mask + counted logits``: the shipped loss (logits only where a target counts), the mask attention.
-- ``document blocks + counted logits``: the shipped step (``document_blocks``: one causal block per
-  document).
+- ``before``: the step before 2026-12-02: packed rows attend through one block-diagonal (B, 1, T, T)
+  mask (``document_layout``, SDPA's CPU flash kernel), the loss projects every position to logits
+  (reproduced here by ``full_logits_loss``) and AdamW runs torch's CPU default, a loop over tensors.
+- ``+ counted logits``: the shipped loss (logits only where a target counts).
+- ``+ document blocks``: and one causal attention block per document (``document_blocks``).
+- ``+ fused AdamW``: the shipped step (``build_optimizer``'s fused kernel).
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_step.py --threads 1 [--codec-dir DIR]
 
@@ -35,7 +35,7 @@ from panglot.config import load_config
 from panglot.model import UnifiedModel
 from panglot.nn import autocast_context
 from panglot.nn.attention import document_blocks, document_layout
-from panglot.training.optim import build_optimizer
+from panglot.training.optim import build_optimizer, param_groups
 from recipes.train_unified import UnifiedRecipe, build
 
 
@@ -57,19 +57,22 @@ class Arm:
     name: str
     layout: Callable  # what the backbone regroups packed rows with
     loss: Callable[[UnifiedModel, dict[str, torch.Tensor]], torch.Tensor]
+    fused: bool  # the shipped optimizer (build_optimizer: fused AdamW) or torch's per-tensor loop
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
 
 
 ARMS = [
-    Arm("mask + all logits (before)", document_layout, full_logits_loss),
-    Arm("mask + counted logits", document_layout, counted_logits_loss),
-    Arm("document blocks + counted logits (now)", document_blocks, counted_logits_loss),
+    Arm("before: mask, all logits, AdamW loop", document_layout, full_logits_loss, False),
+    Arm("+ counted logits", document_layout, counted_logits_loss, False),
+    Arm("+ document blocks", document_blocks, counted_logits_loss, False),
+    Arm("+ fused AdamW (now)", document_blocks, counted_logits_loss, True),
 ]
 
 
-def run_arm(model: UnifiedModel, optimizer: torch.optim.Optimizer, arm: Arm, batches: list[dict]) -> None:
+def run_arm(model: UnifiedModel, optimizers: dict[bool, torch.optim.Optimizer], arm: Arm, batches: list[dict]) -> None:
     transformer_module.document_blocks = arm.layout  # the name forward_hidden calls for packed rows
+    optimizer = optimizers[arm.fused]
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         with autocast_context(model.device, "bf16"):
@@ -97,7 +100,13 @@ def main() -> None:
     model.train()
     if cfg.compile:
         model.backbone.compile_layers()
-    optimizer = build_optimizer(model, cfg.train.optim)
+    optim = cfg.train.optim
+    optimizers = {
+        True: build_optimizer(model, optim),
+        False: torch.optim.AdamW(
+            param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=False
+        ),
+    }
     batches = [next(loader) for _ in range(args.steps)]
     real = sum(int((b["task"] >= 0).sum()) for b in batches)
     shape = tuple(batches[0]["tokens"].shape)
@@ -107,12 +116,12 @@ def main() -> None:
         f"{shape[0]} x {shape[1]} ({real} document tokens)"
     )
     for arm in ARMS:  # warm-up: compiles every shape the batches bring
-        run_arm(model, optimizer, arm, batches)
+        run_arm(model, optimizers, arm, batches)
         arm.wall, arm.cpu = [], []
     for r in range(args.rounds):
         for k in range(len(ARMS)):
             arm = ARMS[(r + k) % len(ARMS)]
-            run_arm(model, optimizer, arm, batches)
+            run_arm(model, optimizers, arm, batches)
     transformer_module.document_blocks = document_blocks
     base_wall, base_cpu = statistics.median(ARMS[0].wall), statistics.median(ARMS[0].cpu)
     print(f"\nmedians over {args.rounds} rounds")

@@ -47,8 +47,8 @@ class Preset:
 
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 8.5 min unified model (stopped at 1.1x that if steps run slower
-    # than timed: train.max_wall_minutes), the rest tuning and evaluation.
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 8.5 min unified model (each stage stopped at 1.1x its minutes if
+    # steps run slower than timed: panglot.training.budget.budgeted), the rest tuning and evaluation.
     # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
     "quickstart": Preset("unified_quickstart.yaml", unified_minutes=8.5),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
@@ -63,7 +63,7 @@ PRESETS = {
     "long": Preset(
         "unified_long.yaml",
         stages={"pixel_vq": {"train": {"max_minutes": 8.0}}},
-        unified_minutes=43.0,  # at most 47.3 with the 1.1x guard: <= 60 minutes in all
+        unified_minutes=43.0,  # at most 8.8 + 47.3 with the 1.1x guards: <= 60 minutes in all
         test_per_cell=100,
     ),
 }

@@ -21,7 +21,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from panglot.evaluation.codec import evaluate_image_codec
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
-from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 
 logger = logging.getLogger("panglot.recipes.train_codec")
@@ -123,13 +123,13 @@ def seconds_per_step(
     return median_step_seconds(step) * cfg.grad_accum
 
 
-def planned_steps(cfg: CodecRecipe, device: str = "cpu") -> int:
-    """``train.max_steps``, or with ``train.max_minutes`` the steps that fit, fitted once per run
-    (``OUT/train_budget.json``; a resumed run reads it back)."""
-    return fit_steps_to_minutes(
+def planned_train(cfg: CodecRecipe, device: str = "cpu") -> CodecTrainConfig:
+    """``cfg.train``, or with ``train.max_minutes`` its steps fitted once per run (``OUT/train_budget.json``; a
+    resumed run reads it back) and the wall-clock guard armed (``panglot.training.budget.budgeted``)."""
+    return budgeted(
+        cfg.train,
         cfg.out_dir,
         cfg.train.max_minutes,
-        cfg.train.max_steps,
         lambda: seconds_per_step(cfg.codec, cfg.train, cfg.data_seed, device),
     )
 
@@ -172,7 +172,7 @@ def run(cfg: CodecRecipe, resume: bool = False, device: str = "cpu") -> dict[str
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     train_dir = out / "train"
-    train_cfg = replace(cfg.train, max_steps=planned_steps(cfg, device))
+    train_cfg = planned_train(cfg, device)
     torch.manual_seed(train_cfg.seed)
     codec = PixelVQ(cfg.codec).to(device)
     summary = train(codec, train_cfg, cfg.data_seed, train_dir, resume=resume)

@@ -26,7 +26,7 @@ import copy
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from panglot.evaluation.retrieval import image_text_retrieval, recall_at_k
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
-from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import example_rng
 from panglot.world.language import caption, paraphrase
 from panglot.world.render import render_batch
@@ -237,10 +237,7 @@ def run(cfg: DualEncoderRecipe, resume: bool = False, device: str = "cpu") -> di
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     tokenizer = world_tokenizer(cfg.tokenizer_examples, cfg.data_seed)
-    steps = fit_steps_to_minutes(
-        out, cfg.train.max_minutes, cfg.train.max_steps, lambda: seconds_per_step(cfg, tokenizer, device)
-    )
-    train_cfg = replace(cfg.train, max_steps=steps)
+    train_cfg = budgeted(cfg.train, out, cfg.train.max_minutes, lambda: seconds_per_step(cfg, tokenizer, device))
     torch.manual_seed(train_cfg.seed)
     encoder = DualEncoder(cfg.encoder, tokenizer).to(device)
     summary = train(encoder, train_cfg, cfg.data_seed, out / "train", resume=resume)

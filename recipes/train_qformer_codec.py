@@ -50,7 +50,7 @@ from panglot.evaluation.retrieval import image_text_retrieval
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
-from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.language import caption
 from panglot.world.render import render_batch
@@ -184,13 +184,8 @@ def train_stage(
     callbacks: list[Callback] | tuple[Callback, ...] = (),
 ) -> dict[str, Any]:
     """Fit the stage's budget to steps (once per run), then train ``codec`` in place; returns a summary."""
-    steps = fit_steps_to_minutes(
-        out_dir,
-        cfg.max_minutes,
-        cfg.max_steps,
-        lambda: seconds_per_step(codec, loss_fn, cfg, data_seed, device),
-    )
-    cfg = replace(cfg, max_steps=steps, freeze=[*cfg.freeze, *freeze])
+    cfg = budgeted(cfg, out_dir, cfg.max_minutes, lambda: seconds_per_step(codec, loss_fn, cfg, data_seed, device))
+    cfg = replace(cfg, freeze=[*cfg.freeze, *freeze])
     losses: list[float] = []
     trainer = Trainer(
         cfg, codec, loss_fn, WorldCaptionedImages(cfg.batch_size, data_seed), out_dir,

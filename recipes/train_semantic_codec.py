@@ -42,7 +42,7 @@ from panglot.evaluation.codec import evaluate_image_codec
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
-from panglot.training.budget import fit_steps_to_minutes, median_step_seconds
+from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 
@@ -216,13 +216,9 @@ def run(cfg: SemanticCodecRecipe, resume: bool = False, device: str = "cpu") -> 
         torch.set_num_threads(cfg.threads)
     teacher = load_teacher(cfg.teacher_dir, device)
     out = Path(cfg.out_dir)
-    steps = fit_steps_to_minutes(
-        out,
-        cfg.train.max_minutes,
-        cfg.train.max_steps,
-        lambda: seconds_per_step(cfg.codec, teacher, cfg.train, cfg.data_seed),
+    train_cfg = budgeted(
+        cfg.train, out, cfg.train.max_minutes, lambda: seconds_per_step(cfg.codec, teacher, cfg.train, cfg.data_seed)
     )
-    train_cfg = replace(cfg.train, max_steps=steps)
     torch.manual_seed(train_cfg.seed)
     codec = SemanticVQ.from_teacher(cfg.codec, teacher)
     curve = (

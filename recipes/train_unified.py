@@ -31,7 +31,7 @@ from panglot.model.unified import code_looks, span_positions
 from panglot.multimodal import UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
-from panglot.training.budget import WALL_GUARD, fit_steps_to_minutes, median_step_seconds
+from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 
@@ -139,11 +139,7 @@ def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu", minutes: 
     model, loader = build(cfg, device)
     if cfg.compile:  # before the budget probe, whose warm-up steps pay the compilation
         model.backbone.compile_layers()
-    cfg.train.max_steps = fit_steps_to_minutes(
-        cfg.out_dir, minutes, cfg.train.max_steps, lambda: seconds_per_step(model, loader, cfg)
-    )
-    if minutes is not None and cfg.train.max_wall_minutes is None:  # the budget holds even if steps slow down
-        cfg.train.max_wall_minutes = minutes * WALL_GUARD
+    cfg.train = budgeted(cfg.train, cfg.out_dir, minutes, lambda: seconds_per_step(model, loader, cfg))
     trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train")
     summary = trainer.train(resume=resume)
     logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))

@@ -16,6 +16,7 @@ from panglot.codecs.image_vq import PixelVQ
 from panglot.config import load_config
 from panglot.evaluation.codec import evaluate_image_codec
 from panglot.training import latest_checkpoint
+from panglot.training.budget import WALL_GUARD
 from panglot.world.dataset import split_scenes
 from recipes import train_codec
 
@@ -92,16 +93,19 @@ def test_resumed_training_equals_an_uninterrupted_run(tmp_path):
 
 def test_a_minutes_budget_is_timed_into_steps_and_kept_on_resume(tmp_path):
     cfg = micro_recipe("train.max_minutes=0.05", "train.max_steps=1000000", f"out_dir={tmp_path / 'a'}")
-    steps = train_codec.planned_steps(cfg)
+    planned = train_codec.planned_train(cfg)
+    steps = planned.max_steps
     per_step = train_codec.seconds_per_step(cfg.codec, cfg.train, cfg.data_seed)
     assert 1 <= steps < 1_000_000 and 0 < per_step < 3  # 3 s = 0.05 min: at least one step fits
+    assert planned.max_wall_minutes == pytest.approx(0.05 * WALL_GUARD)  # the guard, as every budgeted recipe
     assert json.loads((tmp_path / "a" / "train_budget.json").read_text())["max_steps"] == steps
     capped = micro_recipe("train.max_minutes=0.05", "train.max_steps=2", f"out_dir={tmp_path / 'b'}")
-    assert train_codec.planned_steps(capped) == 2
+    assert train_codec.planned_train(capped).max_steps == 2
     steps_only = micro_recipe("train.max_minutes=null", "train.max_steps=7", f"out_dir={tmp_path / 'c'}")
-    assert train_codec.planned_steps(steps_only) == 7 and not (tmp_path / "c").exists()
+    unbudgeted = train_codec.planned_train(steps_only)
+    assert unbudgeted.max_steps == 7 and unbudgeted.max_wall_minutes is None and not (tmp_path / "c").exists()
     (tmp_path / "a" / "train_budget.json").write_text(json.dumps({"max_steps": 3}))
-    assert train_codec.planned_steps(cfg) == 3  # the recorded count, not re-timed
+    assert train_codec.planned_train(cfg).max_steps == 3  # the recorded count, not re-timed
 
 
 def test_overrides_without_a_yaml_and_unknown_keys(tmp_path):

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 
-from panglot.training.budget import BUDGET_FILE, fit_steps_to_minutes, median_step_seconds, steps_for_minutes
+from panglot.training import TrainConfig
+from panglot.training.budget import (
+    BUDGET_FILE,
+    WALL_GUARD,
+    budgeted,
+    fit_steps_to_minutes,
+    median_step_seconds,
+    steps_for_minutes,
+)
 
 
 def test_steps_for_minutes_is_capped_by_max_steps():
@@ -32,3 +40,13 @@ def test_the_budget_is_fitted_once_and_recorded(tmp_path):
     assert fit_steps_to_minutes(tmp_path, 1.0, 10_000, probe) == steps and len(probes) == 1  # read back
     assert fit_steps_to_minutes(tmp_path / "x", None, 7, probe) == 7 and len(probes) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_budgeted_fits_the_steps_and_arms_the_wall_clock_guard(tmp_path):
+    cfg = TrainConfig(max_steps=10_000)
+    fitted = budgeted(cfg, tmp_path / "a", 2.0, lambda: 0.5)
+    assert fitted.max_steps == int(120 / (0.5 * 1.1)) and fitted.max_wall_minutes == 2.0 * WALL_GUARD
+    assert cfg.max_steps == 10_000 and cfg.max_wall_minutes is None  # a new config; the given one is untouched
+    own_guard = budgeted(TrainConfig(max_steps=10_000, max_wall_minutes=5.0), tmp_path / "b", 2.0, lambda: 0.5)
+    assert own_guard.max_wall_minutes == 5.0  # a guard the recipe set is kept
+    assert budgeted(cfg, tmp_path / "c", None, lambda: 1 / 0) is cfg  # no budget: no probe, nothing changed

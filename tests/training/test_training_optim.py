@@ -95,3 +95,26 @@ def test_train_config_loads_through_the_strict_config_loader():
     assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.9, 0.99) and cfg.freeze == ["codec"]
     with pytest.raises(ConfigError, match=r"unknown key 'optim\.learning_rate'"):
         from_dict(TrainConfig, {"optim": {"learning_rate": 1.0}})
+
+
+def test_optimizer_is_fused_on_cpu_and_steps_like_the_per_tensor_loop():
+    from panglot.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    reference = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3))
+    reference.load_state_dict(model.state_dict())
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1)
+    fused = build_optimizer(model, cfg)
+    assert all(group["fused"] for group in fused.param_groups)
+    loop = torch.optim.AdamW(param_groups(reference, 0.1), lr=1e-2, betas=cfg.betas, eps=cfg.eps, foreach=False)
+    start = model[0].weight.detach().clone()
+    x = torch.randn(4, 6)
+    for _ in range(5):
+        for net, opt in ((model, fused), (reference, loop)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert (model[0].weight - start).abs().max() > 1e-2  # the weights moved

@@ -8,13 +8,16 @@ the run it continues (it reads the file instead of timing again).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from panglot.files import atomic_write_json
+from panglot.training.config import TrainConfig
 
 BUDGET_FILE = "train_budget.json"
 OPTIMIZER_OVERHEAD = 1.1  # the probe times forward + backward; the optimizer step adds about this much
@@ -63,3 +66,18 @@ def fit_steps_to_minutes(
     atomic_write_json(path, record)
     logger.info("%.1f-minute budget at %.3f s/step: %d steps (cap %d)", minutes, per_step, steps, max_steps)
     return steps
+
+
+Config = TypeVar("Config", bound=TrainConfig)
+
+
+def budgeted(cfg: Config, out_dir: str | Path, minutes: float | None, seconds_per_step: Callable[[], float]) -> Config:
+    """``cfg`` fitted to a ``minutes`` budget: ``max_steps`` from ``fit_steps_to_minutes`` (timed once per run) and,
+    unless ``cfg.max_wall_minutes`` is set, the wall-clock guard ``minutes * WALL_GUARD`` that stops training with a
+    checkpoint if later steps run slower than the probe's. ``minutes=None``: ``cfg`` as it is. Every budgeted
+    recipe fits its steps through here, so every stage of a quickstart holds its time the same way."""
+    if minutes is None:
+        return cfg
+    steps = fit_steps_to_minutes(out_dir, minutes, cfg.max_steps, seconds_per_step)
+    guard = cfg.max_wall_minutes if cfg.max_wall_minutes is not None else minutes * WALL_GUARD
+    return dataclasses.replace(cfg, max_steps=steps, max_wall_minutes=guard)

@@ -58,7 +58,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     groups = param_groups(model, cfg.weight_decay)
     if not groups:
         raise ValueError("the model has no trainable parameters (all frozen?)")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    # The fused kernel: one pass over every tensor, the same updates (to float rounding) 5x faster on CPU than
+    # the per-tensor loop torch picks there by default (docs/benchmarks.md "Unified training step").
+    params = [p for g in groups for p in g["params"]]
+    fused = len({p.device for p in params}) == 1 and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
+    )
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
