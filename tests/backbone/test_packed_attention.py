@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from panglot.backbone import Transformer, build_transformer
-from panglot.nn.attention import BLOCK_ROUND, causal_attention, document_blocks, document_layout
+from panglot.nn.attention import (
+    BLOCK_ROUND,
+    MATMUL_ATTENTION_MAX_LENGTH,
+    causal_attention,
+    document_blocks,
+    document_layout,
+)
 
 VOCAB = 97
 LENGTHS = [(7, 12, 5, 3), (20, 1, 6)]  # documents per row; rows padded to WIDTH with a tail of their own
@@ -133,11 +139,11 @@ def test_document_blocks_move_every_token_to_its_documents_block_and_back():
     assert torch.equal(blocks.gather.view(-1)[blocks.slot], flat)  # slot undoes gather, token by token
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2])
-def test_cpu_causal_attention_equals_sdpa(kv_heads):
+@pytest.mark.parametrize("kv_heads,length", [(4, 11), (2, 11), (2, MATMUL_ATTENTION_MAX_LENGTH + 1)])
+def test_cpu_causal_attention_equals_sdpa(kv_heads, length):
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 4, 11, 8, generator=gen, requires_grad=True)
-    k, v = (torch.randn(3, kv_heads, 11, 8, generator=gen, requires_grad=True) for _ in range(2))
+    q = torch.randn(3, 4, length, 8, generator=gen, requires_grad=True)
+    k, v = (torch.randn(3, kv_heads, length, 8, generator=gen, requires_grad=True) for _ in range(2))
     out = causal_attention(q, k, v)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != 4)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -65,14 +65,18 @@ class Attention(nn.Module):
         return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
+MATMUL_ATTENTION_MAX_LENGTH = 512  # longer blocks go through SDPA: the explicit path holds all L x L scores
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Plain causal attention of q (N, H, L, Dh) over k, v (N, H_kv, L, Dh) -> (N, H, L, Dh).
 
-    On CPU as explicit matrix products and an fp32 softmax: for the short blocks of packed training (one
-    document, ~100 tokens) this runs 2-3x faster than the CPU flash kernel, forward + backward, compiled or
-    not (docs/benchmarks.md "Training step"); elsewhere through SDPA's causal path.
+    On CPU, for blocks of up to ``MATMUL_ATTENTION_MAX_LENGTH`` tokens, as explicit matrix products and an fp32
+    softmax: for the short blocks of packed training (one document, ~100 tokens) this runs 2-3x faster than
+    the CPU flash kernel, forward + backward, compiled or not (docs/benchmarks.md "Unified training step").
+    Elsewhere through SDPA's causal path, which never holds the whole score matrix.
     """
-    if q.device.type != "cpu":
+    if q.device.type != "cpu" or q.shape[2] > MATMUL_ATTENTION_MAX_LENGTH:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
     if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves a group of query heads
         k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
