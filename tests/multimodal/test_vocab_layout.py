@@ -67,3 +67,19 @@ def test_layout_weights_cover_only_what_the_model_writes(vocab):
     assert qa.tokens[-len(a) - 1 : -1] == a and qa.weights[-len(a) - 1 :] == [2.0] * (len(a) + 1)
     assert sum(w > 0 for w in qa.weights) == len(a) + 1
     vocab.check_spans(qa.tokens)
+
+
+def test_a_vqa_dialogue_starts_as_the_one_question_document_and_weights_only_answers(vocab):
+    layout = SequenceLayout(vocab)
+    q1, a1 = vocab.text.encode("what color is the circle?"), vocab.text.encode("red")
+    q2, a2 = vocab.text.encode("is there a red circle?"), vocab.text.encode("yes")
+    single = layout.vqa([1, 2, 3, 4], q1, a1, weight=2.0)
+    doc = layout.vqa_dialogue([1, 2, 3, 4], [(q1, a1), (q2, a2)], weight=2.0)
+    assert doc.task == "vqa"
+    assert doc.tokens[: len(single)] == single.tokens and doc.weights[: len(single)] == single.weights
+    eos, assistant = vocab.special("<eos>"), vocab.special("<assistant>")
+    assert doc.tokens[len(single) :] == [*q2, assistant, *a2, eos]
+    assert doc.weights[len(single) :] == [0.0] * (len(q2) + 1) + [2.0] * (len(a2) + 1)
+    vocab.check_spans(doc.tokens)
+    with pytest.raises(ValueError, match="at least one"):
+        layout.vqa_dialogue([1, 2, 3, 4], [])

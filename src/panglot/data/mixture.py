@@ -31,6 +31,9 @@ class MixtureConfig:
     loss_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
     paraphrase_prob: float = 0.3  # share of t2i prompts that are paraphrases (captions stay canonical)
     cond_dropout: float = 0.1  # share of t2i documents whose caption is replaced by <uncond> (CFG)
+    # Questions per VQA document, answered one after another about the same image (SequenceLayout.vqa_dialogue):
+    # the image is most of a document's tokens, so k questions give k times the answers for ~1.4x the tokens (k=4).
+    vqa_questions: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -39,6 +42,8 @@ class MixtureConfig:
             problems.append("task_probs must give a positive probability to at least one task")
         if not 0 <= self.cond_dropout < 1:
             problems.append(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
+        if self.vqa_questions < 1:
+            problems.append(f"vqa_questions must be >= 1, got {self.vqa_questions}")
         if problems:
             raise ValueError("; ".join(problems) + f" (tasks are {list(TASKS)})")
 
@@ -83,9 +88,10 @@ class WorldMixture:
         scene, codes = self.scenes[k], self.codes[k]
         task = self._tasks[int(np.searchsorted(self._cum, rng.random(), side="right").clip(0, len(self._tasks) - 1))]
         weight = self.cfg.loss_weights.get(task, 1.0)
-        if task == "vqa":
-            pick = vqa.questions(scene, rng, k=1)[0]  # a random kind first, so rare kinds (count) are learnt too
-            return self.layout.vqa(codes, self.tok.encode(pick.question), self.tok.encode(pick.answer), weight)
+        if task == "vqa":  # kinds round-robin from a random first one, so rare kinds (count) are learnt too
+            picks = vqa.questions(scene, rng, k=self.cfg.vqa_questions)
+            turns = [(self.tok.encode(qa.question), self.tok.encode(qa.answer)) for qa in picks]
+            return self.layout.vqa_dialogue(codes, turns, weight)
         if task == "caption":  # answers are always in the canonical language
             return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)
         text = language.paraphrase(scene, rng) if rng.random() < self.cfg.paraphrase_prob else language.caption(scene)

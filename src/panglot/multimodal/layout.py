@@ -3,6 +3,7 @@
     text-to-image   <bos> <t2i> caption <boi> codes <eoi> <eos>     (caption -> <uncond> when dropped)
     caption         <bos> <caption> <boi> codes <eoi> caption <eos>
     vqa             <bos> <vqa> <boi> codes <eoi> question <assistant> answer <eos>
+                    (k questions about one image: ... answer <eos> question2 <assistant> answer2 <eos> ...)
 
 A prompt is the document cut where the model starts to write. Condition dropout (the training knob of
 classifier-free guidance) and the unconditional prompt (its inference knob) both use ``<uncond>``, so
@@ -67,7 +68,23 @@ class SequenceLayout:
         return self._document("caption", self.caption_prompt(codes), [*caption, self.eos], weight)
 
     def vqa(self, codes, question: Sequence[int], answer: Sequence[int], weight: float = 1.0) -> TaskSequence:
-        return self._document("vqa", self.vqa_prompt(codes, question), [*answer, self.eos], weight)
+        return self.vqa_dialogue(codes, [(question, answer)], weight)
+
+    def vqa_dialogue(
+        self, codes, turns: Sequence[tuple[Sequence[int], Sequence[int]]], weight: float = 1.0
+    ) -> TaskSequence:
+        """Several questions about one image, each answered and closed with ``<eos>`` before the next; only the
+        answers and their ``<eos>`` carry loss. The first turn is exactly the one-question document, and
+        ``vqa_prompt`` (inference) asks one question, as the first turn does."""
+        if not turns:
+            raise ValueError("a VQA document needs at least one (question, answer) turn")
+        (question, answer), *rest = turns
+        doc = self._document("vqa", self.vqa_prompt(codes, question), [*answer, self.eos], weight)
+        tokens, weights = list(doc.tokens), list(doc.weights)
+        for question, answer in rest:
+            tokens += [*question, self.assistant, *answer, self.eos]
+            weights += [0.0] * (len(question) + 1) + [weight] * (len(answer) + 1)
+        return TaskSequence("vqa", tokens, weights)
 
     @staticmethod
     def _document(task: str, prompt: list[int], target: list[int], weight: float) -> TaskSequence:

@@ -1,0 +1,81 @@
+"""The ShapesWorld training mixture: documents drawn per index, every answer true of its scene."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from panglot.codecs.text import train_world_tokenizer
+from panglot.data.mixture import MixtureConfig, WorldMixture, world_texts
+from panglot.multimodal import SequenceLayout, UnifiedVocab
+from panglot.world import vqa
+from panglot.world.dataset import split_scenes
+
+TOKENS_PER_IMAGE = 4
+
+
+@pytest.fixture(scope="module")
+def parts():
+    tokenizer = train_world_tokenizer(world_texts("train", 300, 0))
+    codec = SimpleNamespace(vocab_size=16, tokens_per_item=TOKENS_PER_IMAGE)
+    layout = SequenceLayout(UnifiedVocab.build(tokenizer, [("image", codec, "<boi>", "<eoi>")]))
+    scenes = split_scenes("train", 40, 0)
+    codes = torch.randint(0, 16, (len(scenes), TOKENS_PER_IMAGE), generator=torch.Generator().manual_seed(0))
+    return tokenizer, layout, scenes, codes
+
+
+def _mixture(parts, **cfg) -> WorldMixture:
+    tokenizer, layout, scenes, codes = parts
+    return WorldMixture(MixtureConfig(n_scenes=len(scenes), **cfg), layout, tokenizer, scenes, codes)
+
+
+def _turns(layout: SequenceLayout, tokens: list[int]) -> list[tuple[list[int], list[int]]]:
+    """(question, answer) token lists of a VQA document: text after the image, split at <assistant> / <eos>."""
+    rest = tokens[tokens.index(layout.eoi) + 1 :]
+    turns = []
+    while rest:
+        cut, end = rest.index(layout.assistant), rest.index(layout.eos)
+        turns.append((rest[:cut], rest[cut + 1 : end]))
+        rest = rest[end + 1 :]
+    return turns
+
+
+def test_documents_are_a_function_of_their_index(parts):
+    mixture = _mixture(parts)
+    assert len(mixture) == 4 * 40
+    for i in (0, 7, 123):
+        assert mixture[i] == mixture[i]
+    assert _mixture(parts, seed=1)[5] != mixture[5] or _mixture(parts, seed=1)[6] != mixture[6]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_vqa_documents_ask_k_questions_of_different_kinds_with_true_answers(parts, k):
+    tokenizer, layout, scenes, _ = parts
+    mixture = _mixture(parts, task_probs={"vqa": 1.0}, vqa_questions=k)
+    for i in range(0, len(mixture), 7):
+        doc = mixture[i]
+        truth = {qa.question: (qa.kind, qa.answer) for qa in vqa.all_questions(scenes[i % len(scenes)])}
+        turns = _turns(layout, doc.tokens)
+        assert len(turns) == k
+        kinds = set()
+        for question, answer in turns:
+            kind, expected = truth[tokenizer.decode(question)]
+            assert tokenizer.decode(answer) == expected
+            kinds.add(kind)
+        assert len(kinds) == k  # kinds are visited round-robin
+        assert sum(w > 0 for w in doc.weights) == sum(len(a) + 1 for _, a in turns)  # answers and their <eos>
+
+
+def test_one_question_per_document_is_the_single_question_layout(parts):
+    _, layout, _, codes = parts
+    mixture = _mixture(parts, task_probs={"vqa": 1.0})
+    doc = mixture[3]
+    ((question, answer),) = _turns(layout, doc.tokens)
+    assert doc == layout.vqa(codes[3], question, answer)
+
+
+def test_vqa_questions_must_be_positive():
+    with pytest.raises(ValueError, match="vqa_questions must be >= 1, got 0"):
+        MixtureConfig(vqa_questions=0)
