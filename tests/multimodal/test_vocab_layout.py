@@ -83,3 +83,16 @@ def test_a_vqa_dialogue_starts_as_the_one_question_document_and_weights_only_ans
     vocab.check_spans(doc.tokens)
     with pytest.raises(ValueError, match="at least one"):
         layout.vqa_dialogue([1, 2, 3, 4], [])
+
+
+def test_question_first_vqa_puts_the_question_before_the_image(vocab):
+    image_first, question_first = SequenceLayout(vocab), SequenceLayout(vocab, vqa_order="question_first")
+    q, a = vocab.text.encode("what color is the circle?"), vocab.text.encode("red")
+    span = vocab.span("image", [1, 2, 3, 4])
+    vqa = vocab.special("<vqa>")
+    assert question_first.vqa_prompt([1, 2, 3, 4], q) == [vocab.special("<bos>"), vqa, *q, *span, question_first.assistant]
+    doc, plain = question_first.vqa([1, 2, 3, 4], q, a), image_first.vqa([1, 2, 3, 4], q, a)
+    assert sorted(doc.tokens) == sorted(plain.tokens) and doc.tokens != plain.tokens  # the same tokens, reordered
+    assert doc.weights == plain.weights  # the answer is last either way
+    with pytest.raises(ValueError, match="unknown vqa_order 'last'"):
+        SequenceLayout(vocab, vqa_order="last")

@@ -29,6 +29,8 @@ class UnifiedModelConfig:
     # learned row and column embeddings for the image tokens by their place in the codec's token grid
     # (the backbone's span positions; TransformerConfig)
     span_positions: bool = False
+    # where VQA documents and prompts put the question: image_first | question_first (SequenceLayout; run.json)
+    vqa_order: str = "image_first"
 
 
 def span_positions(vocab: UnifiedVocab, codec: nn.Module, image_slot: str = "image") -> dict[str, int]:
@@ -75,11 +77,18 @@ class UnifiedModel(nn.Module):
     what the unified recipes train.
     """
 
-    def __init__(self, backbone: nn.Module, vocab: UnifiedVocab, codec: nn.Module, image_slot: str = "image"):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        vocab: UnifiedVocab,
+        codec: nn.Module,
+        image_slot: str = "image",
+        vqa_order: str = "image_first",
+    ):
         super().__init__()
         self.backbone = backbone
         self.vocab = vocab
-        self.layout = SequenceLayout(vocab, image_slot)
+        self.layout = SequenceLayout(vocab, image_slot, vqa_order=vqa_order)
         self.image_slot = image_slot
         self.codec = codec
         self.codec.requires_grad_(False)

@@ -4,6 +4,8 @@
     caption         <bos> <caption> <boi> codes <eoi> caption <eos>
     vqa             <bos> <vqa> <boi> codes <eoi> question <assistant> answer <eos>
                     (k questions about one image: ... answer <eos> question2 <assistant> answer2 <eos> ...)
+    vqa, question first (``vqa_order="question_first"``):
+                    <bos> <vqa> question <boi> codes <eoi> <assistant> answer <eos>
 
 A prompt is the document cut where the model starts to write. Condition dropout (the training knob of
 classifier-free guidance) and the unconditional prompt (its inference knob) both use ``<uncond>``, so
@@ -19,6 +21,7 @@ from panglot.codecs.text import special as sp
 from panglot.multimodal.vocab import UnifiedVocab
 
 TASKS = ("t2i", "caption", "vqa")
+VQA_ORDERS = ("image_first", "question_first")
 
 
 @dataclass(frozen=True)
@@ -34,11 +37,19 @@ class TaskSequence:
 
 
 class SequenceLayout:
-    """Builds training documents and inference prompts for each task over one image slot."""
+    """Builds training documents and inference prompts for each task over one image slot.
 
-    def __init__(self, vocab: UnifiedVocab, image_slot: str = "image"):
+    ``vqa_order``: where a VQA document puts its (first) question. ``image_first`` (LLaVA, CM3Leon) reads the
+    image before it knows what is asked; ``question_first`` lets every image token attend to the question
+    (a causal model's way to read the image for a purpose, as InstructBLIP's instruction-aware Q-Former does).
+    """
+
+    def __init__(self, vocab: UnifiedVocab, image_slot: str = "image", vqa_order: str = "image_first"):
+        if vqa_order not in VQA_ORDERS:
+            raise ValueError(f"unknown vqa_order {vqa_order!r}; expected one of {list(VQA_ORDERS)}")
         self.vocab = vocab
         self.image_slot = image_slot
+        self.vqa_order = vqa_order
         s = vocab.special
         self.bos, self.eos, self.uncond, self.assistant = s(sp.BOS), s(sp.EOS), s(sp.UNCOND), s(sp.ASSISTANT)
         self.boi, self.eoi = s(sp.BOI), s(sp.EOI)
@@ -55,7 +66,10 @@ class SequenceLayout:
         return [self.bos, self.task_id["caption"], *self.vocab.span(self.image_slot, codes)]
 
     def vqa_prompt(self, codes, question: Sequence[int]) -> list[int]:
-        return [self.bos, self.task_id["vqa"], *self.vocab.span(self.image_slot, codes), *question, self.assistant]
+        image = self.vocab.span(self.image_slot, codes)
+        if self.vqa_order == "question_first":
+            return [self.bos, self.task_id["vqa"], *question, *image, self.assistant]
+        return [self.bos, self.task_id["vqa"], *image, *question, self.assistant]
 
     # ----- documents (training) -----
 
