@@ -80,7 +80,9 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
         overrides |= span_positions(vocab, codec)
         logger.info("image tokens get span positions: %s", overrides)
     backbone = build_transformer(model_cfg.size, vocab.size, **overrides).to(device)
-    model = UnifiedModel(backbone, vocab, codec, vqa_order=model_cfg.vqa_order)
+    model = UnifiedModel(
+        backbone, vocab, codec, vqa_order=model_cfg.vqa_order, vqa_describe=model_cfg.vqa_describe
+    )
     if model_cfg.code_factors or model_cfg.code_features:
         looks = None
         if model_cfg.code_features:  # what each id looks like in (a share of) the training scenes

@@ -26,6 +26,8 @@ from panglot.model.run import load_model
 from panglot.model.unified import UnifiedModel
 from panglot.nn import resolve_dtype
 
+DESCRIPTION_TOKENS = 64  # room for the scene caption a vqa_describe run writes before its answer (3 objects: ~30)
+
 ProgressFn = Callable[[int, int], None]  # (rows done, rows total)
 
 
@@ -156,9 +158,13 @@ class Panglot:
         if len(q_ids) != len(images):
             raise ValueError(f"ask needs one question per image: got {len(images)} images and {len(q_ids)} questions")
         codes = self._image_codes(images)
-        return self._answer([self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)], max_tokens)
+        prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
+        if self.layout.vqa_describe:  # the run describes the scene first: the answer is what follows
+            return self._answer(prompts, max_tokens + DESCRIPTION_TOKENS, after=self.layout.assistant)
+        return self._answer(prompts, max_tokens)
 
-    def _answer(self, prompts: list[list[int]], max_tokens: int) -> list[str]:
+    def _answer(self, prompts: list[list[int]], max_tokens: int, after: int | None = None) -> list[str]:
+        """Greedy text for each prompt up to <eos>; with ``after``, only what follows the last ``after`` id."""
         lo, hi = self._slot.id_range
         forbid_images = ModalityConstraint(
             lo, hi, self.layout.boi, self.layout.eoi, self._slot.tokens_per_item, allow_begin=False
@@ -174,7 +180,11 @@ class Panglot:
                 stop_ids=[self.layout.eos],
                 dtype=self.dtype,
             )
-            answers += [self.tokenizer.decode([t for t in row if t != self.layout.eos]).strip() for row in out]
+            for row in out:
+                row = [t for t in row if t != self.layout.eos]
+                if after is not None and after in row:
+                    row = row[len(row) - row[::-1].index(after) :]
+                answers.append(self.tokenizer.decode(row).strip())
         return answers
 
 

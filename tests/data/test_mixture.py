@@ -12,6 +12,7 @@ from panglot.data.mixture import MixtureConfig, WorldMixture, world_texts
 from panglot.multimodal import SequenceLayout, UnifiedVocab
 from panglot.world import vqa
 from panglot.world.dataset import split_scenes
+from panglot.world.language import caption
 
 TOKENS_PER_IMAGE = 4
 
@@ -79,3 +80,15 @@ def test_one_question_per_document_is_the_single_question_layout(parts):
 def test_vqa_questions_must_be_positive():
     with pytest.raises(ValueError, match="vqa_questions must be >= 1, got 0"):
         MixtureConfig(vqa_questions=0)
+
+
+def test_a_describing_layout_gets_each_scenes_caption_before_the_first_answer(parts):
+    tokenizer, layout, scenes, codes = parts
+    describing = SequenceLayout(layout.vocab, vqa_describe=True)
+    cfg = MixtureConfig(n_scenes=len(scenes), task_probs={"vqa": 1.0}, vqa_questions=2)
+    mixture = WorldMixture(cfg, describing, tokenizer, scenes, codes)
+    for i in range(0, 40, 9):
+        doc = mixture[i]
+        text = doc.tokens[doc.tokens.index(layout.eoi) + 1 :]
+        first, second = [j for j, t in enumerate(text) if t == layout.assistant][:2]
+        assert tokenizer.decode(text[first + 1 : second]) == caption(scenes[i % len(scenes)])

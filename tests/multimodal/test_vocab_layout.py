@@ -96,3 +96,17 @@ def test_question_first_vqa_puts_the_question_before_the_image(vocab):
     assert doc.weights == plain.weights  # the answer is last either way
     with pytest.raises(ValueError, match="unknown vqa_order 'last'"):
         SequenceLayout(vocab, vqa_order="last")
+
+
+def test_a_describing_layout_weights_the_caption_and_the_answer(vocab):
+    layout = SequenceLayout(vocab, vqa_describe=True)
+    q, a = vocab.text.encode("what color is the circle?"), vocab.text.encode("red")
+    caption = vocab.text.encode("a large red circle at the top left")
+    doc = layout.vqa([1, 2, 3, 4], q, a, description=caption)
+    prompt = layout.vqa_prompt([1, 2, 3, 4], q)
+    assert doc.tokens == [*prompt, *caption, layout.assistant, *a, layout.eos]
+    assert doc.weights == [0.0] * len(prompt) + [1.0] * (len(caption) + len(a) + 2)
+    with pytest.raises(ValueError, match="vqa_describe is True"):
+        layout.vqa([1, 2, 3, 4], q, a)
+    with pytest.raises(ValueError, match="vqa_describe is False"):
+        SequenceLayout(vocab).vqa([1, 2, 3, 4], q, a, description=caption)

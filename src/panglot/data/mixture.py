@@ -91,7 +91,8 @@ class WorldMixture:
         if task == "vqa":  # kinds round-robin from a random first one, so rare kinds (count) are learnt too
             picks = vqa.questions(scene, rng, k=self.cfg.vqa_questions)
             turns = [(self.tok.encode(qa.question), self.tok.encode(qa.answer)) for qa in picks]
-            return self.layout.vqa_dialogue(codes, turns, weight)
+            description = self.tok.encode(language.caption(scene)) if self.layout.vqa_describe else None
+            return self.layout.vqa_dialogue(codes, turns, weight, description)
         if task == "caption":  # answers are always in the canonical language
             return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)
         text = language.paraphrase(scene, rng) if rng.random() < self.cfg.paraphrase_prob else language.caption(scene)

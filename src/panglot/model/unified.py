@@ -31,6 +31,8 @@ class UnifiedModelConfig:
     span_positions: bool = False
     # where VQA documents and prompts put the question: image_first | question_first (SequenceLayout; run.json)
     vqa_order: str = "image_first"
+    # VQA answers follow a caption the model writes first (SequenceLayout.vqa_describe; run.json)
+    vqa_describe: bool = False
 
 
 def span_positions(vocab: UnifiedVocab, codec: nn.Module, image_slot: str = "image") -> dict[str, int]:
@@ -84,11 +86,12 @@ class UnifiedModel(nn.Module):
         codec: nn.Module,
         image_slot: str = "image",
         vqa_order: str = "image_first",
+        vqa_describe: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
         self.vocab = vocab
-        self.layout = SequenceLayout(vocab, image_slot, vqa_order=vqa_order)
+        self.layout = SequenceLayout(vocab, image_slot, vqa_order=vqa_order, vqa_describe=vqa_describe)
         self.image_slot = image_slot
         self.codec = codec
         self.codec.requires_grad_(False)

@@ -6,6 +6,7 @@
                     (k questions about one image: ... answer <eos> question2 <assistant> answer2 <eos> ...)
     vqa, question first (``vqa_order="question_first"``):
                     <bos> <vqa> question <boi> codes <eoi> <assistant> answer <eos>
+    vqa, describing first (``vqa_describe``): ... question <assistant> caption <assistant> answer <eos>
 
 A prompt is the document cut where the model starts to write. Condition dropout (the training knob of
 classifier-free guidance) and the unconditional prompt (its inference knob) both use ``<uncond>``, so
@@ -44,12 +45,17 @@ class SequenceLayout:
     (a causal model's way to read the image for a purpose, as InstructBLIP's instruction-aware Q-Former does).
     """
 
-    def __init__(self, vocab: UnifiedVocab, image_slot: str = "image", vqa_order: str = "image_first"):
+    def __init__(
+        self, vocab: UnifiedVocab, image_slot: str = "image", vqa_order: str = "image_first", vqa_describe: bool = False
+    ):
         if vqa_order not in VQA_ORDERS:
             raise ValueError(f"unknown vqa_order {vqa_order!r}; expected one of {list(VQA_ORDERS)}")
         self.vocab = vocab
         self.image_slot = image_slot
         self.vqa_order = vqa_order
+        # answers follow a description of the scene the model writes first (a caption, then <assistant>): what it
+        # is asked becomes a lookup in its own text; ``Panglot.ask`` returns what follows the last <assistant>
+        self.vqa_describe = vqa_describe
         s = vocab.special
         self.bos, self.eos, self.uncond, self.assistant = s(sp.BOS), s(sp.EOS), s(sp.UNCOND), s(sp.ASSISTANT)
         self.boi, self.eoi = s(sp.BOI), s(sp.EOI)
@@ -81,19 +87,34 @@ class SequenceLayout:
     def caption(self, codes, caption: Sequence[int], weight: float = 1.0) -> TaskSequence:
         return self._document("caption", self.caption_prompt(codes), [*caption, self.eos], weight)
 
-    def vqa(self, codes, question: Sequence[int], answer: Sequence[int], weight: float = 1.0) -> TaskSequence:
-        return self.vqa_dialogue(codes, [(question, answer)], weight)
+    def vqa(
+        self,
+        codes,
+        question: Sequence[int],
+        answer: Sequence[int],
+        weight: float = 1.0,
+        description: Sequence[int] | None = None,
+    ) -> TaskSequence:
+        return self.vqa_dialogue(codes, [(question, answer)], weight, description)
 
     def vqa_dialogue(
-        self, codes, turns: Sequence[tuple[Sequence[int], Sequence[int]]], weight: float = 1.0
+        self,
+        codes,
+        turns: Sequence[tuple[Sequence[int], Sequence[int]]],
+        weight: float = 1.0,
+        description: Sequence[int] | None = None,
     ) -> TaskSequence:
         """Several questions about one image, each answered and closed with ``<eos>`` before the next; only the
-        answers and their ``<eos>`` carry loss. The first turn is exactly the one-question document, and
-        ``vqa_prompt`` (inference) asks one question, as the first turn does."""
+        answers (and, with ``vqa_describe``, the description before the first one) and their ``<eos>`` carry loss.
+        The first turn is exactly the one-question document, and ``vqa_prompt`` (inference) asks one question, as
+        the first turn does. ``description`` (the scene's caption) is required exactly when ``vqa_describe``."""
         if not turns:
             raise ValueError("a VQA document needs at least one (question, answer) turn")
+        if (description is not None) != self.vqa_describe:
+            raise ValueError(f"vqa_describe is {self.vqa_describe}: give a description exactly when it is on")
         (question, answer), *rest = turns
-        doc = self._document("vqa", self.vqa_prompt(codes, question), [*answer, self.eos], weight)
+        first = [*description, self.assistant, *answer] if description is not None else list(answer)
+        doc = self._document("vqa", self.vqa_prompt(codes, question), [*first, self.eos], weight)
         tokens, weights = list(doc.tokens), list(doc.weights)
         for question, answer in rest:
             tokens += [*question, self.assistant, *answer, self.eos]

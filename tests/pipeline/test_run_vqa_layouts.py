@@ -1,0 +1,69 @@
+"""Runs with the VQA layout switches: ``model.vqa_order=question_first`` trains on question-first documents and
+``model.vqa_describe`` on answers that follow a caption; run.json keeps both, and the loaded run asks its
+questions the way it was trained."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import panglot
+from panglot import pipeline
+from panglot.codecs.image_vq.model import PixelVQ, PixelVQConfig
+from panglot.config import load_config
+from panglot.world.dataset import split_scenes
+from panglot.world.render import render_batch
+from recipes import train_unified
+
+
+def _train_vqa_run(tmp_path, monkeypatch, run_unified, switch: str):
+    """A few steps of a debug run on VQA documents only, with one layout ``switch``; returns (model, loader)."""
+    torch.manual_seed(0)
+    PixelVQ(PixelVQConfig(channels=[16, 32], latent_dim=16)).save(tmp_path / "codec")
+    cfg = load_config(
+        train_unified.UnifiedRecipe,
+        None,
+        [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug", switch,
+         "data.task_probs={vqa: 1.0}", "data.n_scenes=32", "tokenizer_scenes=100", "batch_size=4",
+         "train.max_steps=3", "train.ckpt_every=0"],
+    )  # fmt: skip
+    built = {}
+    build = train_unified.build
+    monkeypatch.setattr(train_unified, "build", lambda *a, **k: built.setdefault("out", build(*a, **k)))
+    run_unified(cfg)
+    return built["out"]
+
+
+def test_a_question_first_run_trains_saves_loads_and_answers(tmp_path, monkeypatch, run_unified):
+    model, loader = _train_vqa_run(tmp_path, monkeypatch, run_unified, "model.vqa_order=question_first")
+    layout, doc = model.layout, loader.dataset[0]  # a VQA document: the question between <vqa> and <boi>
+    assert doc.tokens[1] == layout.task_id["vqa"] and doc.tokens[2] != layout.boi and layout.boi in doc.tokens
+
+    meta = json.loads((tmp_path / "run" / "model" / "run.json").read_text())
+    assert meta["layout"] == {"vqa_order": "question_first", "vqa_describe": False}
+    run = panglot.load(tmp_path / "run")
+    assert run.layout.vqa_order == "question_first"
+    prompt = run.layout.vqa_prompt([0] * 64, [5, 6])
+    assert prompt[2:4] == [5, 6] and prompt[4] == run.layout.boi and prompt[-1] == run.layout.assistant
+    answers = run.ask(list(render_batch(split_scenes("val", 2, 0))), ["how many objects are there?"] * 2)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    del meta["layout"]  # a run saved before the switch existed reads its questions after the image
+    (tmp_path / "run" / "model" / "run.json").write_text(json.dumps(meta))
+    assert panglot.load(tmp_path / "run").layout.vqa_order == "image_first"
+
+
+def test_a_describing_run_writes_the_caption_first_and_ask_returns_only_the_answer(tmp_path, monkeypatch, run_unified):
+    model, loader = _train_vqa_run(tmp_path, monkeypatch, run_unified, "model.vqa_describe=true")
+    layout, doc = model.layout, loader.dataset[0]
+    after_image = doc.tokens[doc.tokens.index(layout.eoi) + 1 :]
+    first, second = (i for i, t in enumerate(after_image) if t == layout.assistant)  # question | caption | answer
+    caption = model.vocab.text.decode(after_image[first + 1 : second])
+    assert caption.startswith("a ") and " at the " in caption  # the canonical caption of the scene
+    assert json.loads((tmp_path / "run" / "model" / "run.json").read_text())["layout"]["vqa_describe"] is True
+
+    run = panglot.load(tmp_path / "run")
+    text = run.tokenizer
+    written = [*text.encode("a small red circle at the top"), run.layout.assistant, *text.encode("yes"), run.layout.eos]
+    monkeypatch.setattr(pipeline, "generate", lambda *a, **k: [written])  # what the model would write
+    assert run.ask(list(render_batch(split_scenes("val", 1, 0))), ["is there a red circle?"]) == ["yes"]
