@@ -59,7 +59,7 @@ def save_model(run_dir: str | os.PathLike, model: UnifiedModel, extra: dict[str,
             "backbone": dataclasses.asdict(model.backbone.cfg),
             "vocab": model.vocab.to_json(),
             "image_slot": model.image_slot,
-            "layout": {"vqa_order": model.layout.vqa_order, "vqa_describe": model.layout.vqa_describe},
+            "layout": model.layout.options,
             **(extra or {}),
         }
         (tmp / "run.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -107,15 +107,8 @@ def load_model(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RunLoadError(f"{root / 'model.safetensors'}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    layout = meta.get("layout", {})  # runs saved before these switches: image first, answers alone
-    model = UnifiedModel(
-        backbone.to(device),
-        vocab,
-        codec,
-        image_slot=meta["image_slot"],
-        vqa_order=layout.get("vqa_order", "image_first"),
-        vqa_describe=layout.get("vqa_describe", False),
-    )
+    # runs saved before the layout switches have none: the layout's defaults are how they were trained
+    model = UnifiedModel(backbone.to(device), vocab, codec, image_slot=meta["image_slot"], **meta.get("layout", {}))
     return model.eval(), meta
 
 

@@ -85,13 +85,13 @@ class UnifiedModel(nn.Module):
         vocab: UnifiedVocab,
         codec: nn.Module,
         image_slot: str = "image",
-        vqa_order: str = "image_first",
-        vqa_describe: bool = False,
+        **layout: str | bool,
     ):
+        """``layout``: the ``SequenceLayout`` switches (``vqa_order``, ``vqa_describe``); its defaults otherwise."""
         super().__init__()
         self.backbone = backbone
         self.vocab = vocab
-        self.layout = SequenceLayout(vocab, image_slot, vqa_order=vqa_order, vqa_describe=vqa_describe)
+        self.layout = SequenceLayout(vocab, image_slot, **layout)
         self.image_slot = image_slot
         self.codec = codec
         self.codec.requires_grad_(False)
@@ -148,7 +148,7 @@ class UnifiedModel(nn.Module):
             task = batch["task"][:, None].expand(b, t - 1)
         # Logits only where a target counts (about 45 % of a packed batch's positions: prompts, the images read
         # by captions and questions, row tails carry no loss): the output projection, the fp32 log-softmax
-        # and their backward skip the rest (docs/benchmarks.md "Training step").
+        # and their backward skip the rest (docs/benchmarks.md "Unified training step").
         counted = w > 0
         logits = self.backbone.logits(hidden[counted])  # (N, V)
         nll = F.cross_entropy(logits.float(), targets[counted], reduction="none")  # (N,)

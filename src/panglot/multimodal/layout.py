@@ -61,6 +61,12 @@ class SequenceLayout:
         self.boi, self.eoi = s(sp.BOI), s(sp.EOI)
         self.task_id = {"t2i": s(sp.T2I), "caption": s(sp.CAPTION), "vqa": s(sp.VQA)}
 
+    @property
+    def options(self) -> dict[str, str | bool]:
+        """The switches this layout was built with (``SequenceLayout(vocab, slot, **options)`` rebuilds it; a run
+        keeps them in run.json)."""
+        return {"vqa_order": self.vqa_order, "vqa_describe": self.vqa_describe}
+
     # ----- prompts (inference) -----
 
     def t2i_prompt(self, caption: Sequence[int] | None) -> list[int]:
