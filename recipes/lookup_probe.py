@@ -1,0 +1,206 @@
+"""Experiment: can the backbone learn the VQA lookups from text alone? (issue 3's VQA target)
+
+    python recipes/lookup_probe.py --out runs/probe_base --steps 1500
+    python recipes/lookup_probe.py --out runs/probe_lr3e-4 --steps 1500 --lr 3e-4 --weight-decay 0
+    python recipes/lookup_probe.py --out runs/probe_8h --steps 1500 n_heads=8 n_kv_heads=8   # backbone overrides
+
+The unified model answers questions that name an object by position or count (``shape_at``, ``count``) but not
+the ones that name it by colour and shape (``exists``, ``where``, ``color``), even when the scene's caption is in
+its context. This probe takes the images out: a fresh backbone of a named size learns only
+
+    <bos> <vqa> caption question <assistant> answer <eos>      (loss on the answer and its <eos>)
+
+over training-split scenes, with the world tokenizer, the library's AdamW groups, warmup + cosine schedule and
+bf16 autocast, as the unified recipe trains. Every ``--eval-every`` steps it answers a fixed, kind-balanced set of
+held-out (``val``) questions, ``exists`` half yes and half no, and logs accuracy per kind; ``OUT/results.json``
+holds the curve. It runs in seconds per hundred steps, so learning rates, sizes and schedules can be compared on
+the lookup alone before a full quickstart is spent on them (docs/quickstart_results.md "The lookup probe").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from panglot.backbone import sizes
+from panglot.backbone.transformer import Transformer
+from panglot.codecs.text import TextTokenizer, train_world_tokenizer
+from panglot.codecs.text import special as sp
+from panglot.config import parse_overrides
+from panglot.data.mixture import world_texts
+from panglot.files import atomic_write_json
+from panglot.nn.precision import autocast_context
+from panglot.training.config import OptimConfig
+from panglot.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
+from panglot.world.dataset import make_example
+from panglot.world.vqa import KINDS, QA
+
+logger = logging.getLogger("panglot.recipes.lookup_probe")
+
+
+@dataclasses.dataclass
+class ProbeConfig:
+    out: str
+    steps: int = 1500
+    size: str = "tiny"
+    backbone: dict = dataclasses.field(default_factory=dict)  # TransformerConfig overrides (n_heads=8, ...)
+    lr: float = 2e-3  # the unified recipe's
+    weight_decay: float = 0.1
+    warmup_steps: int = 100
+    batch_size: int = 64
+    kinds: tuple[str, ...] = KINDS
+    train_scenes: int = 20000
+    eval_scenes: int = 300
+    eval_per_scene: int = 12
+    eval_every: int = 250
+    precision: str = "bf16"
+    seed: int = 0
+    tokenizer_scenes: int = 3000
+
+
+class Questions:
+    """Kind-balanced questions about a scene: a kind uniformly, then (``exists``) yes or no with equal odds."""
+
+    def __init__(self, kinds: tuple[str, ...]) -> None:
+        unknown = set(kinds) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown question kinds {sorted(unknown)}; known: {list(KINDS)}")
+        self.kinds = kinds
+
+    def pick(self, qas: tuple[QA, ...], rng: np.random.Generator) -> QA:
+        present = [k for k in self.kinds if any(qa.kind == k for qa in qas)]
+        kind = present[rng.integers(len(present))]
+        pool = [qa for qa in qas if qa.kind == kind]
+        if kind == "exists":
+            answer = "yes" if rng.integers(2) else "no"
+            pool = [qa for qa in pool if qa.answer == answer] or pool
+        return pool[rng.integers(len(pool))]
+
+
+def document(tok: TextTokenizer, caption: str, qa: QA) -> tuple[list[int], int]:
+    """(tokens, prompt length): ``<bos> <vqa> caption question <assistant> answer <eos>``."""
+    prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(caption), *tok.encode(qa.question)]
+    prompt.append(tok.token_to_id(sp.ASSISTANT))
+    return prompt + tok.encode(qa.answer) + [tok.token_to_id(sp.EOS)], len(prompt)
+
+
+def collate(docs: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded tokens (B, T) and loss weights (B, T) that are 1 on the answer and its <eos>."""
+    longest = max(len(t) for t, _ in docs)
+    tokens = torch.full((len(docs), longest), pad, dtype=torch.long)
+    weights = torch.zeros(len(docs), longest)
+    for row, (t, n_prompt) in enumerate(docs):
+        tokens[row, : len(t)] = torch.tensor(t)
+        weights[row, n_prompt : len(t)] = 1.0
+    return tokens, weights
+
+
+def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list[tuple[str, list[int], int]]:
+    """(kind, prompt, answer id) for held-out questions with one-token answers, fixed by the seed."""
+    items = []
+    for i in range(cfg.eval_scenes):
+        ex = make_example("val", cfg.seed, i)
+        rng = np.random.default_rng([cfg.seed, 7, i])
+        for _ in range(cfg.eval_per_scene):
+            qa = questions.pick(ex.questions, rng)
+            tokens, n_prompt = document(tok, ex.caption, qa)
+            if len(tokens) - n_prompt == 2:  # one answer token and <eos>
+                items.append((qa.kind, tokens[:n_prompt], tokens[n_prompt]))
+    return items
+
+
+@torch.no_grad()
+def accuracy(model: Transformer, items, pad: int, batch: int = 256) -> dict[str, float]:
+    """Greedy one-token answer accuracy per kind on ``items``."""
+    model.eval()
+    hits = defaultdict(list)
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        lengths = torch.tensor([len(p) for _, p, _ in chunk])
+        tokens = torch.full((len(chunk), int(lengths.max())), pad, dtype=torch.long)
+        for row, (_, prompt, _) in enumerate(chunk):
+            tokens[row, : len(prompt)] = torch.tensor(prompt)
+        logits = model(tokens)[torch.arange(len(chunk)), lengths - 1]  # (B, V) at each prompt's last token
+        for (kind, _, answer), guess in zip(chunk, logits.argmax(-1).tolist()):
+            hits[kind].append(guess == answer)
+    model.train()
+    return {kind: float(np.mean(h)) for kind, h in sorted(hits.items())}
+
+
+def run(cfg: ProbeConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    tok = train_world_tokenizer(world_texts("train", cfg.tokenizer_scenes, cfg.seed))
+    pad = tok.token_to_id(sp.PAD)
+    questions = Questions(tuple(cfg.kinds))
+    train = [make_example("train", cfg.seed, i) for i in range(cfg.train_scenes)]
+    items = eval_set(cfg, tok, questions)
+    base = getattr(sizes, cfg.size)(tok.vocab_size)
+    unknown = set(cfg.backbone) - {f.name for f in dataclasses.fields(base)}
+    if unknown:
+        raise ValueError(f"unknown backbone overrides {sorted(unknown)}; TransformerConfig has no such fields")
+    backbone_cfg = dataclasses.replace(base, **cfg.backbone)
+    model = Transformer(backbone_cfg)
+    optim_cfg = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+    optimizer = build_optimizer(model, optim_cfg)
+    rng = np.random.default_rng([cfg.seed, 11])
+    curve, started, cpu_started = [], time.perf_counter(), time.process_time()
+    for step in range(cfg.steps):
+        picked = rng.integers(len(train), size=cfg.batch_size)
+        tokens, weights = collate([document(tok, train[i].caption, questions.pick(train[i].questions, rng)) for i in picked], pad)
+        set_lr(optimizer, lr_at(step, optim_cfg, cfg.steps))
+        with autocast_context("cpu", cfg.precision):
+            logits = model(tokens[:, :-1])
+        nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        w = weights[:, 1:].flatten()
+        loss = (nll * w).sum() / w.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip_gradients(model.parameters(), optim_cfg.grad_clip)
+        optimizer.step()
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            acc = accuracy(model, items, pad)
+            point = {"step": done, "loss": loss.item(), "wall_s": time.perf_counter() - started,
+                     "cpu_s": time.process_time() - cpu_started, "accuracy": acc}
+            curve.append(point)
+            logger.info("step %d loss %.3f %s", done, point["loss"], " ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+            atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "curve": curve})
+    return {"config": dataclasses.asdict(cfg), "curve": curve}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=ProbeConfig.steps)
+    parser.add_argument("--size", default=ProbeConfig.size)
+    parser.add_argument("--lr", type=float, default=ProbeConfig.lr)
+    parser.add_argument("--weight-decay", type=float, default=ProbeConfig.weight_decay)
+    parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS))
+    parser.add_argument("--eval-every", type=int, default=ProbeConfig.eval_every)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ProbeConfig(
+        out=args.out, steps=args.steps, size=args.size, backbone=parse_overrides(args.overrides), lr=args.lr,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
+        eval_every=args.eval_every,
+    )
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The lookup probe (recipes/lookup_probe.py): documents, the balanced eval set, and that it learns a count."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from panglot.codecs.text import special as sp
+from panglot.codecs.text import train_world_tokenizer
+from panglot.data.mixture import world_texts
+from panglot.world.dataset import make_example
+from recipes import lookup_probe
+from recipes.lookup_probe import ProbeConfig, Questions
+
+
+def test_questions_are_balanced_by_kind_and_exists_answer():
+    questions, rng = Questions(("exists", "count")), np.random.default_rng(0)
+    picked = [questions.pick(make_example("train", 0, i).questions, rng) for i in range(400)]
+    kinds = [qa.kind for qa in picked]
+    assert 150 < kinds.count("exists") < 250
+    yes = sum(qa.answer == "yes" for qa in picked if qa.kind == "exists")
+    assert 0.35 < yes / kinds.count("exists") < 0.65  # scenes hold ~10 "no" pairs per "yes" one
+    with pytest.raises(ValueError, match="unknown question kinds"):
+        Questions(("colour",))
+
+
+def test_document_puts_loss_on_the_answer_only():
+    world_tokenizer = train_world_tokenizer(world_texts("train", 200, 0))
+    ex = make_example("train", 0, 3)
+    qa = ex.questions[0]
+    tokens, n_prompt = lookup_probe.document(world_tokenizer, ex.caption, qa)
+    assert world_tokenizer.decode(tokens[n_prompt:-1]) == qa.answer
+    assert tokens[n_prompt - 1] == world_tokenizer.token_to_id(sp.ASSISTANT)
+    batch, weights = lookup_probe.collate([(tokens, n_prompt), (tokens[:-2], n_prompt - 2)], pad=0)
+    assert weights[0].sum() == len(tokens) - n_prompt and weights[0, :n_prompt].sum() == 0
+    assert (batch[1, len(tokens) - 2 :] == 0).all()
+
+
+def test_probe_learns_to_count(tmp_path):
+    cfg = ProbeConfig(
+        out=str(tmp_path), steps=150, size="debug", lr=3e-3, kinds=("count",), train_scenes=600,
+        eval_scenes=60, eval_per_scene=1, eval_every=75, tokenizer_scenes=200, batch_size=32,
+    )
+    lookup_probe.run(cfg)
+    curve = json.loads((tmp_path / "results.json").read_text())["curve"]
+    assert [p["step"] for p in curve] == [75, 150]
+    assert curve[-1]["accuracy"]["count"] > 0.8  # chance: one of three words
