@@ -1,6 +1,6 @@
 """Experiment: can the backbone learn the VQA lookups from text alone? (issue 3's VQA target)
 
-    python recipes/lookup_probe.py --out runs/probe_base --steps 1500
+    python recipes/lookup_probe.py --out runs/probe_base --steps 1500     # the unified quickstart recipe's lr and wd
     python recipes/lookup_probe.py --out runs/probe_lr3e-4 --steps 1500 --lr 3e-4 --weight-decay 0
     python recipes/lookup_probe.py --out runs/probe_8h --steps 1500 n_heads=8 n_kv_heads=8   # backbone overrides
 
@@ -52,8 +52,8 @@ class ProbeConfig:
     steps: int = 1500
     size: str = "tiny"
     backbone: dict = dataclasses.field(default_factory=dict)  # TransformerConfig overrides (n_heads=8, ...)
-    lr: float = 2e-3  # the unified recipe's
-    weight_decay: float = 0.1
+    lr: float = 7e-4  # the unified quickstart recipe's
+    weight_decay: float = 0.0  # the unified quickstart recipe's
     warmup_steps: int = 100
     batch_size: int = 64
     kinds: tuple[str, ...] = KINDS
