@@ -10,8 +10,8 @@ its context. This probe takes the images out: a fresh backbone of a named size l
 
     <bos> <vqa> caption question <assistant> answer <eos>      (loss on the answer and its <eos>)
 
-over training-split scenes, with the world tokenizer, the library's AdamW groups, warmup + cosine schedule and
-bf16 autocast, as the unified recipe trains. Every ``--eval-every`` steps it answers a fixed, kind-balanced set of
+over training-split scenes, with the world tokenizer, trained by the foundation ``Trainer`` (AdamW groups, warmup
++ cosine, bf16 autocast) as the unified recipe is; ``OUT/train`` holds its metrics log and final checkpoint. Every ``--eval-every`` steps it answers a fixed, kind-balanced set of
 held-out (``val``) questions, ``exists`` half yes and half no, and logs accuracy per kind; ``OUT/results.json``
 holds the curve. It runs in seconds per hundred steps, so learning rates, sizes and schedules can be compared on
 the lookup alone before a full quickstart is spent on them (docs/quickstart_results.md "The lookup probe").
@@ -37,9 +37,9 @@ from panglot.codecs.text import special as sp
 from panglot.config import parse_overrides
 from panglot.data.mixture import world_texts
 from panglot.files import atomic_write_json
-from panglot.nn.precision import autocast_context
-from panglot.training.config import OptimConfig
-from panglot.training.optim import build_optimizer, clip_gradients, lr_at, set_lr
+from panglot.model.unified import collate
+from panglot.multimodal.layout import TaskSequence
+from panglot.training import OptimConfig, TrainConfig, Trainer
 from panglot.world.dataset import make_example
 from panglot.world.vqa import KINDS, QA
 
@@ -85,22 +85,46 @@ class Questions:
         return pool[rng.integers(len(pool))]
 
 
-def document(tok: TextTokenizer, caption: str, qa: QA) -> tuple[list[int], int]:
-    """(tokens, prompt length): ``<bos> <vqa> caption question <assistant> answer <eos>``."""
+def document(tok: TextTokenizer, caption: str, qa: QA) -> TaskSequence:
+    """``<bos> <vqa> caption question <assistant> answer <eos>``, weighted on the answer and its ``<eos>``."""
     prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(caption), *tok.encode(qa.question)]
     prompt.append(tok.token_to_id(sp.ASSISTANT))
-    return prompt + tok.encode(qa.answer) + [tok.token_to_id(sp.EOS)], len(prompt)
+    target = [*tok.encode(qa.answer), tok.token_to_id(sp.EOS)]
+    return TaskSequence("vqa", prompt + target, [0.0] * len(prompt) + [1.0] * len(target))
 
 
-def collate(docs: list[tuple[list[int], int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded tokens (B, T) and loss weights (B, T) that are 1 on the answer and its <eos>."""
-    longest = max(len(t) for t, _ in docs)
-    tokens = torch.full((len(docs), longest), pad, dtype=torch.long)
-    weights = torch.zeros(len(docs), longest)
-    for row, (t, n_prompt) in enumerate(docs):
-        tokens[row, : len(t)] = torch.tensor(t)
-        weights[row, n_prompt : len(t)] = 1.0
-    return tokens, weights
+class ProbeBatches:
+    """Batches of probe documents about random training scenes; batch ``i`` depends only on (seed, i), so the
+    position is the whole state (the trainer's ``StatefulData``)."""
+
+    def __init__(self, cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> None:
+        self.cfg, self.tok, self.questions = cfg, tok, questions
+        self.scenes = [make_example("train", cfg.seed, i) for i in range(cfg.train_scenes)]
+        self.pad = tok.token_to_id(sp.PAD)
+        self.position = 0
+
+    def __iter__(self) -> ProbeBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, 11, self.position])
+        self.position += 1
+        picked = [self.scenes[i] for i in rng.integers(len(self.scenes), size=self.cfg.batch_size)]
+        return collate([document(self.tok, ex.caption, self.questions.pick(ex.questions, rng)) for ex in picked], self.pad)
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+
+def answer_loss(model: Transformer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean next-token loss over the weighted (answer) positions."""
+    tokens, weights = batch["tokens"], batch["weights"][:, 1:].flatten()
+    logits = model(tokens[:, :-1])
+    nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+    return (nll * weights).sum() / weights.sum(), {}
 
 
 def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list[tuple[str, list[int], int]]:
@@ -111,9 +135,10 @@ def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list
         rng = np.random.default_rng([cfg.seed, 7, i])
         for _ in range(cfg.eval_per_scene):
             qa = questions.pick(ex.questions, rng)
-            tokens, n_prompt = document(tok, ex.caption, qa)
-            if len(tokens) - n_prompt == 2:  # one answer token and <eos>
-                items.append((qa.kind, tokens[:n_prompt], tokens[n_prompt]))
+            doc = document(tok, ex.caption, qa)
+            n_prompt = doc.weights.index(1.0)
+            if len(doc) - n_prompt == 2:  # one answer token and <eos>
+                items.append((qa.kind, doc.tokens[:n_prompt], doc.tokens[n_prompt]))
     return items
 
 
@@ -142,39 +167,30 @@ def run(cfg: ProbeConfig) -> dict:
     tok = train_world_tokenizer(world_texts("train", cfg.tokenizer_scenes, cfg.seed))
     pad = tok.token_to_id(sp.PAD)
     questions = Questions(tuple(cfg.kinds))
-    train = [make_example("train", cfg.seed, i) for i in range(cfg.train_scenes)]
     items = eval_set(cfg, tok, questions)
     base = getattr(sizes, cfg.size)(tok.vocab_size)
     unknown = set(cfg.backbone) - {f.name for f in dataclasses.fields(base)}
     if unknown:
         raise ValueError(f"unknown backbone overrides {sorted(unknown)}; TransformerConfig has no such fields")
-    backbone_cfg = dataclasses.replace(base, **cfg.backbone)
-    model = Transformer(backbone_cfg)
-    optim_cfg = OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
-    optimizer = build_optimizer(model, optim_cfg)
-    rng = np.random.default_rng([cfg.seed, 11])
+    model = Transformer(dataclasses.replace(base, **cfg.backbone))
+    train_cfg = TrainConfig(
+        optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps),
+        max_steps=cfg.steps, precision=cfg.precision, seed=cfg.seed, log_every=cfg.eval_every, ckpt_every=0,
+    )  # fmt: skip
     curve, started, cpu_started = [], time.perf_counter(), time.process_time()
-    for step in range(cfg.steps):
-        picked = rng.integers(len(train), size=cfg.batch_size)
-        tokens, weights = collate([document(tok, train[i].caption, questions.pick(train[i].questions, rng)) for i in picked], pad)
-        set_lr(optimizer, lr_at(step, optim_cfg, cfg.steps))
-        with autocast_context("cpu", cfg.precision):
-            logits = model(tokens[:, :-1])
-        nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-        w = weights[:, 1:].flatten()
-        loss = (nll * w).sum() / w.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(model.parameters(), optim_cfg.grad_clip)
-        optimizer.step()
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.steps:
-            acc = accuracy(model, items, pad)
-            point = {"step": done, "loss": loss.item(), "wall_s": time.perf_counter() - started,
-                     "cpu_s": time.process_time() - cpu_started, "accuracy": acc}
-            curve.append(point)
-            logger.info("step %d loss %.3f %s", done, point["loss"], " ".join(f"{k} {v:.1%}" for k, v in acc.items()))
-            atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "curve": curve})
+
+    def evaluate(trainer: Trainer, metrics: dict[str, float]) -> dict[str, float] | None:
+        if trainer.step % cfg.eval_every and trainer.step != cfg.steps:
+            return None
+        acc = accuracy(model, items, pad)
+        curve.append({"step": trainer.step, "loss": metrics["loss"], "wall_s": time.perf_counter() - started,
+                      "cpu_s": time.process_time() - cpu_started, "accuracy": acc})  # fmt: skip
+        logger.info("step %d loss %.3f %s", trainer.step, metrics["loss"], " ".join(f"{k} {v:.1%}" for k, v in acc.items()))
+        atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "curve": curve})
+        return {f"accuracy_{kind}": value for kind, value in acc.items()}
+
+    batches = ProbeBatches(cfg, tok, questions)
+    Trainer(train_cfg, model, answer_loss, batches, out / "train", callbacks=[evaluate]).train()
     return {"config": dataclasses.asdict(cfg), "curve": curve}
 
 

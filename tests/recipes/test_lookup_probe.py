@@ -10,6 +10,8 @@ import pytest
 from panglot.codecs.text import special as sp
 from panglot.codecs.text import train_world_tokenizer
 from panglot.data.mixture import world_texts
+from panglot.model.unified import collate
+from panglot.multimodal.layout import TaskSequence
 from panglot.world.dataset import make_example
 from recipes import lookup_probe
 from recipes.lookup_probe import ProbeConfig, Questions
@@ -30,13 +32,15 @@ def test_document_puts_loss_on_the_answer_only():
     world_tokenizer = train_world_tokenizer(world_texts("train", 200, 0))
     ex = make_example("train", 0, 3)
     qa = ex.questions[0]
-    tokens, n_prompt = lookup_probe.document(world_tokenizer, ex.caption, qa)
+    doc = lookup_probe.document(world_tokenizer, ex.caption, qa)
+    tokens, n_prompt = doc.tokens, doc.weights.index(1.0)
     assert world_tokenizer.decode(tokens[n_prompt:-1]) == qa.answer
     assert tokens[n_prompt - 1] == world_tokenizer.token_to_id(sp.ASSISTANT)
-    batch, weights = lookup_probe.collate([(tokens, n_prompt), (tokens[:-2], n_prompt - 2)], pad=0)
+    short = TaskSequence("vqa", tokens[:-2], doc.weights[:-2])
+    batch = collate([doc, short], pad_id=0)
+    weights = batch["weights"]
     assert weights[0].sum() == len(tokens) - n_prompt and weights[0, :n_prompt].sum() == 0
-    assert (batch[1, len(tokens) - 2 :] == 0).all()
-
+    assert (batch["tokens"][1, len(tokens) - 2 :] == 0).all()
 
 def test_probe_learns_to_count(tmp_path):
     cfg = ProbeConfig(
