@@ -34,5 +34,45 @@ def test_compiled_decoding_equals_eager_decoding():
                 m(tokens, cache=cache)
                 steps[name] = torch.cat([m(tokens[:, :1] + k, cache=cache) for k in range(4)], dim=1)
         torch.testing.assert_close(steps["compiled"], steps["eager"], atol=1e-5, rtol=1e-4)
-    assert model._compiled_layers is None and compiled._compiled_layers is not None
+    assert model._compiled_step is None and compiled._compiled_step is not None
     assert counters["stats"]["unique_graphs"] >= 1  # the compiled steps ran (graphs were traced)
+
+
+def _steps(model, tokens: torch.Tensor, n: int = 3) -> torch.Tensor:
+    """Logits of n one-token steps after a two-token prompt, on a fresh cache of the model's default kind."""
+    with torch.inference_mode():
+        cache = model.new_cache(tokens.shape[0], 8)
+        model(tokens, cache=cache)
+        return torch.cat([model(tokens[:, :1] + k, cache=cache) for k in range(n)], dim=1)
+
+
+def test_frozen_decoders_each_decode_their_own_weights():
+    """Decoding copies freeze their weights into their graphs; two models in one process get a graph each
+    (not the first model's weights), and each matches its eager steps."""
+    tokens = torch.tensor([[5, 7], [9, 11]])
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build_transformer("debug", VOCAB).eval())
+    compiled = [m.for_decoding(compile=True) for m in models]
+    counters.clear()
+    for model, copy in zip(models, compiled):
+        torch.testing.assert_close(_steps(copy, tokens), _steps(model, tokens), atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] >= 2  # one frozen graph per model
+    assert (_steps(compiled[0], tokens) - _steps(compiled[1], tokens)).abs().max() > 1e-2  # different models
+
+
+def test_training_model_compiled_in_place_is_not_frozen():
+    """A model whose weights still require grad compiles without freezing: a later weight update reaches the
+    compiled steps (a frozen graph would keep the old weights)."""
+    torch.manual_seed(0)
+    model = build_transformer("debug", VOCAB)
+    model.compile_for_decoding()
+    tokens = torch.tensor([[5, 7], [9, 11]])
+    before = _steps(model, tokens)
+    with torch.no_grad():
+        model.layers[0].feed_forward.w2.weight.mul_(3.0)
+    after = _steps(model, tokens)
+    assert (after - before).abs().max() > 1e-3
+    model._compiled_step, model.static_cache = None, True  # the same steps eagerly over a static cache
+    torch.testing.assert_close(after, _steps(model, tokens), atol=1e-5, rtol=1e-4)

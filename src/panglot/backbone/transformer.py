@@ -3,15 +3,56 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import types
+from collections.abc import Callable
 
 import torch
+import torch._inductor.config
 import torch.nn.functional as F
 from torch import nn
 
 from panglot.backbone.config import TransformerConfig
 from panglot.nn import Attention, KVCache, RMSNorm, RotaryEmbedding, SwiGLU, attention_mask
 from panglot.nn.attention import DocumentBlocks, document_blocks
+
+
+def frozen_decode_options(device: torch.device) -> dict[str, object]:
+    """Inductor settings for compiled decode steps over frozen weights: ``freezing`` (weights become graph
+    constants) and, on CPU, autotuned matrix products with the C++ GEMM template among the candidates."""
+    options: dict[str, object] = {"freezing": True}
+    if device.type == "cpu":
+        options |= {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+    return options
+
+
+def _under_inductor_config(fn: Callable[..., torch.Tensor], options: dict[str, object]) -> Callable[..., torch.Tensor]:
+    """``fn`` (a ``torch.compile``d callable) called with inductor's config patched by ``options``.
+
+    ``torch.compile(options=...)`` is not enough for ``freezing``: dynamo reads that flag from the global
+    config when it traces (to treat parameters as constants), before the per-compile options apply, so the
+    weights stayed graph inputs and no product was packed. Patching around each call covers the first trace
+    and every retrace (a new batch size, a dynamic-shape graph); the patch itself costs microseconds."""
+
+    @functools.wraps(fn)
+    def call(*args: object, **kwargs: object) -> torch.Tensor:
+        with torch._inductor.config.patch(options):
+            return fn(*args, **kwargs)
+
+    return call
+
+
+def _private_code(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``method`` bound to its object through a private copy of its code object.
+
+    Dynamo keeps its compiled graphs per code object and stops compiling one after ``recompile_limit`` (8)
+    graphs, falling back to eager. A frozen graph holds one model's weights, guarded by their identity, so
+    without a private copy every compiled decoding copy in a process would share one ``_step_logits``
+    cache: the ninth (or the fifth, each retracing once for a new shape) would silently decode eagerly."""
+    func = method.__func__
+    private = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__, func.__closure__)
+    return types.MethodType(functools.update_wrapper(private, func), method.__self__)
 
 
 class TransformerBlock(nn.Module):
@@ -52,7 +93,7 @@ class Transformer(nn.Module):
         self.output = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.reset_parameters()
-        self._compiled_layers = None  # set by compile_for_decoding
+        self._compiled_step = None  # set by compile_for_decoding
         self.static_cache = False  # new_cache's default: True once compiled for decoding
 
     def compile_layers(self, **kwargs: object) -> None:
@@ -64,16 +105,28 @@ class Transformer(nn.Module):
         for layer in self.layers:
             layer.compile(**kwargs)
 
-    def compile_for_decoding(self, **kwargs: object) -> Transformer:
-        """``torch.compile`` the blocks and final norm of a decoding model for one-token steps, and make its
-        KV caches static (``KVCache(static=True)``: the same tensor shapes at every step), so each decode
-        step runs one compiled graph (the norms, RoPE, SwiGLU and residual adds fused around the matrix
+    def compile_for_decoding(self, freeze: bool | None = None, **kwargs: object) -> Transformer:
+        """``torch.compile`` the blocks, final norm and vocabulary head of a decoding model for one-token steps,
+        and make its KV caches static (``KVCache(static=True)``: the same tensor shapes at every step), so each
+        decode step runs one compiled graph (the norms, RoPE, SwiGLU and residual adds fused around the matrix
         products) instead of ~40 small eager ops per layer; prompts (several tokens) run eagerly.
-        Tracing costs ~15 s CPU for the first call and once more when the batch or cache length first
-        changes (then one shape-generic graph serves all); worth it for evaluations and serving, not for a
-        few images. Compiles in place: ``for_decoding(dtype, compile=True)`` gives a compiled copy instead, as
-        ``panglot.load(..., compile=True)`` uses; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
-        self._compiled_layers = torch.compile(self._layers_and_norm, **kwargs)
+
+        ``freeze`` (default: when no parameter requires grad, as in the copies `for_decoding` makes) bakes the
+        weights into the graph as constants (inductor ``freezing``) and, on CPU, lets inductor autotune each
+        matrix product between ATen and its C++ GEMM template, whose AMX / AVX-512 micro-kernels run on
+        weights packed once at compile time: the small-row products of a decode step are where the time goes
+        (docs/benchmarks.md "Frozen weights"). A frozen graph does not see later changes to the weights, so
+        never freeze a model that is still training. Tracing (with autotuning) costs ~15-20 s CPU for the
+        first call and once more when the batch or cache length first changes (then one shape-generic graph
+        serves all); worth it for evaluations and serving, not for a few images. Compiles in place:
+        ``for_decoding(dtype, compile=True)`` gives a compiled copy instead, as ``panglot.load(..., compile=True)``
+        uses; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
+        if freeze is None:
+            freeze = not any(p.requires_grad for p in self.parameters())
+        compiled = torch.compile(_private_code(self._step_logits) if freeze else self._step_logits, **kwargs)
+        if freeze:
+            compiled = _under_inductor_config(compiled, frozen_decode_options(self.tok_embeddings.weight.device))
+        self._compiled_step = compiled
         self.static_cache = True
         return self
 
@@ -158,7 +211,7 @@ class Transformer(nn.Module):
         dtype = dtype or self.tok_embeddings.weight.dtype
         if dtype == self.tok_embeddings.weight.dtype and not compile:
             return self
-        memo = {id(self._compiled_layers): None}  # a compiled graph is not copied: the copy starts eager
+        memo = {id(self._compiled_step): None}  # a compiled graph is not copied: the copy starts eager
         memo |= {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
         decoder = copy.deepcopy(self, memo=memo).eval()
         decoder.static_cache = False
@@ -182,6 +235,17 @@ class Transformer(nn.Module):
         document; attention never leaves it and RoPE positions restart at 0 where it starts, so every
         token sees exactly what it would see with its document alone.
         """
+        return self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache)
+
+    def _prepare(
+        self,
+        tokens: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        valid: torch.Tensor | None,
+        cache: KVCache | None,
+        document_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | DocumentBlocks | None]:
+        """The blocks' inputs: embeddings (B, T, D), RoPE cos and sin, and the attention mask."""
         x = self._inputs(tokens, inputs_embeds, cache)  # (B, T, D)
         b, t, _ = x.shape
         for name, given in (("valid", valid), ("document_ids", document_ids)):
@@ -203,8 +267,7 @@ class Transformer(nn.Module):
                 positions, mask = (valid.long().cumsum(1) - 1).clamp(min=0), attention_mask(valid)
         cos, sin = self.rope(positions)  # fp32 tables, cast once here rather than in every layer
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        step = cache is not None and cache.static and t == 1 and self._compiled_layers is not None
-        return (self._compiled_layers if step else self._layers_and_norm)(x, cos, sin, mask, cache)
+        return x, cos, sin, mask
 
     def _layers_and_norm(
         self,
@@ -227,11 +290,23 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V); arguments as in `forward_hidden`."""
-        hidden = self.forward_hidden(
-            tokens, inputs_embeds=inputs_embeds, valid=valid, cache=cache, document_ids=document_ids
-        )
-        return self.logits(hidden)
+        """Logits (B, T, V); arguments as in `forward_hidden`. A one-token step over a static cache runs the
+        compiled step when `compile_for_decoding` made one."""
+        x, cos, sin, mask = self._prepare(tokens, inputs_embeds, valid, cache, document_ids)
+        if self._compiled_step is not None and cache is not None and cache.static and x.shape[1] == 1:
+            return self._compiled_step(x, cos, sin, mask, cache)
+        return self._step_logits(x, cos, sin, mask, cache)
+
+    def _step_logits(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | DocumentBlocks | None,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
+        """Blocks, final norm and vocabulary projection: what `compile_for_decoding` compiles."""
+        return self.logits(self._layers_and_norm(x, cos, sin, mask, cache))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states (B, T, D) to vocabulary logits (B, T, V)."""
