@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--eval-every", type=int, default=ProbeConfig.eval_every)
+    parser.add_argument("--seed", type=int, default=ProbeConfig.seed, help="model init, scenes, batches and val set")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
     args = parser.parse_args(argv)
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ProbeConfig(
         out=args.out, steps=args.steps, size=args.size, backbone=parse_overrides(args.overrides), lr=args.lr,
         weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
-        eval_every=args.eval_every,
+        eval_every=args.eval_every, seed=args.seed,
     )
     return run(cfg)
 
