@@ -297,16 +297,10 @@ class Transformer(nn.Module):
             return self._compiled_step(x, cos, sin, mask, cache)
         return self._step_logits(x, cos, sin, mask, cache)
 
-    def _step_logits(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | DocumentBlocks | None,
-        cache: KVCache | None,
-    ) -> torch.Tensor:
-        """Blocks, final norm and vocabulary projection: what `compile_for_decoding` compiles."""
-        return self.logits(self._layers_and_norm(x, cos, sin, mask, cache))
+    def _step_logits(self, *blocks_inputs: object) -> torch.Tensor:
+        """Blocks, final norm and vocabulary projection (arguments as `_layers_and_norm`'s): what
+        `compile_for_decoding` compiles."""
+        return self.logits(self._layers_and_norm(*blocks_inputs))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states (B, T, D) to vocabulary logits (B, T, V)."""
