@@ -55,14 +55,17 @@ def test_a_code_is_embedded_by_its_place_in_the_grid():
         torch.testing.assert_close(x[0], model.tok_embeddings.weight[1])  # text tokens untouched
 
 
-@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
+@pytest.mark.parametrize("mode", ["growing", "static", "compiled"])
 @torch.no_grad()
-def test_cached_decode_equals_full_recompute(static):
+def test_cached_decode_equals_full_recompute(mode):
+    """Also through compiled steps (`compile_for_decoding`), where the span index and its cache state are
+    computed inside the graph."""
     model = span_model()
+    decoder = model.for_decoding(compile=True) if mode == "compiled" else model
     tokens = image_sequence(2)
-    cache = model.new_cache(batch=2, max_len=20, static=static)
-    steps = [model(tokens[:, :5], cache=cache)]  # the prefill ends inside the first image
-    steps += [model(tokens[:, t : t + 1], cache=cache) for t in range(5, tokens.shape[1])]
+    cache = decoder.new_cache(batch=2, max_len=20, static=mode != "growing")
+    steps = [decoder(tokens[:, :5], cache=cache)]  # the prefill ends inside the first image
+    steps += [decoder(tokens[:, t : t + 1], cache=cache) for t in range(5, tokens.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), model(tokens), atol=1e-5, rtol=1e-5)
 
 

@@ -48,7 +48,7 @@ def _private_code(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
 
     Dynamo keeps its compiled graphs per code object and stops compiling one after ``recompile_limit`` (8)
     graphs, falling back to eager. A frozen graph holds one model's weights, guarded by their identity, so
-    without a private copy every compiled decoding copy in a process would share one ``_step_logits``
+    without a private copy every compiled decoding copy in a process would share one ``_token_step``
     cache: the ninth (or the fifth, each retracing once for a new shape) would silently decode eagerly."""
     func = method.__func__
     private = types.FunctionType(func.__code__.replace(), func.__globals__, func.__name__, func.__defaults__, func.__closure__)
@@ -106,10 +106,11 @@ class Transformer(nn.Module):
             layer.compile(**kwargs)
 
     def compile_for_decoding(self, freeze: bool | None = None, **kwargs: object) -> Transformer:
-        """``torch.compile`` the blocks, final norm and vocabulary head of a decoding model for one-token steps,
-        and make its KV caches static (``KVCache(static=True)``: the same tensor shapes at every step), so each
-        decode step runs one compiled graph (the norms, RoPE, SwiGLU and residual adds fused around the matrix
-        products) instead of ~40 small eager ops per layer; prompts (several tokens) run eagerly.
+        """``torch.compile`` one-token decode steps of a decoding model (embeddings with span positions, RoPE,
+        blocks, final norm and vocabulary head: `_token_step`), and make its KV caches static
+        (``KVCache(static=True)``: the same tensor shapes at every step), so each decode step runs one compiled
+        graph (the norms, RoPE, SwiGLU and residual adds fused around the matrix products) instead of ~40 small
+        eager ops per layer; prompts (several tokens) and steps from embeddings run eagerly.
 
         ``freeze`` (default: when no parameter requires grad, as in the copies `for_decoding` makes) bakes the
         weights into the graph as constants (inductor ``freezing``) and, on CPU, lets inductor autotune each
@@ -123,7 +124,7 @@ class Transformer(nn.Module):
         uses; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
         if freeze is None:
             freeze = not any(p.requires_grad for p in self.parameters())
-        compiled = torch.compile(_private_code(self._step_logits) if freeze else self._step_logits, **kwargs)
+        compiled = torch.compile(_private_code(self._token_step) if freeze else self._token_step, **kwargs)
         if freeze:
             compiled = _under_inductor_config(compiled, frozen_decode_options(self.tok_embeddings.weight.device))
         self._compiled_step = compiled
@@ -290,17 +291,32 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V); arguments as in `forward_hidden`. A one-token step over a static cache runs the
-        compiled step when `compile_for_decoding` made one."""
-        x, cos, sin, mask = self._prepare(tokens, inputs_embeds, valid, cache, document_ids)
-        if self._compiled_step is not None and cache is not None and cache.static and x.shape[1] == 1:
-            return self._compiled_step(x, cos, sin, mask, cache)
-        return self._step_logits(x, cos, sin, mask, cache)
+        """Logits (B, T, V); arguments as in `forward_hidden`. A one-token step of token ids over a static cache
+        runs the compiled step when `compile_for_decoding` made one."""
+        if (
+            self._compiled_step is not None
+            and tokens is not None
+            and tokens.ndim == 2
+            and tokens.shape[1] == 1
+            and cache is not None
+            and cache.static
+            and (valid is None or valid.shape == tokens.shape)
+            and inputs_embeds is None
+            and document_ids is None
+        ):
+            positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid)
+            return self._compiled_step(tokens, positions, mask, cache)
+        return self.logits(self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache))
 
-    def _step_logits(self, *blocks_inputs: object) -> torch.Tensor:
-        """Blocks, final norm and vocabulary projection (arguments as `_layers_and_norm`'s): what
-        `compile_for_decoding` compiles."""
-        return self.logits(self._layers_and_norm(*blocks_inputs))
+    def _token_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """One decode step from token ids (B, 1) and the cache's reserved slot: embeddings (with span
+        positions), RoPE, blocks, final norm and vocabulary head -> logits (B, 1, V). What
+        `compile_for_decoding` compiles, so that all of it runs as one graph."""
+        x = self.embed(tokens, cache)
+        cos, sin = self.rope(positions)
+        return self.logits(self._layers_and_norm(x, cos.to(x.dtype), sin.to(x.dtype), mask, cache))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states (B, T, D) to vocabulary logits (B, T, V)."""
