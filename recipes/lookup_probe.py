@@ -64,6 +64,7 @@ class ProbeConfig:
     precision: str = "bf16"
     seed: int = 0
     tokenizer_scenes: int = 3000
+    separator: bool = False  # <user> between caption and question (`document`)
 
 
 class Questions:
@@ -85,9 +86,11 @@ class Questions:
         return pool[rng.integers(len(pool))]
 
 
-def document(tok: TextTokenizer, caption: str, qa: QA) -> TaskSequence:
-    """``<bos> <vqa> caption question <assistant> answer <eos>``, weighted on the answer and its ``<eos>``."""
-    prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(caption), *tok.encode(qa.question)]
+def document(tok: TextTokenizer, caption: str, qa: QA, separator: bool = False) -> TaskSequence:
+    """``<bos> <vqa> caption question <assistant> answer <eos>``, weighted on the answer and its ``<eos>``;
+    ``separator`` puts ``<user>`` between the caption and the question (as ``<eoi>`` ends an image)."""
+    middle = [tok.token_to_id(sp.USER)] if separator else []
+    prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(caption), *middle, *tok.encode(qa.question)]
     prompt.append(tok.token_to_id(sp.ASSISTANT))
     target = [*tok.encode(qa.answer), tok.token_to_id(sp.EOS)]
     return TaskSequence("vqa", prompt + target, [0.0] * len(prompt) + [1.0] * len(target))
@@ -110,7 +113,7 @@ class ProbeBatches:
         rng = np.random.default_rng([self.cfg.seed, 11, self.position])
         self.position += 1
         picked = [self.scenes[i] for i in rng.integers(len(self.scenes), size=self.cfg.batch_size)]
-        return collate([document(self.tok, ex.caption, self.questions.pick(ex.questions, rng)) for ex in picked], self.pad)
+        return collate([document(self.tok, ex.caption, self.questions.pick(ex.questions, rng), self.cfg.separator) for ex in picked], self.pad)
 
     def state_dict(self) -> dict:
         return {"position": self.position}
@@ -135,7 +138,7 @@ def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list
         rng = np.random.default_rng([cfg.seed, 7, i])
         for _ in range(cfg.eval_per_scene):
             qa = questions.pick(ex.questions, rng)
-            doc = document(tok, ex.caption, qa)
+            doc = document(tok, ex.caption, qa, cfg.separator)
             n_prompt = doc.weights.index(1.0)
             if len(doc) - n_prompt == 2:  # one answer token and <eos>
                 items.append((qa.kind, doc.tokens[:n_prompt], doc.tokens[n_prompt]))
@@ -205,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS))
     parser.add_argument("--eval-every", type=int, default=ProbeConfig.eval_every)
     parser.add_argument("--seed", type=int, default=ProbeConfig.seed, help="model init, scenes, batches and val set")
+    parser.add_argument("--separator", action="store_true", help="<user> between the caption and the question")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
     args = parser.parse_args(argv)
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ProbeConfig(
         out=args.out, steps=args.steps, size=args.size, backbone=parse_overrides(args.overrides), lr=args.lr,
         weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
-        eval_every=args.eval_every, seed=args.seed,
+        eval_every=args.eval_every, seed=args.seed, separator=args.separator,
     )
     return run(cfg)
 
