@@ -41,6 +41,11 @@ def test_document_puts_loss_on_the_answer_only():
     weights = batch["weights"]
     assert weights[0].sum() == len(tokens) - n_prompt and weights[0, :n_prompt].sum() == 0
     assert (batch["tokens"][1, len(tokens) - 2 :] == 0).all()
+    separated = lookup_probe.document(world_tokenizer, ex.caption, qa, separator=True)
+    n_caption = 2 + len(world_tokenizer.encode(ex.caption))  # <bos> <vqa> caption
+    assert separated.tokens[n_caption] == world_tokenizer.token_to_id(sp.USER)
+    assert separated.tokens[:n_caption] + separated.tokens[n_caption + 1 :] == tokens
+    assert separated.weights.count(1.0) == doc.weights.count(1.0)
 
 def test_probe_learns_to_count(tmp_path):
     cfg = ProbeConfig(
