@@ -28,7 +28,7 @@ from panglot.data.packing import DocumentPacker, PackingConfig, packed_shape
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.model.unified import code_looks, span_positions
-from panglot.multimodal import UnifiedVocab
+from panglot.multimodal import SequenceLayout, UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
 from panglot.training.budget import budgeted, median_step_seconds
@@ -80,9 +80,7 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
         overrides |= span_positions(vocab, codec)
         logger.info("image tokens get span positions: %s", overrides)
     backbone = build_transformer(model_cfg.size, vocab.size, **overrides).to(device)
-    model = UnifiedModel(
-        backbone, vocab, codec, vqa_order=model_cfg.vqa_order, vqa_describe=model_cfg.vqa_describe
-    )
+    model = UnifiedModel(backbone, vocab, codec, **{name: getattr(model_cfg, name) for name in SequenceLayout.OPTIONS})
     if model_cfg.code_factors or model_cfg.code_features:
         looks = None
         if model_cfg.code_features:  # what each id looks like in (a share of) the training scenes

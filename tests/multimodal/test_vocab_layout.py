@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from panglot.codecs.text import TextTokenizer
+from panglot.model import UnifiedModelConfig
 from panglot.multimodal import PlaceholderError, SequenceLayout, UnifiedVocab
 
 TEXTS = ["a large red circle at the top left", "what color is the circle?", "red", "yes", "no"] * 5
@@ -110,3 +112,13 @@ def test_a_describing_layout_weights_the_caption_and_the_answer(vocab):
         layout.vqa([1, 2, 3, 4], q, a)
     with pytest.raises(ValueError, match="vqa_describe is False"):
         SequenceLayout(vocab).vqa([1, 2, 3, 4], q, a, description=caption)
+
+
+def test_every_layout_switch_is_a_model_config_field_and_round_trips(vocab):
+    """The unified recipe passes ``SequenceLayout.OPTIONS`` from the model config by name, and a run rebuilds
+    its layout from ``options``: a switch added to one must exist in the other."""
+    assert set(SequenceLayout.OPTIONS) <= {f.name for f in fields(UnifiedModelConfig)}
+    layout = SequenceLayout(vocab, vqa_order="question_first", vqa_describe=True)
+    assert SequenceLayout(vocab, **layout.options).options == layout.options == {
+        "vqa_order": "question_first", "vqa_describe": True
+    }

@@ -45,6 +45,8 @@ class SequenceLayout:
     (a causal model's way to read the image for a purpose, as InstructBLIP's instruction-aware Q-Former does).
     """
 
+    OPTIONS = ("vqa_order", "vqa_describe")  # the switches: keyword arguments here, fields of a run's model config
+
     def __init__(
         self, vocab: UnifiedVocab, image_slot: str = "image", vqa_order: str = "image_first", vqa_describe: bool = False
     ):
@@ -65,7 +67,7 @@ class SequenceLayout:
     def options(self) -> dict[str, str | bool]:
         """The switches this layout was built with (``SequenceLayout(vocab, slot, **options)`` rebuilds it; a run
         keeps them in run.json)."""
-        return {"vqa_order": self.vqa_order, "vqa_describe": self.vqa_describe}
+        return {name: getattr(self, name) for name in self.OPTIONS}
 
     # ----- prompts (inference) -----
 
