@@ -5,7 +5,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from panglot.backbone import build_transformer
-from panglot.generation import generate
+from panglot.generation import Multinomial, TopK, generate
 
 VOCAB = 97
 
@@ -76,3 +76,28 @@ def test_training_model_compiled_in_place_is_not_frozen():
     assert (after - before).abs().max() > 1e-3
     model._compiled_step, model.static_cache = None, True  # the same steps eagerly over a static cache
     torch.testing.assert_close(after, _steps(model, tokens), atol=1e-5, rtol=1e-4)
+
+
+def test_fused_decode_steps_sample_what_the_plain_loop_samples():
+    """`generate` runs each step after the first as one `decode_step` (forward + guidance + processors + the
+    sampler's pick; one compiled graph on a compiled copy) when the sampler returns a `SampleRun`; a sampler that
+    returns a plain function takes the step-by-step loop. Same draws, same ids, eager or compiled."""
+    torch.manual_seed(0)
+    model = build_transformer("debug", VOCAB).eval()
+    compiled = model.for_decoding(compile=True)
+
+    class PlainFunction:  # Multinomial's draws behind a plain function: generate cannot fuse it
+        def __init__(self, seed: int) -> None:
+            self.sampler = Multinomial(seed)
+
+        def start(self, *args):
+            run = self.sampler.start(*args)
+            return lambda logits, step: run(logits, step)
+
+    prompts, uncond = _prompts(4, 3), [[1, 2]] * 4
+    args = dict(max_new_tokens=10, uncond_prompts=uncond, cfg_scale=2.5, processors=[TopK(20)])
+    plain = generate(model, prompts, sampler=PlainFunction(5), **args)
+    assert generate(model, prompts, sampler=Multinomial(5), **args) == plain
+    counters.clear()
+    assert generate(compiled, prompts, sampler=Multinomial(5), **args) == plain
+    assert counters["stats"]["unique_graphs"] >= 1

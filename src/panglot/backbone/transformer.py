@@ -94,6 +94,7 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.reset_parameters()
         self._compiled_step = None  # set by compile_for_decoding
+        self._compiled_select_step = None
         self.static_cache = False  # new_cache's default: True once compiled for decoding
 
     def compile_layers(self, **kwargs: object) -> None:
@@ -124,10 +125,14 @@ class Transformer(nn.Module):
         uses; returns self. Needs a C++ compiler on CPU. ``kwargs`` go to ``torch.compile``."""
         if freeze is None:
             freeze = not any(p.requires_grad for p in self.parameters())
-        compiled = torch.compile(_private_code(self._token_step) if freeze else self._token_step, **kwargs)
-        if freeze:
-            compiled = _under_inductor_config(compiled, frozen_decode_options(self.tok_embeddings.weight.device))
-        self._compiled_step = compiled
+        options = frozen_decode_options(self.tok_embeddings.weight.device)
+
+        def compiled(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+            fn = torch.compile(_private_code(method) if freeze else method, **kwargs)
+            return _under_inductor_config(fn, options) if freeze else fn
+
+        self._compiled_step = compiled(self._token_step)
+        self._compiled_select_step = compiled(self._select_step)
         self.static_cache = True
         return self
 
@@ -212,7 +217,7 @@ class Transformer(nn.Module):
         dtype = dtype or self.tok_embeddings.weight.dtype
         if dtype == self.tok_embeddings.weight.dtype and not compile:
             return self
-        memo = {id(self._compiled_step): None}  # a compiled graph is not copied: the copy starts eager
+        memo = {id(self._compiled_step): None, id(self._compiled_select_step): None}  # a compiled graph is not copied: the copy starts eager
         memo |= {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
         decoder = copy.deepcopy(self, memo=memo).eval()
         decoder.static_cache = False
@@ -307,6 +312,30 @@ class Transformer(nn.Module):
             positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid)
             return self._compiled_step(tokens, positions, mask, cache)
         return self.logits(self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache))
+
+    def decode_step(
+        self, tokens: torch.Tensor, cache: KVCache, select: Callable[..., torch.Tensor], *select_args: object
+    ) -> torch.Tensor:
+        """One decode step that also picks the next ids: ``select(logits (B, V) of the last position,
+        *select_args)`` (``generate`` passes guidance, processors and sampler). After `compile_for_decoding`, with
+        a static cache, the forward and ``select`` run as one compiled graph (one call per token instead of a
+        compiled forward plus ~25 small eager ops of guidance, constraint and sampler); otherwise as
+        ``select(self(tokens, cache=cache)[:, -1], *select_args)``. tokens (B, 1)."""
+        if self._compiled_select_step is None or not cache.static:
+            return select(self(tokens, cache=cache)[:, -1], *select_args)
+        positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool))
+        return self._compiled_select_step(tokens, positions, mask, cache, select, *select_args)
+
+    def _select_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: KVCache,
+        select: Callable[..., torch.Tensor],
+        *select_args: object,
+    ) -> torch.Tensor:
+        return select(self._token_step(tokens, positions, mask, cache)[:, -1], *select_args)
 
     def _token_step(
         self, tokens: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache

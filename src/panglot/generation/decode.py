@@ -15,7 +15,7 @@ import torch
 
 from panglot.generation.guidance import ClassifierFreeGuidance
 from panglot.generation.processors import DecodeState, LogitsProcessor, ProcessorList
-from panglot.generation.sampling import Greedy, Sampler
+from panglot.generation.sampling import Greedy, Sampler, SampleRun
 from panglot.nn.precision import resolve_dtype
 
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -78,13 +78,22 @@ def generate(
         stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
         done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
 
+        # with a SampleRun and a model that has decode_step, each step after the first is one call of it: the
+        # forward of the last ids and _select (one compiled graph once the model is compiled for decoding)
+        fused = isinstance(sample, SampleRun) and hasattr(model, "decode_step")
         logits = model(tokens[:, :prompt_len], valid=valid[:, :prompt_len], cache=cache)[:, -1]  # (R, V)
         n_generated = 0
         for step in range(max_new_tokens):
             end = prompt_len + step
-            next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
-            state = DecodeState(tokens=tokens[:n_prompts, :end], valid=valid[:n_prompts, :end], step=step)
-            ids = sample(process(next_logits, state), step)  # (B,)
+            rows = (tokens[:n_prompts, :end], valid[:n_prompts, :end], step)
+            if fused and step > 0:
+                ids = model.decode_step(tokens[:, end - 1 : end], cache, _select, guidance, process, *rows,
+                                        sample.pick, sample.noise(step))  # fmt: skip
+            elif fused:
+                ids = _select(logits, guidance, process, *rows, sample.pick, sample.noise(step))
+            else:
+                next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
+                ids = sample(process(next_logits, DecodeState(*rows)), step)  # (B,)
             tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
             n_generated = step + 1
             if callback is not None:
@@ -93,9 +102,26 @@ def generate(
                 done |= torch.isin(ids, stops)
             if n_generated == max_new_tokens or (len(stops) and bool(done.all())):
                 break
-            logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
+            if not fused:
+                logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
     generated = tokens[:n_prompts, prompt_len : prompt_len + n_generated].tolist()
     return [_cut_at_stop(row, set(stop_ids)) for row in generated]
+
+
+def _select(
+    logits: torch.Tensor,
+    guidance: ClassifierFreeGuidance | None,
+    process: ProcessorList,
+    tokens: torch.Tensor,
+    valid: torch.Tensor,
+    step: int,
+    pick: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """The next ids (B,) from the last position's logits (R, V): guidance, processors, then the sampler's pick.
+    A plain function of its arguments, so that a compiled decode step can trace it into its graph."""
+    next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
+    return pick(process(next_logits, DecodeState(tokens=tokens, valid=valid, step=step)), noise)
 
 
 def left_pad(

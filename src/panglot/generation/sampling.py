@@ -1,7 +1,9 @@
 """Samplers: turn processed logits (B, V) into one token id per row.
 
 A sampler is started once per `generate` call (`start(n_rows, n_steps, device)`) and returns a function
-`(logits (B, V), step) -> ids (B,)`. :class:`Multinomial` gives every row its own seeded
+`(logits (B, V), step) -> ids (B,)`; the built-in ones return a :class:`SampleRun`, which splits that into the
+step's noise (drawn up front) and a pure tensor function of logits and noise, so that compiled decoding can fuse
+the pick into the step's graph. :class:`Multinomial` gives every row its own seeded
 `torch.Generator`, draws that row's uniforms for all steps up front (on CPU, so the result does not
 depend on the device) and samples by inverse CDF: a row's tokens depend only on its prompt and its seed,
 not on which other rows share the batch (up to float rounding in the forward), and the hot loop has no
@@ -19,6 +21,27 @@ import torch
 SampleFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class SampleRun:
+    """One decoding run's sampling: ``ids = pick(logits, noise(step))``; callable as a `SampleFn`.
+
+    ``pick(logits (B, V), noise (B,) or None) -> ids (B,)`` is a plain tensor function (no step, no state),
+    ``draws`` (B, n_steps) the noise of every step, or None."""
+
+    pick: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+    draws: torch.Tensor | None = None
+
+    def noise(self, step: int) -> torch.Tensor | None:
+        return None if self.draws is None else self.draws[:, step]
+
+    def __call__(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        return self.pick(logits, self.noise(step))
+
+
+def pick_argmax(logits: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    return logits.argmax(dim=-1)
+
+
 class Sampler(Protocol):
     def start(self, n_rows: int, n_steps: int, device: torch.device) -> SampleFn:
         """A function `(logits (n_rows, V) float, step) -> ids (n_rows,) long` for one decoding run."""
@@ -29,8 +52,8 @@ class Sampler(Protocol):
 class Greedy:
     """Argmax decoding (the first id among equal maxima)."""
 
-    def start(self, n_rows: int, n_steps: int, device: torch.device) -> SampleFn:
-        return lambda logits, step: logits.argmax(dim=-1)
+    def start(self, n_rows: int, n_steps: int, device: torch.device) -> SampleRun:
+        return SampleRun(pick_argmax)
 
 
 @dataclass(frozen=True)
@@ -50,14 +73,14 @@ class Multinomial:
             raise ValueError(f"Multinomial has {len(self.seed)} row seeds for a batch of {n_rows} prompts")
         return self.seed
 
-    def start(self, n_rows: int, n_steps: int, device: torch.device) -> SampleFn:
+    def start(self, n_rows: int, n_steps: int, device: torch.device) -> SampleRun:
         uniforms = torch.stack(
             [
                 torch.rand(n_steps, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
                 for seed in self.row_seeds(n_rows)
             ]
         ).to(device)  # (B, n_steps) in [0, 1)
-        return lambda logits, step: sample_inverse_cdf(logits, uniforms[:, step])
+        return SampleRun(sample_inverse_cdf, uniforms)
 
 
 def sample_inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
