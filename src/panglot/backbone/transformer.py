@@ -9,6 +9,7 @@ import types
 from collections.abc import Callable
 
 import torch
+import torch._dynamo.config
 import torch._inductor.config
 import torch.nn.functional as F
 from torch import nn
@@ -27,17 +28,24 @@ def frozen_decode_options(device: torch.device) -> dict[str, object]:
     return options
 
 
+DECODE_RECOMPILE_LIMIT = 32  # graphs per compiled decoding copy's step (dynamo's default: 8)
+
+
 def _under_inductor_config(fn: Callable[..., torch.Tensor], options: dict[str, object]) -> Callable[..., torch.Tensor]:
-    """``fn`` (a ``torch.compile``d callable) called with inductor's config patched by ``options``.
+    """``fn`` (a ``torch.compile``d callable) called with inductor's config patched by ``options`` and dynamo's
+    recompile limit raised to ``DECODE_RECOMPILE_LIMIT``.
 
     ``torch.compile(options=...)`` is not enough for ``freezing``: dynamo reads that flag from the global
     config when it traces (to treat parameters as constants), before the per-compile options apply, so the
     weights stayed graph inputs and no product was packed. Patching around each call covers the first trace
-    and every retrace (a new batch size, a dynamic-shape graph); the patch itself costs microseconds."""
+    and every retrace (a new batch size, a dynamic-shape graph); the patch itself costs microseconds. The limit:
+    an evaluation decodes with and without guidance, with two constraints, several batch sizes and guidance
+    scales, each a graph of the fused step (`Transformer.decode_step`) until dynamo makes the changing sizes
+    dynamic; past the default 8 dynamo would silently run the step eagerly."""
 
     @functools.wraps(fn)
     def call(*args: object, **kwargs: object) -> torch.Tensor:
-        with torch._inductor.config.patch(options):
+        with torch._inductor.config.patch(options), torch._dynamo.config.patch(recompile_limit=DECODE_RECOMPILE_LIMIT):
             return fn(*args, **kwargs)
 
     return call
