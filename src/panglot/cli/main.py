@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("--n-per-cell", type=int, default=50, help="prompts per (seen/unseen, 1/2/3 objects) cell")
     p.add_argument("--out", default=None, help="where to write metrics.json and the report (default: RUN/eval)")
-    p.add_argument("--compile", action="store_true", help="compiled decode steps (~2x faster after ~15-20 s of tracing per batch shape)")
+    p.add_argument("--compile", action="store_true", help="compiled decode steps (2-3x faster after ~15-20 s of tracing per batch shape)")
     p.set_defaults(fn=cmd_eval)
     return parser
 
