@@ -120,8 +120,7 @@ class Transformer(nn.Module):
         blocks, final norm and vocabulary head: `_token_step`), and make its KV caches static
         (``KVCache(static=True)``: the same tensor shapes at every step), so each decode step runs one compiled
         graph (the norms, RoPE, SwiGLU and residual adds fused around the matrix products) instead of ~40 small
-        eager ops per layer; prompts (several tokens) run through it too, as graphs of their own, and inputs given as
-        embeddings run eagerly.
+        eager ops per layer; prompts (several tokens) and steps from embeddings run eagerly.
 
         ``freeze`` (default: when no parameter requires grad, as in the copies `for_decoding` makes) bakes the
         weights into the graph as constants (inductor ``freezing``) and, on CPU, lets inductor autotune each
@@ -307,8 +306,8 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,
         document_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits (B, T, V); arguments as in `forward_hidden`. Token ids over a static cache (a one-token step or
-        a prompt) run the compiled step when `compile_for_decoding` made one."""
+        """Logits (B, T, V); arguments as in `forward_hidden`. A one-token step of token ids over a static cache
+        runs the compiled step when `compile_for_decoding` made one."""
         if (
             self._compiled_step is not None
             and tokens is not None
