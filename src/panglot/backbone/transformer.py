@@ -102,7 +102,6 @@ class Transformer(nn.Module):
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
         self.reset_parameters()
         self._compiled_step = None  # set by compile_for_decoding
-        self._compiled_prefill = None
         self._compiled_select_step = None
         self.static_cache = False  # new_cache's default: True once compiled for decoding
 
@@ -141,7 +140,6 @@ class Transformer(nn.Module):
             return _under_inductor_config(fn, options) if freeze else fn
 
         self._compiled_step = compiled(self._token_step)
-        self._compiled_prefill = compiled(_private_code(self._token_step))  # its own graphs: prompts of any length
         self._compiled_select_step = compiled(self._select_step)
         self.static_cache = True
         return self
@@ -227,7 +225,7 @@ class Transformer(nn.Module):
         dtype = dtype or self.tok_embeddings.weight.dtype
         if dtype == self.tok_embeddings.weight.dtype and not compile:
             return self
-        memo = {id(f): None for f in (self._compiled_step, self._compiled_prefill, self._compiled_select_step)}  # a compiled graph is not copied: the copy starts eager
+        memo = {id(self._compiled_step): None, id(self._compiled_select_step): None}  # a compiled graph is not copied: the copy starts eager
         memo |= {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in self.parameters()}
         decoder = copy.deepcopy(self, memo=memo).eval()
         decoder.static_cache = False
@@ -312,6 +310,7 @@ class Transformer(nn.Module):
             self._compiled_step is not None
             and tokens is not None
             and tokens.ndim == 2
+            and tokens.shape[1] == 1
             and cache is not None
             and cache.static
             and (valid is None or valid.shape == tokens.shape)
@@ -319,8 +318,7 @@ class Transformer(nn.Module):
             and document_ids is None
         ):
             positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid)
-            step = self._compiled_step if tokens.shape[1] == 1 else self._compiled_prefill
-            return step(tokens, positions, mask, cache)
+            return self._compiled_step(tokens, positions, mask, cache)
         return self.logits(self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache))
 
     def decode_step(
