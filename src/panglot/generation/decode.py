@@ -86,14 +86,11 @@ def generate(
         for step in range(max_new_tokens):
             end = prompt_len + step
             rows = (tokens[:n_prompts, :end], valid[:n_prompts, :end], step)
+            pick, noise = (sample.pick, sample.noise(step)) if fused else (_at_step(sample, step), None)
             if fused and step > 0:
-                ids = model.decode_step(tokens[:, end - 1 : end], cache, _select, guidance, process, *rows,
-                                        sample.pick, sample.noise(step))  # fmt: skip
-            elif fused:
-                ids = _select(logits, guidance, process, *rows, sample.pick, sample.noise(step))
+                ids = model.decode_step(tokens[:, end - 1 : end], cache, _select, guidance, process, *rows, pick, noise)
             else:
-                next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
-                ids = sample(process(next_logits, DecodeState(*rows)), step)  # (B,)
+                ids = _select(logits, guidance, process, *rows, pick, noise)  # (B,)
             tokens[:, end] = ids.repeat(tokens.shape[0] // n_prompts)
             n_generated = step + 1
             if callback is not None:
@@ -122,6 +119,11 @@ def _select(
     A plain function of its arguments, so that a compiled decode step can trace it into its graph."""
     next_logits = logits.float() if guidance is None else guidance(logits.float())  # (B, V)
     return pick(process(next_logits, DecodeState(tokens=tokens, valid=valid, step=step)), noise)
+
+
+def _at_step(sample: Callable[[torch.Tensor, int], torch.Tensor], step: int) -> Callable[..., torch.Tensor]:
+    """A plain sampler function as a ``pick(logits, noise)`` for this step (the noise is its own business)."""
+    return lambda logits, noise: sample(logits, step)
 
 
 def left_pad(
