@@ -15,6 +15,15 @@ def _prompts(n: int, seed: int) -> list[list[int]]:
     return [torch.randint(3, VOCAB, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist() for _ in range(n)]
 
 
+def _steps(model, tokens: torch.Tensor, n: int = 3) -> torch.Tensor:
+    """Logits of n one-token steps after the prompt ``tokens``, on a fresh cache (of the model's default kind)
+    that holds exactly them."""
+    with torch.inference_mode():
+        cache = model.new_cache(tokens.shape[0], tokens.shape[1] + n)
+        model(tokens, cache=cache)
+        return torch.cat([model(tokens[:, :1] + k, cache=cache) for k in range(n)], dim=1)
+
+
 def test_compiled_decoding_equals_eager_decoding():
     torch.manual_seed(0)
     model = build_transformer("debug", VOCAB).eval()
@@ -27,23 +36,9 @@ def test_compiled_decoding_equals_eager_decoding():
         args = dict(max_new_tokens=12, uncond_prompts=uncond, cfg_scale=2.0)
         assert generate(compiled, prompts, **args) == generate(model, prompts, **args)
         tokens = torch.tensor([p[:2] for p in prompts])
-        steps = {}
-        for name, m in (("eager", model), ("compiled", compiled)):
-            with torch.inference_mode():
-                cache = m.new_cache(batch, 6)
-                m(tokens, cache=cache)
-                steps[name] = torch.cat([m(tokens[:, :1] + k, cache=cache) for k in range(4)], dim=1)
-        torch.testing.assert_close(steps["compiled"], steps["eager"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(_steps(compiled, tokens, 4), _steps(model, tokens, 4), atol=1e-5, rtol=1e-4)
     assert model._compiled_step is None and compiled._compiled_step is not None
     assert counters["stats"]["unique_graphs"] >= 1  # the compiled steps ran (graphs were traced)
-
-
-def _steps(model, tokens: torch.Tensor, n: int = 3) -> torch.Tensor:
-    """Logits of n one-token steps after a two-token prompt, on a fresh cache of the model's default kind."""
-    with torch.inference_mode():
-        cache = model.new_cache(tokens.shape[0], 8)
-        model(tokens, cache=cache)
-        return torch.cat([model(tokens[:, :1] + k, cache=cache) for k in range(n)], dim=1)
 
 
 def test_frozen_decoders_each_decode_their_own_weights():
