@@ -31,7 +31,7 @@ def frozen_decode_options(device: torch.device) -> dict[str, object]:
 DECODE_RECOMPILE_LIMIT = 32  # graphs per compiled decoding copy's step (dynamo's default: 8)
 
 
-def _under_inductor_config(fn: Callable[..., torch.Tensor], options: dict[str, object]) -> Callable[..., torch.Tensor]:
+def _under_decode_config(fn: Callable[..., torch.Tensor], options: dict[str, object]) -> Callable[..., torch.Tensor]:
     """``fn`` (a ``torch.compile``d callable) called with inductor's config patched by ``options`` and dynamo's
     recompile limit raised to ``DECODE_RECOMPILE_LIMIT``.
 
@@ -137,7 +137,7 @@ class Transformer(nn.Module):
 
         def compiled(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
             fn = torch.compile(_private_code(method) if freeze else method, **kwargs)
-            return _under_inductor_config(fn, options) if freeze else fn
+            return _under_decode_config(fn, options) if freeze else fn
 
         self._compiled_step = compiled(self._token_step)
         self._compiled_select_step = compiled(self._select_step)
