@@ -72,6 +72,32 @@ def test_left_padded_prefill_then_cached_decode_equals_unpadded_rows(model, stat
         torch.testing.assert_close(decoded[i], reference, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["growing", "static"])
+@torch.no_grad()
+def test_taken_cache_rows_decode_as_if_each_row_was_prefilled(model, static):
+    """A cache of 2 prefilled rows, taken as rows [1, 0, 1], decodes what a cache prefilled with those 3 rows does."""
+    prompts, index = _tokens(2, 6, seed=6), torch.tensor([1, 0, 1])
+    extra = _tokens(3, 3, seed=7)
+    small = model.new_cache(batch=2, max_len=9, static=static)
+    model(prompts, cache=small)
+    taken = small.take_rows(index)
+    full = model.new_cache(batch=3, max_len=9, static=static)
+    model(prompts[index], cache=full)
+    for t in range(3):
+        torch.testing.assert_close(model(extra[:, t : t + 1], cache=taken), model(extra[:, t : t + 1], cache=full))
+    assert taken.batch == 3 and taken.length == full.length == 9 and small.length == 6  # the original is untouched
+
+
+@torch.no_grad()
+def test_logits_to_keep_gives_the_last_positions(model):
+    tokens = _tokens(2, 7, seed=8)
+    full = model(tokens)
+    torch.testing.assert_close(model(tokens, logits_to_keep=1), full[:, -1:])
+    torch.testing.assert_close(model(tokens, logits_to_keep=3), full[:, -3:])
+    with pytest.raises(ValueError, match="logits_to_keep must be >= 0"):
+        model(tokens, logits_to_keep=-1)
+
+
 @torch.no_grad()
 def test_inputs_embeds_equals_tokens_and_hidden_feeds_logits(model):
     tokens = _tokens(2, 6)

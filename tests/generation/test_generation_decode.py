@@ -83,6 +83,39 @@ def test_cfg_scale_one_equals_conditional_decoding(model):
     assert strong != generate(model, PROMPTS, max_new_tokens=10, sampler=Multinomial(5))
 
 
+def test_repeated_prompts_are_prefilled_once_and_decode_as_apart(model):
+    """A batch that repeats prompts (guidance's one unconditional prompt, n samples of a prompt) prefills each
+    distinct prompt once, and every row decodes what it decodes alone."""
+    calls = []
+
+    class Spy(torch.nn.Module):  # the model as generate sees it, recording the rows of every forward
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, tokens, **kwargs):
+            calls.append(tokens.shape[0])
+            return self.inner(tokens, **kwargs)
+
+        def new_cache(self, *args, **kwargs):
+            return self.inner.new_cache(*args, **kwargs)
+
+        def for_decoding(self, dtype=None):
+            return self
+
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    seeds = [3, 4, 5]
+    out = generate(
+        Spy(), prompts, max_new_tokens=6, sampler=Multinomial(seeds), uncond_prompts=[[BOS]] * 3, cfg_scale=2.0
+    )
+    assert calls[0] == 3  # two distinct prompts + one unconditional prompt, not 6 rows
+    for prompt, seed, row in zip(prompts, seeds, out):
+        alone = generate(
+            model, [prompt], max_new_tokens=6, sampler=Multinomial(seed), uncond_prompts=[[BOS]], cfg_scale=2.0
+        )
+        assert alone == [row]
+
+
 def test_cfg_greedy_equals_guided_argmax_of_full_forwards(model):
     scale = 3.0
     out = generate(model, PROMPTS, max_new_tokens=8, uncond_prompts=UNCOND, cfg_scale=scale)

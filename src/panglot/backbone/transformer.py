@@ -303,9 +303,13 @@ class Transformer(nn.Module):
         valid: torch.Tensor | None = None,
         cache: KVCache | None = None,
         document_ids: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        """Logits (B, T, V); arguments as in `forward_hidden`. A one-token step of token ids over a static cache
-        runs the compiled step when `compile_for_decoding` made one."""
+        """Logits (B, T, V); arguments as in `forward_hidden`. ``logits_to_keep`` > 0: only the last that many
+        positions' logits (B, logits_to_keep, V), as transformers' argument of that name (a prompt's forward
+        before decoding needs its last position only, and the vocabulary head over every prompt position would
+        cost more than a block). A one-token step of token ids over a static cache runs the compiled step when
+        `compile_for_decoding` made one."""
         if (
             self._compiled_step is not None
             and tokens is not None
@@ -319,7 +323,11 @@ class Transformer(nn.Module):
         ):
             positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid)
             return self._compiled_step(tokens, positions, mask, cache)
-        return self.logits(self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache))
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be >= 0 (0 keeps every position), got {logits_to_keep}")
+        hidden = self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache)
+        # contiguous: a strided (B, k, D) slice sends F.linear down a batched-matmul path that copies the weight per row
+        return self.logits(hidden[:, -logits_to_keep:].contiguous() if logits_to_keep else hidden)
 
     def decode_step(
         self, tokens: torch.Tensor, cache: KVCache, select: Callable[..., torch.Tensor], *select_args: object

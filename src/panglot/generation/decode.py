@@ -25,9 +25,10 @@ class CausalLM(Protocol):
     """What `generate` needs from a model (`panglot.backbone.Transformer` is one)."""
 
     def __call__(
-        self, tokens: torch.Tensor, *, valid: torch.Tensor | None = None, cache: Any = None
+        self, tokens: torch.Tensor, *, valid: torch.Tensor | None = None, cache: Any = None, logits_to_keep: int = 0
     ) -> torch.Tensor:
-        """tokens (B, T) long -> logits (B, T, V); with a cache, the tokens are appended to it."""
+        """tokens (B, T) long -> logits (B, T, V) (the last ``logits_to_keep`` positions when > 0); with a cache,
+        the tokens are appended to it (a cache has ``take_rows(index)``, as `panglot.nn.KVCache`)."""
         ...
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> Any: ...
@@ -71,9 +72,9 @@ def generate(
     cache_dtype = None if dtype is None else resolve_dtype(dtype)
     model = model.for_decoding(cache_dtype)
     with torch.inference_mode():
-        tokens, valid = left_pad([*prompts, *(uncond_prompts or ())], max_new_tokens, device)  # (R, P + N)
+        every_prompt = [*prompts, *(uncond_prompts or ())]
+        tokens, valid = left_pad(every_prompt, max_new_tokens, device)  # (R, P + N)
         prompt_len = tokens.shape[1] - max_new_tokens
-        cache = model.new_cache(tokens.shape[0], tokens.shape[1], dtype=cache_dtype)
         sample = (sampler or Greedy()).start(n_prompts, max_new_tokens, device)
         stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
         done = torch.zeros(n_prompts, dtype=torch.bool, device=device)
@@ -81,7 +82,9 @@ def generate(
         # with a SampleRun and a model that has decode_step, each step after the first is one call of it: the
         # forward of the last ids and _select (one compiled graph once the model is compiled for decoding)
         fused = isinstance(sample, SampleRun) and hasattr(model, "decode_step")
-        logits = model(tokens[:, :prompt_len], valid=valid[:, :prompt_len], cache=cache)[:, -1]  # (R, V)
+        logits, cache = _prefill(
+            model, every_prompt, tokens[:, :prompt_len], valid[:, :prompt_len], tokens.shape[1], cache_dtype
+        )
         n_generated = 0
         for step in range(max_new_tokens):
             end = prompt_len + step
@@ -103,6 +106,31 @@ def generate(
                 logits = model(tokens[:, end : end + 1], cache=cache)[:, -1]
     generated = tokens[:n_prompts, prompt_len : prompt_len + n_generated].tolist()
     return [_cut_at_stop(row, set(stop_ids)) for row in generated]
+
+
+def _prefill(
+    model: CausalLM,
+    rows: Sequence[Sequence[int]],
+    tokens: torch.Tensor,
+    valid: torch.Tensor,
+    max_len: int,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, Any]:
+    """The prompts' forward: last-position logits (R, V) and a cache of ``max_len`` slots holding the R prompts.
+
+    Each distinct prompt runs once and its cache row is copied to every row that holds it: with guidance the
+    B unconditional prompts are usually one and the same, and ``n`` samples of a prompt repeat it, so this
+    halves the prompt forward of a guided batch (tokens, valid: the left-padded prompts (R, P))."""
+    first: dict[tuple[int, ...], int] = {}
+    index = torch.tensor([first.setdefault(tuple(row), len(first)) for row in rows], device=tokens.device)
+    if len(first) == len(rows):  # nothing repeats
+        cache = model.new_cache(len(rows), max_len, dtype=dtype)
+        return model(tokens, valid=valid, cache=cache, logits_to_keep=1)[:, -1], cache
+    firsts = torch.zeros(len(first), dtype=torch.long, device=tokens.device)
+    firsts[index] = torch.arange(len(rows), device=tokens.device)  # some row of each distinct prompt
+    cache = model.new_cache(len(first), max_len, dtype=dtype)
+    logits = model(tokens[firsts], valid=valid[firsts], cache=cache, logits_to_keep=1)[:, -1]  # (U, V)
+    return logits[index], cache.take_rows(index)
 
 
 def _select(

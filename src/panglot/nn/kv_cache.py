@@ -16,6 +16,8 @@ Attention then reads all ``max_len`` slots every step, a small cost next to the 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -78,6 +80,17 @@ class KVCache:
             return positions, attention_mask(self.valid, query_start=start, n_queries=n_new)
         mask = attention_mask(self.valid[:, :end], query_start=start)
         return positions, mask
+
+    def take_rows(self, index: torch.Tensor) -> KVCache:
+        """A new cache whose row i is a copy of this cache's row ``index[i]`` (keys, values, validity, positions,
+        open span run): rows may repeat, so a prompt prefilled once can serve several rows of a batch."""
+        taken = copy.copy(self)
+        taken.keys = [keys.index_select(0, index) for keys in self.keys]
+        taken.values = [values.index_select(0, index) for values in self.values]
+        taken.valid, taken.next_position, taken.span_run = (
+            t.index_select(0, index) for t in (self.valid, self.next_position, self.span_run)
+        )
+        return taken
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, Dh) into the last T reserved slots; return keys/values (B, H_kv, S, Dh)
