@@ -63,6 +63,14 @@ def _private_code(method: Callable[..., torch.Tensor]) -> Callable[..., torch.Te
     return types.MethodType(functools.update_wrapper(private, func), method.__self__)
 
 
+def _slots_dynamic(mask: torch.Tensor) -> torch.Tensor:
+    """A decode step's mask (B, 1, 1, S), its slot count S marked dynamic: S grows by one at every step (attention
+    reads only the written slots, `KVCache`), and without the mark dynamo would trace a graph for the first S and a
+    second, dynamic one at the next step."""
+    torch._dynamo.maybe_mark_dynamic(mask, 3)
+    return mask
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -322,7 +330,7 @@ class Transformer(nn.Module):
             and document_ids is None
         ):
             positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid)
-            return self._compiled_step(tokens, positions, mask, cache)
+            return self._compiled_step(tokens, positions, _slots_dynamic(mask), cache)
         if logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be >= 0 (0 keeps every position), got {logits_to_keep}")
         hidden = self._layers_and_norm(*self._prepare(tokens, inputs_embeds, valid, cache, document_ids), cache)
@@ -340,7 +348,7 @@ class Transformer(nn.Module):
         if self._compiled_select_step is None or not cache.static:
             return select(self(tokens, cache=cache)[:, -1], *select_args)
         positions, mask = cache.extend(torch.ones_like(tokens, dtype=torch.bool))
-        return self._compiled_select_step(tokens, positions, mask, cache, select, *select_args)
+        return self._compiled_select_step(tokens, positions, _slots_dynamic(mask), cache, select, *select_args)
 
     def _select_step(
         self,

@@ -53,6 +53,8 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k.to(cache.keys[layer].dtype), v.to(cache.values[layer].dtype))
+            if isinstance(mask, torch.Tensor):  # a static cache returns all its slots: attend over the mask's, written
+                k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
             k, v = k.to(q.dtype), v.to(q.dtype)
         if isinstance(mask, DocumentBlocks):  # packed training rows, one attention block per document
             out = mask.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))

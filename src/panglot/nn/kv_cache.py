@@ -7,11 +7,13 @@ keeps its own next RoPE position, so left padding never shifts positions.
 Use per forward call: `extend(valid)` once (records the new slots, returns positions and the attention
 mask), then `update(layer, k, v)` once per layer (writes the new keys/values, returns all so far).
 
-A *static* cache (``static=True``) keeps every tensor shape fixed from step to step, so a compiled
-forward (``Transformer.compile_for_decoding``) is traced once for the decode steps instead of once per
-length: `update` writes at the reserved slots through a slot-index tensor and returns the whole
-buffers, and the mask covers all ``max_len`` slots (slots not yet written are invalid, so hidden).
-Attention then reads all ``max_len`` slots every step, a small cost next to the fused step.
+A *static* cache (``static=True``) is what a compiled forward (``Transformer.compile_for_decoding``) decodes
+over: `update` writes at the reserved slots through a slot-index tensor and returns the whole ``max_len``-slot
+buffers, so no Python slot number reaches the graph. The mask covers the slots written so far, as for a growing
+cache, and attention reads only those (`Attention` cuts the buffers to the mask's length): the mask's length is
+the one size that changes from step to step, so dynamo makes it dynamic at the second step and every later step
+runs the same graph. (Masking all ``max_len`` slots instead kept every shape fixed, but attention then read all
+of them at every step: 1.07x slower at batch 16, docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ class KVCache:
         device: torch.device | str,
         static: bool = False,
     ) -> None:
-        shape = (batch, n_kv_heads, max_len, head_dim)
+        # a static cache's buffers hold one slot more than it ever fills: the written slots are then never the whole
+        # buffer, so their view's strides never change kind, and a compiled step does not retrace at the last slot
+        shape = (batch, n_kv_heads, max_len + static, head_dim)
         self.static = static
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
@@ -73,13 +77,7 @@ class KVCache:
         self.length = end
         if self.static:
             self.slots = torch.arange(start, end, device=self.valid.device)
-            if n_new == 1:  # a decode step: the slots after it are not written yet, so invalid already
-                mask = self.valid.clone()
-                mask[:, start] = True
-                return positions, mask[:, None, None]
-            return positions, attention_mask(self.valid, query_start=start, n_queries=n_new)
-        mask = attention_mask(self.valid[:, :end], query_start=start)
-        return positions, mask
+        return positions, attention_mask(self.valid[:, :end], query_start=start)
 
     def take_rows(self, index: torch.Tensor) -> KVCache:
         """A new cache whose row i is a copy of this cache's row ``index[i]`` (keys, values, validity, positions,
@@ -94,7 +92,8 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, Dh) into the last T reserved slots; return keys/values (B, H_kv, S, Dh)
-        (static: all max_len slots, with the same tensor shapes at every step)."""
+        (static: all max_len slots, with the same tensor shapes at every step; the mask of `extend` says how many
+        are written)."""
         if self.static:  # no Python int reaches the tensors, so a compiled caller sees the same graph
             self.keys[layer].index_copy_(2, self.slots, k)
             self.values[layer].index_copy_(2, self.slots, v)
