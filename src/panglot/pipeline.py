@@ -52,7 +52,7 @@ class Panglot:
         compile: bool = False,
     ):
         """``dtype``: the decoding copy's weights and KV cache ("bf16", "fp32" or None = the model's own).
-        ``compile``: decode with compiled one-token steps (``Transformer.compile_for_decoding``: 2.2-2.9x
+        ``compile``: decode with compiled one-token steps (``Transformer.compile_for_decoding``: 1.9-2.9x
         per image on CPU in bf16, docs/benchmarks.md, after ~15-20 s CPU of tracing and autotuning per new batch
         shape)."""
         self.model = model.eval()
