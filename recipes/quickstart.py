@@ -47,12 +47,12 @@ class Preset:
 
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 9.5 min unified model (each stage stopped at 1.1x its minutes if
-    # steps run slower than timed: panglot.training.budget.budgeted), the rest (tuning, evaluation) ~1 min; at
-    # most 3.3 + 10.5 + 1 minutes. 8.5 before 2026-12-02 evening: runs then took 11.6 minutes, so a minute of the
-    # quarter hour went unused.
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 9 min unified model (each stage's steps re-fitted to its minutes
+    # at the end of its warmup and stopped at 1.1x its minutes if later steps run slower: panglot.training.budget),
+    # the rest (probes, compilation, tuning, evaluation) ~1.3 min; at most 3.3 + 9.9 + 1.3 minutes. Before
+    # 2026-12-02 evening: 8.5 minutes fitted once by a probe that read 10-40 % slow, and runs took 11.6 minutes.
     # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
-    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=9.5),
+    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=9.0),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
         "unified_quickstart.yaml",

@@ -220,7 +220,7 @@ def train(
     last = history[-20:]
     return {
         "steps": summary.steps,
-        "max_steps": cfg.max_steps,
+        "max_steps": trainer.cfg.max_steps,  # as re-fitted by a budget (TrainConfig.budget_minutes)
         "resumed_from": summary.resumed_from,
         "wall_s": round(time.perf_counter() - wall0, 1),
         "cpu_s": round(time.process_time() - cpu0, 1),

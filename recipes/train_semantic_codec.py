@@ -168,7 +168,7 @@ def train(
     (first_loss, final_loss), (first_cos, final_cos) = first_and_last("loss"), first_and_last("feature_cos")
     return {
         "steps": summary.steps,
-        "max_steps": cfg.max_steps,
+        "max_steps": trainer.cfg.max_steps,  # as re-fitted by a budget (TrainConfig.budget_minutes)
         "resumed_from": summary.resumed_from,
         "wall_s": round(time.perf_counter() - wall0, 1),
         "cpu_s": round(time.process_time() - cpu0, 1),

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import json
 
-from panglot.training import TrainConfig
+from training_toys import TinyMLP, mse_loss, regression_data
+
+from panglot.data.loader import StatefulLoader
+from panglot.training import OptimConfig, TrainConfig, Trainer, seed_everything
 from panglot.training.budget import (
     BUDGET_FILE,
+    REFIT_FILE,
     WALL_GUARD,
+    StepRefit,
     budgeted,
     fit_steps_to_minutes,
     median_step_seconds,
@@ -50,3 +55,58 @@ def test_budgeted_fits_the_steps_and_arms_the_wall_clock_guard(tmp_path):
     own_guard = budgeted(TrainConfig(max_steps=10_000, max_wall_minutes=5.0), tmp_path / "b", 2.0, lambda: 0.5)
     assert own_guard.max_wall_minutes == 5.0  # a guard the recipe set is kept
     assert budgeted(cfg, tmp_path / "c", None, lambda: 1 / 0) is cfg  # no budget: no probe, nothing changed
+    assert (fitted.budget_minutes, fitted.budget_cap) == (2.0, 10_000)  # for the trainer's re-fit
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_refit_times_the_warmup_and_fits_the_budget_left(tmp_path):
+    """1-minute budget, warmup 8: steps 2..8 timed at 0.25 s each (the first step paid 4 s of compilation); at step
+    8, 60 - 5.75 s are left: 217 more steps. Recorded, and a second run in the directory re-fits nothing."""
+    clock = FakeClock()
+    cfg = TrainConfig(optim=OptimConfig(warmup_steps=8), max_steps=100, budget_minutes=1.0, budget_cap=10_000)
+    refit = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
+    new = []
+    for step in range(1, 10):
+        clock.now += 4.0 if step == 1 else 0.25
+        new.append(refit.after_step(step, cfg.max_steps))
+    assert new == [None] * 7 + [8 + int((60 - 5.75) / 0.25), None]
+    record = json.loads((tmp_path / REFIT_FILE).read_text())
+    assert record == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 100, "max_steps": 225}
+    again = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
+    assert again.recorded() == 225 and all(again.after_step(step, 225) is None for step in range(1, 10))
+    capped = StepRefit(tmp_path / "cap", TrainConfig(optim=OptimConfig(warmup_steps=8), budget_minutes=1.0, budget_cap=50), 0, clock)
+    fits = []
+    for step in range(1, 9):
+        clock.now += 0.25
+        fits.append(capped.after_step(step, 1000))
+    assert fits[-1] == 50
+    late = StepRefit(tmp_path / "late", cfg, start_step=5, clock=clock)  # resumed past the timed steps: no re-fit
+    assert all(late.after_step(step, 100) is None for step in range(6, 12))
+    short = TrainConfig(optim=OptimConfig(warmup_steps=4), budget_minutes=1.0)
+    assert all(StepRefit(tmp_path / "short", short, 0, clock).after_step(s, 100) is None for s in range(1, 6))
+
+
+def _budgeted_trainer(out_dir) -> Trainer:
+    seed_everything(0)
+    cfg = TrainConfig(
+        optim=OptimConfig(lr=1e-2, warmup_steps=8), max_steps=10, precision="fp32", log_every=1, ckpt_every=0,
+        budget_minutes=5.0, budget_cap=14,
+    )  # fmt: skip
+    data = StatefulLoader(regression_data(n=64), batch_size=8, seed=1)
+    return Trainer(cfg, TinyMLP(), mse_loss, data, out_dir)
+
+
+def test_a_budgeted_trainer_trains_the_refitted_steps_and_a_resumed_one_keeps_them(tmp_path):
+    """Fast toy steps: 5 minutes hold far more than the cap, so the re-fit at the warmup's end (step 8) raises the
+    fitted 10 steps to the cap, 14; the run trains them, and a resumed run reads them back instead of timing."""
+    first = _budgeted_trainer(tmp_path).train()
+    assert first.steps == 14 and json.loads((tmp_path / REFIT_FILE).read_text())["max_steps"] == 14
+    resumed = _budgeted_trainer(tmp_path)
+    assert resumed.train(resume=True).steps == 14 and resumed.cfg.max_steps == 14

@@ -1,9 +1,15 @@
-"""Wall-clock budgets turned into step counts, once, before training.
+"""Wall-clock budgets turned into step counts: fitted before training, re-fitted once when the warmup ends.
 
 A recipe with ``max_minutes`` times a few real training steps on this machine, converts the budget to
 ``min(max_steps, steps that fit)`` and writes the result to ``train_budget.json`` in its output directory, so
-the learning-rate schedule is fixed from the first step and a resumed run trains exactly as many steps as
-the run it continues (it reads the file instead of timing again).
+a resumed run trains exactly as many steps as the run it continues (it reads the file instead of timing again).
+
+That probe times a handful of steps before training, and read 10-40 % slow on the quickstart's stages (the codec's
+probe renders its batches in the loop, the trainer's data comes ready; the first steps after compiling run slow):
+a 3-minute codec budget trained for 129 s, the unified model's 9.5 minutes for 8.4. So the trainer re-fits
+``max_steps`` once (`StepRefit`), from its own steps, at the end of the learning-rate warmup: the schedule up to
+there does not depend on ``max_steps`` (`panglot.training.optim.lr_at`), so the re-fit changes nothing already
+trained, and it is recorded (``train_budget_refit.json`` in the trainer's directory) for a resumed run to read.
 """
 
 from __future__ import annotations
@@ -80,4 +86,59 @@ def budgeted(cfg: Config, out_dir: str | Path, minutes: float | None, seconds_pe
         return cfg
     steps = fit_steps_to_minutes(out_dir, minutes, cfg.max_steps, seconds_per_step)
     guard = cfg.max_wall_minutes if cfg.max_wall_minutes is not None else minutes * WALL_GUARD
-    return dataclasses.replace(cfg, max_steps=steps, max_wall_minutes=guard)
+    return dataclasses.replace(
+        cfg, max_steps=steps, max_wall_minutes=guard, budget_minutes=minutes, budget_cap=cfg.max_steps
+    )
+
+
+REFIT_FILE = "train_budget_refit.json"
+REFIT_MIN_STEPS = 8  # a warmup shorter than this times too few steps to re-fit by
+
+
+class StepRefit:
+    """The trainer's one re-fit of a budgeted run's ``max_steps`` (``TrainConfig.budget_minutes``).
+
+    It times the steps from a quarter of the warmup to its end (the first ones pay compilation and warm caches),
+    and at the warmup's last step gives ``step + (budget left) / (seconds per step)``, capped by
+    ``TrainConfig.budget_cap`` and at least one more step; the budget counts from this object's creation (the
+    start of ``Trainer.train``). The result is written to ``out_dir/train_budget_refit.json``; a run that finds
+    that file (a resumed one) trains its recorded steps and re-fits nothing. A run that starts past the warmup,
+    or whose warmup is shorter than ``REFIT_MIN_STEPS``, keeps the fitted ``max_steps``."""
+
+    def __init__(
+        self, out_dir: str | Path, cfg: TrainConfig, start_step: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.path = Path(out_dir) / REFIT_FILE
+        self.minutes, self.cap = cfg.budget_minutes, cfg.budget_cap or cfg.max_steps
+        self.at = cfg.optim.warmup_steps
+        self.begin = max(1, self.at // 4)
+        self.clock = clock
+        self.start = clock()
+        self.begun_at: float | None = None
+        self.done = self.path.is_file() or start_step >= self.begin or self.at < REFIT_MIN_STEPS
+
+    def recorded(self) -> int | None:
+        """The re-fitted ``max_steps`` a run in this directory recorded, if any."""
+        return int(json.loads(self.path.read_text())["max_steps"]) if self.path.is_file() else None
+
+    def after_step(self, step: int, max_steps: int) -> int | None:
+        """Called after every step (``step`` updates done): the new ``max_steps`` at the re-fit step, else None."""
+        if self.done:
+            return None
+        if step == self.begin:
+            self.begun_at = self.clock()
+        if step < self.at or self.begun_at is None:
+            return None
+        self.done = True
+        now = self.clock()
+        per_step = max(1e-6, (now - self.begun_at) / max(1, step - self.begin))
+        left = self.minutes * 60 - (now - self.start)
+        steps = max(step + 1, min(self.cap, step + int(left / per_step)))
+        record = {"at_step": step, "seconds_per_step": round(per_step, 4), "fitted_max_steps": max_steps, "max_steps": steps}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.path, record)
+        logger.info(
+            "budget re-fitted at step %d: %.3f s/step measured, %d steps instead of %d (cap %d)",
+            step, per_step, steps, max_steps, self.cap,
+        )  # fmt: skip
+        return steps

@@ -56,9 +56,16 @@ class TrainConfig:
     # A wall-clock guard: stop (with a checkpoint) once this many minutes of a ``train()`` call have passed,
     # even before max_steps; the learning-rate schedule stays the one for max_steps. None = no guard.
     max_wall_minutes: float | None = None
+    # Set by ``panglot.training.budget.budgeted``, not by hand: the minutes ``max_steps`` was fitted to and the
+    # step cap it was fitted under. The trainer then re-fits ``max_steps`` once, when the learning-rate warmup
+    # ends, from the steps it has timed itself (``panglot.training.budget.StepRefit``).
+    budget_minutes: float | None = None
+    budget_cap: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            problems.append(f"budget_minutes must be > 0 or null, got {self.budget_minutes}")
         if self.max_wall_minutes is not None and self.max_wall_minutes <= 0:
             problems.append(f"max_wall_minutes must be > 0 or null, got {self.max_wall_minutes}")
         if self.max_steps < 1:

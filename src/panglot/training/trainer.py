@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from panglot.nn.precision import autocast_context
+from panglot.training.budget import StepRefit
 from panglot.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -108,7 +110,14 @@ class Trainer:
         (starting fresh when there is none)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
+        refit = None
+        if self.cfg.budget_minutes is not None:  # a budgeted run: max_steps is re-fitted once, at the warmup's end
+            refit = StepRefit(self.out_dir, self.cfg, start_step=0)
+            if (recorded := refit.recorded()) is not None:
+                self.cfg = dataclasses.replace(self.cfg, max_steps=recorded)
         resumed_from = self._resume() if resume else None
+        if refit is not None and resumed_from:
+            refit = StepRefit(self.out_dir, self.cfg, start_step=resumed_from)
         if resumed_from is None:
             seed_everything(self.cfg.seed)
         report = self.freeze_report
@@ -133,6 +142,9 @@ class Trainer:
                     break
                 self.step += 1
                 bar.update(1)
+                if refit is not None and (steps := refit.after_step(self.step, self.cfg.max_steps)) is not None:
+                    self.cfg = dataclasses.replace(self.cfg, max_steps=steps)
+                    bar.total = steps
                 last_loss, tokens = metrics["loss"], tokens + metrics.get("tokens", 0.0)
                 window.add(metrics)
                 if self.step % self.cfg.log_every == 0:
