@@ -3,6 +3,7 @@
     python recipes/lookup_probe.py --out runs/probe_base --steps 1500     # the unified quickstart recipe's lr and wd
     python recipes/lookup_probe.py --out runs/probe_lr3e-4 --steps 1500 --lr 3e-4 --weight-decay 0
     python recipes/lookup_probe.py --out runs/probe_8h --steps 1500 n_heads=8 n_kv_heads=8   # backbone overrides
+    python recipes/lookup_probe.py --out runs/probe_q1 --steps 1500 --lr 3e-4 --weight-decay 0 --question-weight 1
 
 The unified model answers questions that name an object by position or count (``shape_at``, ``count``) but not
 the ones that name it by colour and shape (``exists``, ``where``, ``color``), even when the scene's caption is in
@@ -65,6 +66,7 @@ class ProbeConfig:
     seed: int = 0
     tokenizer_scenes: int = 3000
     separator: bool = False  # <user> between caption and question (`document`)
+    question_weight: float = 0.0  # loss weight on the question's tokens (`document`); the answer's is 1
 
 
 class Questions:
@@ -86,14 +88,19 @@ class Questions:
         return pool[rng.integers(len(pool))]
 
 
-def document(tok: TextTokenizer, caption: str, qa: QA, separator: bool = False) -> TaskSequence:
-    """``<bos> <vqa> caption question <assistant> answer <eos>``, weighted on the answer and its ``<eos>``;
-    ``separator`` puts ``<user>`` between the caption and the question (as ``<eoi>`` ends an image)."""
+def document(
+    tok: TextTokenizer, caption: str, qa: QA, separator: bool = False, question_weight: float = 0.0
+) -> TaskSequence:
+    """``<bos> <vqa> caption question <assistant> answer <eos>``, weighted on the answer and its ``<eos>``
+    (and on the question's tokens by ``question_weight``: predicting "is there a yellow [circle]" from the
+    caption asks for the same lookup as the answer does); ``separator`` puts ``<user>`` between the caption and
+    the question (as ``<eoi>`` ends an image)."""
     middle = [tok.token_to_id(sp.USER)] if separator else []
-    prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(caption), *middle, *tok.encode(qa.question)]
-    prompt.append(tok.token_to_id(sp.ASSISTANT))
+    context = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(caption), *middle]
+    question = [*tok.encode(qa.question), tok.token_to_id(sp.ASSISTANT)]
     target = [*tok.encode(qa.answer), tok.token_to_id(sp.EOS)]
-    return TaskSequence("vqa", prompt + target, [0.0] * len(prompt) + [1.0] * len(target))
+    weights = [0.0] * len(context) + [question_weight] * (len(question) - 1) + [0.0] + [1.0] * len(target)
+    return TaskSequence("vqa", context + question + target, weights)
 
 
 class ProbeBatches:
@@ -113,7 +120,11 @@ class ProbeBatches:
         rng = np.random.default_rng([self.cfg.seed, 11, self.position])
         self.position += 1
         picked = [self.scenes[i] for i in rng.integers(len(self.scenes), size=self.cfg.batch_size)]
-        return collate([document(self.tok, ex.caption, self.questions.pick(ex.questions, rng), self.cfg.separator) for ex in picked], self.pad)
+        docs = [
+            document(self.tok, ex.caption, self.questions.pick(ex.questions, rng), self.cfg.separator, self.cfg.question_weight)
+            for ex in picked
+        ]
+        return collate(docs, self.pad)
 
     def state_dict(self) -> dict:
         return {"position": self.position}
@@ -139,7 +150,7 @@ def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list
         for _ in range(cfg.eval_per_scene):
             qa = questions.pick(ex.questions, rng)
             doc = document(tok, ex.caption, qa, cfg.separator)
-            n_prompt = doc.weights.index(1.0)
+            n_prompt = doc.tokens.index(tok.token_to_id(sp.ASSISTANT)) + 1
             if len(doc) - n_prompt == 2:  # one answer token and <eos>
                 items.append((qa.kind, doc.tokens[:n_prompt], doc.tokens[n_prompt]))
     return items
@@ -209,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--eval-every", type=int, default=ProbeConfig.eval_every)
     parser.add_argument("--seed", type=int, default=ProbeConfig.seed, help="model init, scenes, batches and val set")
     parser.add_argument("--separator", action="store_true", help="<user> between the caption and the question")
+    parser.add_argument("--question-weight", type=float, default=0.0, help="loss weight on the question's tokens")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
     args = parser.parse_args(argv)
@@ -218,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = ProbeConfig(
         out=args.out, steps=args.steps, size=args.size, backbone=parse_overrides(args.overrides), lr=args.lr,
         weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
-        eval_every=args.eval_every, seed=args.seed, separator=args.separator,
+        eval_every=args.eval_every, seed=args.seed, separator=args.separator, question_weight=args.question_weight,
     )
     return run(cfg)
 

@@ -46,6 +46,11 @@ def test_document_puts_loss_on_the_answer_only():
     assert separated.tokens[n_caption] == world_tokenizer.token_to_id(sp.USER)
     assert separated.tokens[:n_caption] + separated.tokens[n_caption + 1 :] == tokens
     assert separated.weights.count(1.0) == doc.weights.count(1.0)
+    asked = lookup_probe.document(world_tokenizer, ex.caption, qa, question_weight=0.5)
+    question = world_tokenizer.encode(qa.question)
+    assert asked.tokens == tokens and asked.weights[n_prompt:] == doc.weights[n_prompt:]
+    assert asked.weights[n_prompt - 1 - len(question) : n_prompt - 1] == [0.5] * len(question)  # then <assistant>: 0
+    assert sum(asked.weights[: n_prompt - 1 - len(question)]) == 0 and asked.weights[n_prompt - 1] == 0
 
 def test_probe_learns_to_count(tmp_path):
     cfg = ProbeConfig(
