@@ -66,11 +66,12 @@ class FakeClock:
         return self.now
 
 
-def test_the_refit_times_the_warmup_and_fits_the_budget_left(tmp_path):
-    """1-minute budget, warmup 8: steps 2..8 timed at 0.25 s each (the first step paid 4 s of compilation); at step
-    8, 60 - 5.75 s are left: 217 more steps. Recorded, and a second run in the directory re-fits nothing."""
+def test_the_refit_times_a_fifth_of_the_run_and_fits_the_budget_left(tmp_path):
+    """1-minute budget, 40 fitted steps: re-fit at step 8 (a fifth), steps 2..8 timed at 0.25 s each (the first
+    step paid 4 s of compilation); 60 - 5.75 s are left: 217 more steps. Recorded, and a second run in the
+    directory re-fits nothing."""
     clock = FakeClock()
-    cfg = TrainConfig(optim=OptimConfig(warmup_steps=8), max_steps=100, budget_minutes=1.0, budget_cap=10_000)
+    cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
     refit = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
     new = []
     for step in range(1, 10):
@@ -78,10 +79,11 @@ def test_the_refit_times_the_warmup_and_fits_the_budget_left(tmp_path):
         new.append(refit.after_step(step, cfg.max_steps))
     assert new == [None] * 7 + [8 + int((60 - 5.75) / 0.25), None]
     record = json.loads((tmp_path / REFIT_FILE).read_text())
-    assert record == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 100, "max_steps": 225}
+    assert record == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
     again = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
-    assert again.recorded() == 225 and all(again.after_step(step, 225) is None for step in range(1, 10))
-    capped = StepRefit(tmp_path / "cap", TrainConfig(optim=OptimConfig(warmup_steps=8), budget_minutes=1.0, budget_cap=50), 0, clock)
+    assert again.recorded() == (225, 8, 40) and all(again.after_step(step, 225) is None for step in range(1, 10))
+    capped_cfg = TrainConfig(optim=OptimConfig(warmup_steps=8), max_steps=40, budget_minutes=1.0, budget_cap=50)
+    capped = StepRefit(tmp_path / "cap", capped_cfg, 0, clock)
     fits = []
     for step in range(1, 9):
         clock.now += 0.25
@@ -89,7 +91,7 @@ def test_the_refit_times_the_warmup_and_fits_the_budget_left(tmp_path):
     assert fits[-1] == 50
     late = StepRefit(tmp_path / "late", cfg, start_step=5, clock=clock)  # resumed past the timed steps: no re-fit
     assert all(late.after_step(step, 100) is None for step in range(6, 12))
-    short = TrainConfig(optim=OptimConfig(warmup_steps=4), budget_minutes=1.0)
+    short = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=20, budget_minutes=1.0)  # re-fit at 4: too early
     assert all(StepRefit(tmp_path / "short", short, 0, clock).after_step(s, 100) is None for s in range(1, 6))
 
 
@@ -106,7 +108,8 @@ def _budgeted_trainer(out_dir) -> Trainer:
 def test_a_budgeted_trainer_trains_the_refitted_steps_and_a_resumed_one_keeps_them(tmp_path):
     """Fast toy steps: 5 minutes hold far more than the cap, so the re-fit at the warmup's end (step 8) raises the
     fitted 10 steps to the cap, 14; the run trains them, and a resumed run reads them back instead of timing."""
-    first = _budgeted_trainer(tmp_path).train()
-    assert first.steps == 14 and json.loads((tmp_path / REFIT_FILE).read_text())["max_steps"] == 14
+    trainer = _budgeted_trainer(tmp_path)
+    assert trainer.train().steps == 14 and json.loads((tmp_path / REFIT_FILE).read_text())["max_steps"] == 14
+    assert trainer.resized == (8, 10)
     resumed = _budgeted_trainer(tmp_path)
-    assert resumed.train(resume=True).steps == 14 and resumed.cfg.max_steps == 14
+    assert resumed.train(resume=True).steps == 14 and (resumed.cfg.max_steps, resumed.resized) == (14, (8, 10))

@@ -38,6 +38,18 @@ class _Net(nn.Module):
         self.encoder = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
 
 
+def test_a_resized_schedule_keeps_the_old_one_before_and_has_no_jump_after():
+    """max_steps 100 -> 160 at update 30: the same rates before 30, a smooth continuation after, the floor at 159."""
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    old = [lr_at(s, cfg, max_steps=100) for s in range(30)]
+    assert [lr_at(s, cfg, 160, resized=(30, 100)) for s in range(30)] == old
+    new = [lr_at(s, cfg, 160, resized=(30, 100)) for s in range(29, 160)]
+    assert abs(new[1] - new[0]) < 0.02 and all(b <= a for a, b in itertools.pairwise(new))  # continuous, still falling
+    assert new[-1] == pytest.approx(0.1) and lr_at(30, cfg, 160, resized=(30, 100)) == pytest.approx(lr_at(30, cfg, 100))
+    squeezed = [lr_at(s, cfg, 60, resized=(30, 100)) for s in range(30, 60)]
+    assert squeezed[-1] == pytest.approx(0.1) and all(b <= a for a, b in itertools.pairwise(squeezed))
+
+
 def test_no_weight_decay_on_biases_norms_and_embeddings():
     groups = param_groups(_Net(), weight_decay=0.1)
     by_decay = {g["weight_decay"]: set(g["param_names"]) for g in groups}

@@ -7,9 +7,9 @@ a resumed run trains exactly as many steps as the run it continues (it reads the
 That probe times a handful of steps before training, and read 10-40 % slow on the quickstart's stages (the codec's
 probe renders its batches in the loop, the trainer's data comes ready; the first steps after compiling run slow):
 a 3-minute codec budget trained for 129 s, the unified model's 9.5 minutes for 8.4. So the trainer re-fits
-``max_steps`` once (`StepRefit`), from its own steps, at the end of the learning-rate warmup: the schedule up to
-there does not depend on ``max_steps`` (`panglot.training.optim.lr_at`), so the re-fit changes nothing already
-trained, and it is recorded (``train_budget_refit.json`` in the trainer's directory) for a resumed run to read.
+``max_steps`` once (`StepRefit`), from its own steps, a fifth of the way in: the learning-rate cosine goes on from
+there over the new length (no jump, nothing already trained changes), and the re-fit is recorded
+(``train_budget_refit.json`` in the trainer's directory) for a resumed run to read.
 """
 
 from __future__ import annotations
@@ -92,34 +92,42 @@ def budgeted(cfg: Config, out_dir: str | Path, minutes: float | None, seconds_pe
 
 
 REFIT_FILE = "train_budget_refit.json"
-REFIT_MIN_STEPS = 8  # a warmup shorter than this times too few steps to re-fit by
+REFIT_AT = 0.2  # the re-fit comes after this share of the fitted steps (or the warmup, if longer)
+REFIT_MIN_STEPS = 8  # a run shorter than this to the re-fit times too few steps to re-fit by
 
 
 class StepRefit:
     """The trainer's one re-fit of a budgeted run's ``max_steps`` (``TrainConfig.budget_minutes``).
 
-    It times the steps from a quarter of the warmup to its end (the first ones pay compilation and warm caches),
-    and at the warmup's last step gives ``step + (budget left) / (seconds per step)``, capped by
-    ``TrainConfig.budget_cap`` and at least one more step; the budget counts from this object's creation (the
-    start of ``Trainer.train``). The result is written to ``out_dir/train_budget_refit.json``; a run that finds
-    that file (a resumed one) trains its recorded steps and re-fits nothing. A run that starts past the warmup,
-    or whose warmup is shorter than ``REFIT_MIN_STEPS``, keeps the fitted ``max_steps``."""
+    At step ``at`` = ``REFIT_AT`` of the fitted steps (at least the warmup) it gives ``at + (budget left) /
+    (seconds per step)``, timed over steps ``at / 4`` to ``at`` (the first ones pay compilation and warm caches;
+    a window of a fifth of the run, because minute-to-minute speed on a shared machine moves by 10-30 %: a re-fit
+    over the warmup's 75 steps once read 0.41 s/step where the run then averaged 0.33), capped by
+    ``TrainConfig.budget_cap`` and at least one more step; the budget counts from this object's creation (the start
+    of ``Trainer.train``). The trainer continues the learning-rate cosine from ``at`` over the new length
+    (`panglot.training.optim.lr_at`'s ``resized``), so the rate never jumps. The result is written to
+    ``out_dir/train_budget_refit.json``; a run that finds that file (a resumed one) trains its recorded schedule and
+    re-fits nothing. A run that starts past the timed window, or would re-fit before ``REFIT_MIN_STEPS``, keeps
+    the fitted ``max_steps``."""
 
     def __init__(
         self, out_dir: str | Path, cfg: TrainConfig, start_step: int, clock: Callable[[], float] = time.perf_counter
     ) -> None:
         self.path = Path(out_dir) / REFIT_FILE
         self.minutes, self.cap = cfg.budget_minutes, cfg.budget_cap or cfg.max_steps
-        self.at = cfg.optim.warmup_steps
+        self.at = max(cfg.optim.warmup_steps, int(REFIT_AT * cfg.max_steps))
         self.begin = max(1, self.at // 4)
         self.clock = clock
         self.start = clock()
         self.begun_at: float | None = None
         self.done = self.path.is_file() or start_step >= self.begin or self.at < REFIT_MIN_STEPS
 
-    def recorded(self) -> int | None:
-        """The re-fitted ``max_steps`` a run in this directory recorded, if any."""
-        return int(json.loads(self.path.read_text())["max_steps"]) if self.path.is_file() else None
+    def recorded(self) -> tuple[int, int, int] | None:
+        """``(max_steps, at_step, fitted_max_steps)`` of the re-fit a run in this directory recorded, if any."""
+        if not self.path.is_file():
+            return None
+        record = json.loads(self.path.read_text())
+        return int(record["max_steps"]), int(record["at_step"]), int(record["fitted_max_steps"])
 
     def after_step(self, step: int, max_steps: int) -> int | None:
         """Called after every step (``step`` updates done): the new ``max_steps`` at the re-fit step, else None."""

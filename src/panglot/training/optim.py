@@ -11,17 +11,31 @@ from torch import nn
 from panglot.training.config import OptimConfig
 
 
-def lr_at(step: int, cfg: OptimConfig, max_steps: int) -> float:
+def lr_at(step: int, cfg: OptimConfig, max_steps: int, resized: tuple[int, int] | None = None) -> float:
     """Learning rate for the update with 0-based index ``step``.
 
     Linear warmup reaches ``cfg.lr`` at update ``warmup_steps - 1``; a cosine then falls from ``cfg.lr``
     (at update ``warmup_steps``) to ``cfg.lr * min_lr_ratio`` at the last update (``max_steps - 1``).
     A pure function of the step, so resuming needs no scheduler state.
+
+    ``resized=(at, old_max_steps)``: the run's length changed from ``old_max_steps`` to ``max_steps`` at update
+    ``at`` (a budget's re-fit, `panglot.training.budget.StepRefit`). Updates before ``at`` keep the old schedule;
+    from ``at`` on the cosine goes on from where it was at ``at`` and reaches its floor at the new last update,
+    so the rate never jumps.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay_steps = max(1, max_steps - 1 - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / decay_steps)
+    at, old_max_steps = resized if resized is not None else (max_steps, max_steps)
+
+    def progress_under(last: int, update: int) -> float:
+        return (update - cfg.warmup_steps) / max(1, last - 1 - cfg.warmup_steps)
+
+    if step < at:
+        progress = min(1.0, progress_under(old_max_steps, step))
+    else:  # the rest of the cosine, stretched or squeezed from `at` to the new last update
+        pivot = max(at, cfg.warmup_steps)
+        start = min(1.0, progress_under(old_max_steps, pivot))
+        progress = min(1.0, start + (1.0 - start) * (step - pivot) / max(1, max_steps - 1 - pivot))
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

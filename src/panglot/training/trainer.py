@@ -103,6 +103,7 @@ class Trainer:
         self.freeze_report: FreezeReport = freeze(model, cfg.freeze)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.step = 0
+        self.resized: tuple[int, int] | None = None  # (update, max_steps before) of a budget's re-fit, for lr_at
         self._trainable = [p for p in model.parameters() if p.requires_grad]
 
     def train(self, resume: bool = False) -> TrainSummary:
@@ -111,10 +112,11 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
         refit = None
-        if self.cfg.budget_minutes is not None:  # a budgeted run: max_steps is re-fitted once, at the warmup's end
+        if self.cfg.budget_minutes is not None:  # a budgeted run: max_steps is re-fitted once, a fifth of the way in
             refit = StepRefit(self.out_dir, self.cfg, start_step=0)
             if (recorded := refit.recorded()) is not None:
-                self.cfg = dataclasses.replace(self.cfg, max_steps=recorded)
+                max_steps, at, fitted = recorded
+                self.cfg, self.resized = dataclasses.replace(self.cfg, max_steps=max_steps), (at, fitted)
         resumed_from = self._resume() if resume else None
         if refit is not None and resumed_from:
             refit = StepRefit(self.out_dir, self.cfg, start_step=resumed_from)
@@ -143,6 +145,7 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 if refit is not None and (steps := refit.after_step(self.step, self.cfg.max_steps)) is not None:
+                    self.resized = (self.step, self.cfg.max_steps)
                     self.cfg = dataclasses.replace(self.cfg, max_steps=steps)
                     bar.total = steps
                 last_loss, tokens = metrics["loss"], tokens + metrics.get("tokens", 0.0)
@@ -190,7 +193,7 @@ class Trainer:
         """One optimizer update over ``grad_accum`` micro-batches; returns its metrics."""
         cfg = self.cfg
         self.model.train()
-        lr = lr_at(self.step, cfg.optim, cfg.max_steps)
+        lr = lr_at(self.step, cfg.optim, cfg.max_steps, self.resized)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
