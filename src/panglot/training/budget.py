@@ -1,4 +1,4 @@
-"""Wall-clock budgets turned into step counts: fitted before training, re-fitted once when the warmup ends.
+"""Wall-clock budgets turned into step counts: fitted before training, re-fitted once a fifth of the way in.
 
 A recipe with ``max_minutes`` times a few real training steps on this machine, converts the budget to
 ``min(max_steps, steps that fit)`` and writes the result to ``train_budget.json`` in its output directory, so
