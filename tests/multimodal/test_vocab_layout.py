@@ -87,6 +87,19 @@ def test_a_vqa_dialogue_starts_as_the_one_question_document_and_weights_only_ans
         layout.vqa_dialogue([1, 2, 3, 4], [])
 
 
+@pytest.mark.parametrize("order", ["image_first", "question_first"])
+def test_a_question_weight_falls_on_every_question_and_nothing_else(vocab, order):
+    layout = SequenceLayout(vocab, vqa_order=order)
+    q1, a1 = vocab.text.encode("what color is the circle?"), vocab.text.encode("red")
+    q2, a2 = vocab.text.encode("is there a red circle?"), vocab.text.encode("yes")
+    plain = layout.vqa_dialogue([1, 2, 3, 4], [(q1, a1), (q2, a2)], weight=2.0)
+    asked = layout.vqa_dialogue([1, 2, 3, 4], [(q1, a1), (q2, a2)], weight=2.0, question_weight=0.5)
+    assert asked.tokens == plain.tokens
+    changed = [i for i, (w, v) in enumerate(zip(plain.weights, asked.weights)) if w != v]
+    assert [asked.tokens[i] for i in changed] == [*q1, *q2] and {asked.weights[i] for i in changed} == {1.0}
+    assert all(plain.weights[i] == 0.0 for i in changed)
+
+
 def test_question_first_vqa_puts_the_question_before_the_image(vocab):
     image_first, question_first = SequenceLayout(vocab), SequenceLayout(vocab, vqa_order="question_first")
     q, a = vocab.text.encode("what color is the circle?"), vocab.text.encode("red")

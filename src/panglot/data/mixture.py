@@ -34,6 +34,10 @@ class MixtureConfig:
     # Questions per VQA document, answered one after another about the same image (SequenceLayout.vqa_dialogue):
     # the image is most of a document's tokens, so k questions give k times the answers for ~1.4x the tokens (k=4).
     vqa_questions: int = 1
+    # Loss weight on a VQA question's own tokens, relative to its answer's (SequenceLayout.vqa_dialogue): predicting
+    # "is there a yellow [circle]" about an image that holds one asks for the lookup the answer needs
+    # (recipes/lookup_probe.py --question-weight). 0 = answers only.
+    vqa_question_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -44,6 +48,8 @@ class MixtureConfig:
             problems.append(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.vqa_questions < 1:
             problems.append(f"vqa_questions must be >= 1, got {self.vqa_questions}")
+        if self.vqa_question_weight < 0:
+            problems.append(f"vqa_question_weight must be >= 0, got {self.vqa_question_weight}")
         if problems:
             raise ValueError("; ".join(problems) + f" (tasks are {list(TASKS)})")
 
@@ -92,7 +98,7 @@ class WorldMixture:
             picks = vqa.questions(scene, rng, k=self.cfg.vqa_questions)
             turns = [(self.tok.encode(qa.question), self.tok.encode(qa.answer)) for qa in picks]
             description = self.tok.encode(language.caption(scene)) if self.layout.vqa_describe else None
-            return self.layout.vqa_dialogue(codes, turns, weight, description)
+            return self.layout.vqa_dialogue(codes, turns, weight, description, self.cfg.vqa_question_weight)
         if task == "caption":  # answers are always in the canonical language
             return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)
         text = language.paraphrase(scene, rng) if rng.random() < self.cfg.paraphrase_prob else language.caption(scene)

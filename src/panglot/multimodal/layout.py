@@ -111,22 +111,29 @@ class SequenceLayout:
         turns: Sequence[tuple[Sequence[int], Sequence[int]]],
         weight: float = 1.0,
         description: Sequence[int] | None = None,
+        question_weight: float = 0.0,
     ) -> TaskSequence:
-        """Several questions about one image, each answered and closed with ``<eos>`` before the next; only the
-        answers (and, with ``vqa_describe``, the description before the first one) and their ``<eos>`` carry loss.
-        The first turn is exactly the one-question document, and ``vqa_prompt`` (inference) asks one question, as
-        the first turn does. ``description`` (the scene's caption) is required exactly when ``vqa_describe``."""
+        """Several questions about one image, each answered and closed with ``<eos>`` before the next; the
+        answers (and, with ``vqa_describe``, the description before the first one) and their ``<eos>`` carry loss
+        ``weight``, each question's own tokens ``question_weight * weight`` (0: none). The first turn is exactly
+        the one-question document, and ``vqa_prompt`` (inference) asks one question, as the first turn does.
+        ``description`` (the scene's caption) is required exactly when ``vqa_describe``."""
         if not turns:
             raise ValueError("a VQA document needs at least one (question, answer) turn")
         if (description is not None) != self.vqa_describe:
             raise ValueError(f"vqa_describe is {self.vqa_describe}: give a description exactly when it is on")
         (question, answer), *rest = turns
         first = [*description, self.assistant, *answer] if description is not None else list(answer)
-        doc = self._document("vqa", self.vqa_prompt(codes, question), [*first, self.eos], weight)
+        prompt = self.vqa_prompt(codes, question)
+        doc = self._document("vqa", prompt, [*first, self.eos], weight)
         tokens, weights = list(doc.tokens), list(doc.weights)
+        asked = question_weight * weight
+        if asked:  # the first question sits in the prompt: right before <assistant>, or right after <bos> <vqa>
+            start = 2 if self.vqa_order == "question_first" else len(prompt) - 1 - len(question)
+            weights[start : start + len(question)] = [asked] * len(question)
         for question, answer in rest:
             tokens += [*question, self.assistant, *answer, self.eos]
-            weights += [0.0] * (len(question) + 1) + [weight] * (len(answer) + 1)
+            weights += [asked] * len(question) + [0.0] + [weight] * (len(answer) + 1)
         return TaskSequence("vqa", tokens, weights)
 
     @staticmethod
