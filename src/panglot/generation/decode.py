@@ -121,15 +121,16 @@ def _prefill(
     Each distinct prompt runs once and its cache row is copied to every row that holds it: with guidance the
     B unconditional prompts are usually one and the same, and ``n`` samples of a prompt repeat it, so this
     halves the prompt forward of a guided batch (tokens, valid: the left-padded prompts (R, P))."""
-    first: dict[tuple[int, ...], int] = {}
-    index = torch.tensor([first.setdefault(tuple(row), len(first)) for row in rows], device=tokens.device)
-    if len(first) == len(rows):  # nothing repeats
-        cache = model.new_cache(len(rows), max_len, dtype=dtype)
-        return model(tokens, valid=valid, cache=cache, logits_to_keep=1)[:, -1], cache
-    firsts = torch.zeros(len(first), dtype=torch.long, device=tokens.device)
-    firsts[index] = torch.arange(len(rows), device=tokens.device)  # some row of each distinct prompt
-    cache = model.new_cache(len(first), max_len, dtype=dtype)
+    first_row: dict[tuple[int, ...], int] = {}  # each distinct prompt -> the first row that holds it
+    for i, row in enumerate(rows):
+        first_row.setdefault(tuple(row), i)
+    firsts = torch.tensor(list(first_row.values()), device=tokens.device)  # (U,)
+    cache = model.new_cache(len(firsts), max_len, dtype=dtype)
     logits = model(tokens[firsts], valid=valid[firsts], cache=cache, logits_to_keep=1)[:, -1]  # (U, V)
+    if len(firsts) == len(rows):  # nothing repeats
+        return logits, cache
+    distinct = {prompt: u for u, prompt in enumerate(first_row)}
+    index = torch.tensor([distinct[tuple(row)] for row in rows], device=tokens.device)  # (R,) row -> its prompt
     return logits[index], cache.take_rows(index)
 
 
