@@ -25,16 +25,16 @@ def lr_at(step: int, cfg: OptimConfig, max_steps: int, resized: tuple[int, int] 
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    at, old_max_steps = resized if resized is not None else (max_steps, max_steps)
 
-    def progress_under(last: int, update: int) -> float:
-        return (update - cfg.warmup_steps) / max(1, last - 1 - cfg.warmup_steps)
+    def progress_under(last: int, update: int) -> float:  # share of the cosine done at `update` of a run to `last`
+        return min(1.0, (update - cfg.warmup_steps) / max(1, last - 1 - cfg.warmup_steps))
 
-    if step < at:
-        progress = min(1.0, progress_under(old_max_steps, step))
+    at, old_max_steps = resized if resized is not None else (None, max_steps)
+    if at is None or step < at:
+        progress = progress_under(old_max_steps, step)
     else:  # the rest of the cosine, stretched or squeezed from `at` to the new last update
         pivot = max(at, cfg.warmup_steps)
-        start = min(1.0, progress_under(old_max_steps, pivot))
+        start = progress_under(old_max_steps, pivot)
         progress = min(1.0, start + (1.0 - start) * (step - pivot) / max(1, max_steps - 1 - pivot))
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
