@@ -16,6 +16,7 @@ from panglot.training.budget import (
     budgeted,
     fit_steps_to_minutes,
     median_step_seconds,
+    recorded_refit,
     steps_for_minutes,
 )
 
@@ -81,7 +82,7 @@ def test_the_refit_times_a_fifth_of_the_run_and_fits_the_budget_left(tmp_path):
     record = json.loads((tmp_path / REFIT_FILE).read_text())
     assert record == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
     again = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
-    assert again.recorded() == (225, 8, 40) and all(again.after_step(step, 225) is None for step in range(1, 10))
+    assert recorded_refit(tmp_path) == (225, 8, 40) and all(again.after_step(step, 225) is None for step in range(1, 10))
     capped_cfg = TrainConfig(optim=OptimConfig(warmup_steps=8), max_steps=40, budget_minutes=1.0, budget_cap=50)
     capped = StepRefit(tmp_path / "cap", capped_cfg, 0, clock)
     fits = []

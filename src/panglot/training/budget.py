@@ -96,6 +96,15 @@ REFIT_AT = 0.2  # the re-fit comes after this share of the fitted steps (or the 
 REFIT_MIN_STEPS = 8  # a run shorter than this to the re-fit times too few steps to re-fit by
 
 
+def recorded_refit(out_dir: str | Path) -> tuple[int, int, int] | None:
+    """``(max_steps, at_step, fitted_max_steps)`` of the re-fit a run in ``out_dir`` recorded (`StepRefit`), if any."""
+    path = Path(out_dir) / REFIT_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return int(record["max_steps"]), int(record["at_step"]), int(record["fitted_max_steps"])
+
+
 class StepRefit:
     """The trainer's one re-fit of a budgeted run's ``max_steps`` (``TrainConfig.budget_minutes``).
 
@@ -103,11 +112,11 @@ class StepRefit:
     (seconds per step)``, timed over steps ``at / 4`` to ``at`` (the first ones pay compilation and warm caches;
     a window of a fifth of the run, because minute-to-minute speed on a shared machine moves by 10-30 %: a re-fit
     over the warmup's 75 steps once read 0.41 s/step where the run then averaged 0.33), capped by
-    ``TrainConfig.budget_cap`` and at least one more step; the budget counts from this object's creation (the start
-    of ``Trainer.train``). The trainer continues the learning-rate cosine from ``at`` over the new length
+    ``TrainConfig.budget_cap`` and at least one more step; the budget counts from this object's creation (in
+    ``Trainer.train``, after any resume). The trainer continues the learning-rate cosine from ``at`` over the new length
     (`panglot.training.optim.lr_at`'s ``resized``), so the rate never jumps. The result is written to
-    ``out_dir/train_budget_refit.json``; a run that finds that file (a resumed one) trains its recorded schedule and
-    re-fits nothing. A run that starts past the timed window, or would re-fit before ``REFIT_MIN_STEPS``, keeps
+    ``out_dir/train_budget_refit.json``; a run that finds that file (a resumed one) trains its recorded schedule
+    (`recorded_refit`) and re-fits nothing. A run that starts past the timed window, or would re-fit before ``REFIT_MIN_STEPS``, keeps
     the fitted ``max_steps``."""
 
     def __init__(
@@ -121,13 +130,6 @@ class StepRefit:
         self.start = clock()
         self.begun_at: float | None = None
         self.done = self.path.is_file() or start_step >= self.begin or self.at < REFIT_MIN_STEPS
-
-    def recorded(self) -> tuple[int, int, int] | None:
-        """``(max_steps, at_step, fitted_max_steps)`` of the re-fit a run in this directory recorded, if any."""
-        if not self.path.is_file():
-            return None
-        record = json.loads(self.path.read_text())
-        return int(record["max_steps"]), int(record["at_step"]), int(record["fitted_max_steps"])
 
     def after_step(self, step: int, max_steps: int) -> int | None:
         """Called after every step (``step`` updates done): the new ``max_steps`` at the re-fit step, else None."""

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from panglot.nn.precision import autocast_context
-from panglot.training.budget import StepRefit
+from panglot.training.budget import StepRefit, recorded_refit
 from panglot.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -111,15 +111,12 @@ class Trainer:
         (starting fresh when there is none)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
-        refit = None
-        if self.cfg.budget_minutes is not None:  # a budgeted run: max_steps is re-fitted once, a fifth of the way in
-            refit = StepRefit(self.out_dir, self.cfg, start_step=0)
-            if (recorded := refit.recorded()) is not None:
-                max_steps, at, fitted = recorded
-                self.cfg, self.resized = dataclasses.replace(self.cfg, max_steps=max_steps), (at, fitted)
+        budgeted = self.cfg.budget_minutes is not None  # max_steps is re-fitted once, a fifth of the way in
+        if budgeted and (recorded := recorded_refit(self.out_dir)) is not None:  # before _resume compares configs
+            max_steps, at, fitted = recorded
+            self.cfg, self.resized = dataclasses.replace(self.cfg, max_steps=max_steps), (at, fitted)
         resumed_from = self._resume() if resume else None
-        if refit is not None and resumed_from:
-            refit = StepRefit(self.out_dir, self.cfg, start_step=resumed_from)
+        refit = StepRefit(self.out_dir, self.cfg, start_step=resumed_from or 0) if budgeted else None
         if resumed_from is None:
             seed_everything(self.cfg.seed)
         report = self.freeze_report
