@@ -8,8 +8,8 @@ Use per forward call: `extend(valid)` once (records the new slots, returns posit
 mask), then `update(layer, k, v)` once per layer (writes the new keys/values, returns all so far).
 
 A *static* cache (``static=True``) is what a compiled forward (``Transformer.compile_for_decoding``) decodes
-over: `update` writes at the reserved slots through a slot-index tensor and returns the whole ``max_len``-slot
-buffers, so no Python slot number reaches the graph. The mask covers the slots written so far, as for a growing
+over: `update` writes at the reserved slots through a slot-index tensor and returns the whole buffers
+(``max_len`` + 1 slots, below), so no Python slot number reaches the graph. The mask covers the slots written so far, as for a growing
 cache, and attention reads only those (`Attention` cuts the buffers to the mask's length): the mask's length is
 the one size that changes from step to step, so dynamo makes it dynamic at the second step and every later step
 runs the same graph. (Masking all ``max_len`` slots instead kept every shape fixed, but attention then read all
@@ -92,7 +92,7 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, H_kv, T, Dh) into the last T reserved slots; return keys/values (B, H_kv, S, Dh)
-        (static: all max_len slots, with the same tensor shapes at every step; the mask of `extend` says how many
+        (static: the whole max_len + 1-slot buffers, with the same tensor shapes at every step; the mask of `extend` says how many
         are written)."""
         if self.static:  # no Python int reaches the tensors, so a compiled caller sees the same graph
             self.keys[layer].index_copy_(2, self.slots, k)
