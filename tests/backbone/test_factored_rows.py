@@ -100,3 +100,23 @@ def test_features_add_a_learned_map_of_each_rows_fixed_features():
     torch.testing.assert_close(plain_state_dict(only_looks)["weight"], only_looks.weight.detach())
     with pytest.raises(ValueError, match=r"features must be \(n, F\) with n = 6"):
         FactoredRows(4, [COLOUR], 4, features=torch.zeros(5, 2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rows_and_table_gradients_equal_per_table_lookups_under_autocast_and_in_bf16(dtype):
+    emb = embedding().to(dtype)
+    factored = emb.parametrizations.weight[0]
+    colour, digit = factored.tables
+    with torch.no_grad():
+        colour.normal_()
+        digit.normal_()
+    grad = torch.randn(6, 4, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        shared = factored.shared()
+    (shared * grad).sum().backward()
+    lookups = colour.detach()[COLOUR[0]] + digit.detach()[DIGIT[0]]
+    assert shared.dtype == dtype  # autocast does not round the sums
+    torch.testing.assert_close(shared, lookups, rtol=0, atol=0)
+    for table, (values, size) in ((colour, COLOUR), (digit, DIGIT)):  # each value's gradient: its ids' sum
+        expected = torch.stack([grad[values == v].float().sum(0) for v in range(size)])
+        torch.testing.assert_close(table.grad.float(), expected, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=1e-2)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -40,8 +41,13 @@ class FactoredRows(nn.Module):
                 raise ValueError(f"factor values must lie in [0, {size}), got [{int(values.min())}, {int(values.max())}]")
         self.start, self.n = start, n
         self.tables = nn.ParameterList([nn.Parameter(torch.zeros(size, dim)) for _, size in factors])
-        for i, (values, _) in enumerate(factors):
-            self.register_buffer(f"values_{i}", values.long().clone(), persistent=False)
+        # row r's factor values as one-hot columns (n, sum of sizes): the shared rows are one matmul against the
+        # stacked tables. Indexing each table instead (``table[values]``) costs a scatter-add per table in the
+        # backward, 18 ms against 1.4 for the matmul per weight and step on the quickstart's 1920 ids (2 threads)
+        membership = [F.one_hot(values.long(), size) for values, size in factors]
+        self.register_buffer(
+            "membership", torch.cat(membership, 1).float() if membership else torch.zeros(n, 0), persistent=False
+        )
         self.proj = None
         if features is not None:
             self.register_buffer("features", features.float().clone(), persistent=False)
@@ -49,9 +55,13 @@ class FactoredRows(nn.Module):
 
     def shared(self) -> torch.Tensor:
         """(n, D): what the factors (and the features) add to each of the ``n`` rows."""
-        out = sum(table[getattr(self, f"values_{i}")] for i, table in enumerate(self.tables))
-        if self.proj is not None:
-            out = out + self.features @ self.proj
+        out = 0
+        with torch.autocast(self.membership.device.type, enabled=False):  # exact sums of the tables' rows
+            if len(self.tables):
+                stacked = torch.cat(list(self.tables))
+                out = self.membership.to(stacked.dtype) @ stacked
+            if self.proj is not None:
+                out = out + self.features.to(self.proj.dtype) @ self.proj
         return out
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
