@@ -10,9 +10,21 @@ Arms (each names what differs from the shipped code, which is the last):
   (reproduced here by ``full_logits_loss``) and AdamW runs torch's CPU default, a loop over tensors.
 - ``+ counted logits``: the shipped loss (logits only where a target counts).
 - ``+ document blocks``: and one causal attention block per document (``document_blocks``).
-- ``+ fused AdamW``: the shipped step (``build_optimizer``'s fused kernel).
+- ``+ fused AdamW``: ``build_optimizer``'s fused kernel.
+- ``+ one-hot factor rows``: ``FactoredRows`` (``model.code_factors``) adds its shared rows as one matmul against a
+  one-hot membership matrix; the arms before index each factor's table (``gathered_rows``), whose backward
+  scatter-adds.
+- ``+ logit rows in multiples of 64``: the shipped step: the counted positions are padded to a multiple of 64 rows
+  before the output projection (``counted_rows``); the arms before project exactly the counted ones
+  (``exact_counted_loss``), a count that changes from batch to batch, and the CPU's bf16 matrix products build
+  a kernel for each new shape. Only fresh batches show that (with the same batches in every round, every shape
+  has been met in the warm-up), and only between two arms: the kernels are cached for the whole process, so
+  four arms with exact counts meet each other's shapes. ``--fresh --arms 4,5`` times the last two alone.
 
-    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_step.py --threads 1 [--codec-dir DIR]
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_step.py --threads 1 [--codec-dir DIR] [--fresh]
+
+``--fresh``: every arm draws its own new batches in every round, as training does (new document mixes, new
+counts of counted positions); without it every arm steps over the same batches in every round.
 
 ``--codec-dir`` defaults to the pixel codec a ``make quickstart`` trains (runs/quickstart/stages/pixel_vq).
 """
@@ -35,6 +47,7 @@ from panglot.config import load_config
 from panglot.model import UnifiedModel
 from panglot.nn import autocast_context
 from panglot.nn.attention import document_blocks, document_layout
+from panglot.nn.factored_rows import FactoredRows
 from panglot.training.optim import build_optimizer, param_groups
 from recipes.train_unified import UnifiedRecipe, build
 
@@ -48,7 +61,30 @@ def full_logits_loss(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tor
     return (nll * w).sum() / w.sum().clamp_min(1.0)
 
 
-def counted_logits_loss(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def gathered_rows(self: FactoredRows) -> torch.Tensor:
+    """``FactoredRows.shared`` as it was: each table indexed by its factor's values, summed."""
+    out, column = 0, 0
+    for table in self.tables:
+        values = self.membership[:, column : column + table.shape[0]].argmax(1)
+        column += table.shape[0]
+        out = out + table[values]
+    return out
+
+
+SHARED_ROWS = {"gathers": gathered_rows, "one-hot": FactoredRows.shared}
+
+
+def exact_counted_loss(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss with logits at exactly the counted positions, as it was before ``counted_rows`` padded them."""
+    tokens, weights, doc = batch["tokens"], batch["weights"], batch["doc"]
+    hidden = model.backbone.forward_hidden(tokens[:, :-1], document_ids=doc[:, :-1])
+    w = weights[:, 1:].float() * (doc[:, 1:] == doc[:, :-1])
+    counted = w > 0
+    nll = F.cross_entropy(model.backbone.logits(hidden[counted]).float(), tokens[:, 1:][counted], reduction="none")
+    return (nll * w[counted]).sum() / w.sum().clamp_min(1.0)
+
+
+def shipped_loss(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.loss(batch)[0]
 
 
@@ -58,20 +94,25 @@ class Arm:
     layout: Callable  # what the backbone regroups packed rows with
     loss: Callable[[UnifiedModel, dict[str, torch.Tensor]], torch.Tensor]
     fused: bool  # the shipped optimizer (build_optimizer: fused AdamW) or torch's per-tensor loop
+    rows: str = "gathers"  # how FactoredRows adds its shared rows (SHARED_ROWS)
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # document tokens stepped over, per round
 
 
 ARMS = [
     Arm("before: mask, all logits, AdamW loop", document_layout, full_logits_loss, False),
-    Arm("+ counted logits", document_layout, counted_logits_loss, False),
-    Arm("+ document blocks", document_blocks, counted_logits_loss, False),
-    Arm("+ fused AdamW (now)", document_blocks, counted_logits_loss, True),
+    Arm("+ counted logits", document_layout, exact_counted_loss, False),
+    Arm("+ document blocks", document_blocks, exact_counted_loss, False),
+    Arm("+ fused AdamW", document_blocks, exact_counted_loss, True),
+    Arm("+ one-hot factor rows", document_blocks, exact_counted_loss, True, "one-hot"),
+    Arm("+ logit rows in multiples of 64 (now)", document_blocks, shipped_loss, True, "one-hot"),
 ]
 
 
 def run_arm(model: UnifiedModel, optimizers: dict[bool, torch.optim.Optimizer], arm: Arm, batches: list[dict]) -> None:
     transformer_module.document_blocks = arm.layout  # the name forward_hidden calls for packed rows
+    FactoredRows.shared = SHARED_ROWS[arm.rows]
     optimizer = optimizers[arm.fused]
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
@@ -82,6 +123,7 @@ def run_arm(model: UnifiedModel, optimizers: dict[bool, torch.optim.Optimizer], 
         optimizer.zero_grad(set_to_none=True)
     arm.wall.append(time.perf_counter() - wall)
     arm.cpu.append(time.process_time() - cpu)
+    arm.tokens.append(sum(int((b["task"] >= 0).sum()) for b in batches))
 
 
 def main() -> None:
@@ -91,6 +133,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="batches per arm and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--fresh", action="store_true", help="new batches for every arm and round, as in training")
+    parser.add_argument("--arms", default=None, help="comma-separated indices into the arms (default: all)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -113,24 +157,26 @@ def main() -> None:
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.config}: size "
         f"{cfg.model.size}, compiled {cfg.compile}, bf16, {args.threads} thread(s), {args.steps} packed batches of "
-        f"{shape[0]} x {shape[1]} ({real} document tokens)"
+        f"{shape[0]} x {shape[1]} ({real} document tokens){', fresh batches per arm and round' if args.fresh else ''}"
     )
-    for arm in ARMS:  # warm-up: compiles every shape the batches bring
+    arms = ARMS if args.arms is None else [ARMS[int(i)] for i in args.arms.split(",")]
+    for arm in arms:  # warm-up: compiles every shape the batches bring
         run_arm(model, optimizers, arm, batches)
-        arm.wall, arm.cpu = [], []
+        arm.wall, arm.cpu, arm.tokens = [], [], []
     for r in range(args.rounds):
-        for k in range(len(ARMS)):
-            arm = ARMS[(r + k) % len(ARMS)]
-            run_arm(model, optimizers, arm, batches)
+        for k in range(len(arms)):
+            arm = arms[(r + k) % len(arms)]
+            run_arm(model, optimizers, arm, [next(loader) for _ in range(args.steps)] if args.fresh else batches)
     transformer_module.document_blocks = document_blocks
-    base_wall, base_cpu = statistics.median(ARMS[0].wall), statistics.median(ARMS[0].cpu)
+    FactoredRows.shared = SHARED_ROWS["one-hot"]
+    base_wall, base_cpu = statistics.median(arms[0].wall), statistics.median(arms[0].cpu)
     print(f"\nmedians over {args.rounds} rounds")
-    print("| arm | wall s/step | CPU s/step | document tokens/s | vs before (wall / CPU) |")
+    print("| arm | wall s/step | CPU s/step | document tokens/s | vs the first arm (wall / CPU) |")
     print("|---|---:|---:|---:|---:|")
-    for arm in ARMS:
+    for arm in arms:
         wall, cpu = statistics.median(arm.wall), statistics.median(arm.cpu)
         print(
-            f"| {arm.name} | {wall / args.steps:.3f} | {cpu / args.steps:.3f} | {real / wall:.0f} | "
+            f"| {arm.name} | {wall / args.steps:.3f} | {cpu / args.steps:.3f} | {sum(arm.tokens) / sum(arm.wall):.0f} | "
             f"{base_wall / wall:.2f}x / {base_cpu / cpu:.2f}x |"
         )
 

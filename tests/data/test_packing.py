@@ -14,6 +14,7 @@ from panglot.codecs.text import TextTokenizer
 from panglot.config import load_config
 from panglot.data.packing import DocumentPacker, PackingConfig, collate_packed, packed_shape
 from panglot.model import UnifiedModel, collate
+from panglot.model.unified import LOGIT_ROWS_MULTIPLE, counted_rows
 from panglot.multimodal import TASKS, SequenceLayout, TaskSequence, UnifiedVocab
 from panglot.training import OptimConfig, TrainConfig, Trainer, seed_everything
 from recipes import train_unified
@@ -187,6 +188,20 @@ def test_loss_is_the_weighted_mean_over_every_position(unified):
     for k, p in unified.named_parameters():
         torch.testing.assert_close(grads[k], p.grad, atol=1e-5, rtol=1e-4, msg=k)
     unified.zero_grad()
+
+
+def test_counted_rows_are_the_counted_positions_then_padding_to_the_multiple():
+    counted = torch.zeros(3, 50, dtype=torch.bool)
+    counted[0, 5:20] = counted[2, :37] = True  # 52 positions
+    rows = counted_rows(counted, multiple=16)
+    assert len(rows) == 64
+    torch.testing.assert_close(rows[:52], counted.flatten().nonzero().squeeze(1))
+    assert rows[52:].tolist() == [0] * 12
+    counted[1, :12] = True  # 64: already a multiple
+    assert len(counted_rows(counted, multiple=16)) == 64
+    g = torch.Generator().manual_seed(0)
+    many = {len(counted_rows(torch.rand(11, 255, generator=g) < 0.4)) for _ in range(50)}  # counts vary by ~+-50
+    assert all(n % LOGIT_ROWS_MULTIPLE == 0 for n in many) and len(many) <= 4
 
 
 def test_packed_gradients_equal_the_padded_batch(unified):

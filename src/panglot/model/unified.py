@@ -150,12 +150,29 @@ class UnifiedModel(nn.Module):
         # by captions and questions, row tails carry no loss): the output projection, the fp32 log-softmax
         # and their backward skip the rest (docs/benchmarks.md "Unified training step").
         counted = w > 0
-        logits = self.backbone.logits(hidden[counted])  # (N, V)
-        nll = F.cross_entropy(logits.float(), targets[counted], reduction="none")  # (N,)
+        rows = counted_rows(counted)  # (N + padding,): the counted positions, then position 0 repeated
+        n = int(counted.sum())
+        logits = self.backbone.logits(hidden.flatten(0, 1)[rows])  # (N + padding, V)
+        nll = F.cross_entropy(logits.float(), targets.flatten()[rows], reduction="none")[:n]  # (N,)
         loss = (nll * w[counted]).sum() / w.sum().clamp_min(1.0)
         with torch.no_grad():
             metrics = task_losses(nll, document[counted], task[counted], n_documents=b * t)
         return loss, metrics
+
+
+# The counted positions' count changes from batch to batch, and the CPU's bf16 matrix products (oneDNN) build a
+# kernel for every new shape they meet: ~15 ms for the output projection's backward alone, three such products
+# per step, so that unpadded nearly every training step paid 30-45 ms for shapes it had not seen (docs/benchmarks.md
+# "Unified training step"). Rounded up to a multiple of this, a run meets a few dozen shapes.
+LOGIT_ROWS_MULTIPLE = 64
+
+
+def counted_rows(counted: torch.Tensor, multiple: int = LOGIT_ROWS_MULTIPLE) -> torch.Tensor:
+    """counted (B, T) bool -> flat indices (B*T) of its True positions in order, padded with index 0 up to a multiple
+    of ``multiple``: the rows to project to logits, of which the first ``counted.sum()`` are the counted ones."""
+    rows = counted.flatten().nonzero().squeeze(1)
+    padding = -len(rows) % multiple
+    return torch.cat([rows, rows.new_zeros(padding)]) if padding else rows
 
 
 def task_losses(nll: torch.Tensor, document: torch.Tensor, task: torch.Tensor, n_documents: int) -> dict[str, float]:
