@@ -49,6 +49,9 @@ def test_documents_are_a_function_of_their_index(parts):
     for i in (0, 7, 123):
         assert mixture[i] == mixture[i]
     assert _mixture(parts, seed=1)[5] != mixture[5] or _mixture(parts, seed=1)[6] != mixture[6]
+    with pytest.raises(IndexError, match="document 160 of a mixture of 160"):
+        mixture[160]
+    assert len(list(mixture)) == 160  # iterating ends
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -5,6 +5,7 @@ question answering well above chance."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -23,6 +24,10 @@ def test_reduced_quickstart_learns(tmp_path):
     assert vqa >= VQA_FLOOR, f"VQA accuracy {vqa:.3f} is not well above chance"
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["summary"] == metrics["summary"]
+    vocab_size = json.loads((tmp_path / "model" / "run.json").read_text())["backbone"]["vocab_size"]
+    heldout = metrics["summary"]["heldout_loss"]  # val documents: far below guessing among the vocabulary
+    assert set(heldout) == {"t2i", "caption", "vqa"}
+    assert all(loss < 0.5 * math.log(vocab_size) for loss in heldout.values()), heldout
     report = (tmp_path / "eval" / "report.md").read_text()
     assert "Text to image" in report and (tmp_path / "eval" / "t2i_samples.png").stat().st_size > 1000
     run = json.loads((tmp_path / "model" / "run.json").read_text())

@@ -89,6 +89,8 @@ class WorldMixture:
         return len(self.scenes) * self.docs_per_scene
 
     def __getitem__(self, index: int) -> TaskSequence:
+        if not 0 <= index < len(self):  # also ends iteration (``for doc in mixture``), which would otherwise never end
+            raise IndexError(f"document {index} of a mixture of {len(self)}")
         rng = np.random.default_rng([self.cfg.seed, index])
         k = index % len(self.scenes)
         scene, codes = self.scenes[k], self.codes[k]

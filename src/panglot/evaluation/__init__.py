@@ -1,6 +1,7 @@
 """Evaluation on ShapesWorld: metrics (``metrics``), the seeded suite and task runners (``suite``), and the
 Markdown + PNG report (``report``); ``runner.evaluate_run`` ties them together for a trained run. Every figure is given for seen / unseen prompts and 1, 2, 3 objects."""
 
+from panglot.evaluation.heldout import heldout_loss
 from panglot.evaluation.metrics import (
     Breakdown,
     attribute_accuracy,
@@ -45,6 +46,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "evaluate_run",
+    "heldout_loss",
     "match_objects",
     "normalize_answer",
     "read_metrics_jsonl",

@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from panglot.evaluation.heldout import HELDOUT_SCENES
 from panglot.evaluation.metrics import ALL, ATTRIBUTES, GROUPS, OBJECT_COUNTS
 from panglot.evaluation.suite import CaptionSample, T2ISample, TaskResult, VQASample, sweep_series
 from panglot.world.scene import Obj
@@ -378,12 +379,13 @@ def write_report(
     title: str = "ShapesWorld evaluation",
     suite: Mapping | None = None,
     samples_per_cell: int = 4,
+    heldout: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.json`` and the PNG figures into ``out_dir``; returns the report path.
 
     ``results`` maps task names (``t2i``, ``caption``, ``vqa``) to :class:`TaskResult` (a result without
     samples gives its table only); ``sweep`` is a :func:`~panglot.evaluation.suite.cfg_sweep` result;
-    ``suite`` is ``EvalSuite.describe()``.
+    ``suite`` is ``EvalSuite.describe()``; ``heldout`` is :func:`~panglot.evaluation.heldout.heldout_loss`'s result.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -425,6 +427,16 @@ def write_report(
             md += ["### Per question kind", "", vqa_kind_markdown(r.metrics["per_kind"]), ""]
             if r.samples:
                 md += ["### Examples", "", _vqa_examples_markdown(r.samples), ""]
+        if heldout:
+            md += ["## Held-out loss", "", "| task | loss |", "| --- | ---: |"]
+            md += [f"| {task} | {loss:.4f} |" for task, loss in heldout.items()]
+            md += [
+                "",
+                "Mean next-token loss over each task's target tokens, one document per `val` scene (the first "
+                f"{HELDOUT_SCENES}; `panglot.evaluation.heldout`): steadier than the sampled figures above from run "
+                "to run, so it is the figure to compare recipes by at equal codecs.",
+                "",
+            ]
         if metrics_jsonl is not None:
             series = read_metrics_jsonl(Path(metrics_jsonl))
             if series:
@@ -433,6 +445,8 @@ def write_report(
     payload = {"suite": dict(suite or {}), **{t: r.metrics for t, r in results.items()}}
     if sweep is not None:
         payload["cfg_sweep"] = dict(sweep)
+    if heldout:
+        payload["heldout_loss"] = dict(heldout)
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))
     path = out / "report.md"
     path.write_text("\n".join(md))

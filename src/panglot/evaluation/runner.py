@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import panglot
+from panglot.evaluation.heldout import heldout_loss
 from panglot.evaluation.metrics import ALL, GROUPS
 from panglot.evaluation.report import write_report
 from panglot.evaluation.suite import TASKS, EvalModel, EvalSuite, cfg_sweep, run_tasks, tqdm_progress
 from panglot.files import atomic_write_json
+from panglot.model.unified import UnifiedModel
 
 HEADLINE = {"t2i": "scene", "caption": "accuracy", "vqa": "accuracy"}  # task -> its headline figure
 TRAIN_METRICS = Path("train") / "metrics.jsonl"
@@ -31,6 +33,8 @@ def summary(metrics: dict) -> dict:
             row = {g: table[g][ALL][figure] for g in GROUPS if g in table}
             row[ALL] = table[ALL][figure]
             out[f"{task}_{figure}" if task == "t2i" else task] = row
+    if "heldout_loss" in metrics:
+        out["heldout_loss"] = metrics["heldout_loss"]
     return out
 
 
@@ -45,18 +49,31 @@ def evaluate_model(
     metrics_jsonl: str | os.PathLike | None = None,
     title: str = "ShapesWorld evaluation",
     progress: bool = True,
+    heldout: bool = True,
 ) -> dict:
     """Run ``tasks`` (and a CFG sweep over ``sweep_scales``) on ``suite`` and write the report into
-    ``out_dir``. Returns the metrics (as in ``metrics.json``) with a ``summary`` of headline figures."""
+    ``out_dir``. Returns the metrics (as in ``metrics.json``) with a ``summary`` of headline figures. With
+    ``heldout`` and a unified model behind ``m`` (``m.model``, as ``panglot.load`` gives), also the loss per task
+    on `val` documents (``panglot.evaluation.heldout``), under ``heldout_loss``."""
     show = tqdm_progress() if progress else None
     results = run_tasks(m, suite, tasks, cfg=cfg, seed=seed, progress=show)
     sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show) if sweep_scales else None
+    model = getattr(m, "model", None)
+    losses = heldout_loss(model, tasks=tuple(tasks)) if heldout and isinstance(model, UnifiedModel) else None
     write_report(
-        out_dir, results, sweep=sweep, metrics_jsonl=metrics_jsonl, title=title, suite=suite.describe()
+        out_dir,
+        results,
+        sweep=sweep,
+        metrics_jsonl=metrics_jsonl,
+        title=title,
+        suite=suite.describe(),
+        heldout=losses,
     )
     metrics = {"suite": suite.describe(), **{t: r.metrics for t, r in results.items()}}
     if sweep is not None:
         metrics["cfg_sweep"] = sweep
+    if losses is not None:
+        metrics["heldout_loss"] = losses
     metrics = {"summary": summary(metrics), **metrics}
     atomic_write_json(Path(out_dir) / "metrics.json", metrics, indent=2)  # the report's, with the summary
     return metrics
