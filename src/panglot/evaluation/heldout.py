@@ -2,7 +2,7 @@
 
 The suite's figures count oracle-judged samples, 50 per cell, and move by 10-25 points from seed to seed at the
 quickstart's length; the mean loss over a few hundred held-out documents moves by about 1 % (three 1533-step
-runs on one codec, two with other switches: t2i 0.802 / 0.811 / 0.814), so it separates recipes that the suite's
+runs on one codec, two with other switches: t2i 0.804 / 0.811 / 0.812), so it separates recipes that the suite's
 cells cannot. The documents are the training mixture's (``WorldMixture``, hence the same layout as training),
 one per scene and task, canonical captions, no condition dropout, one question per VQA document; computed in
 fp32, so the figure is the same on every run of the same weights.
