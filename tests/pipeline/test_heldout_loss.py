@@ -25,8 +25,7 @@ def test_it_is_the_token_mean_nll_of_one_document_per_scene_and_task(model):
     for task in TASKS:
         cfg = MixtureConfig(n_scenes=11, task_probs={task: 1.0}, paraphrase_prob=0.0, cond_dropout=0.0)
         nll, count = 0.0, 0
-        docs = WorldMixture(cfg, model.layout, model.vocab.text, scenes, codes, docs_per_scene=1)
-        for doc in (docs[i] for i in range(len(docs))):  # indexable, endless to iterate (index modulo scenes)
+        for doc in WorldMixture(cfg, model.layout, model.vocab.text, scenes, codes, docs_per_scene=1):
             assert doc.task == task
             tokens = torch.tensor(doc.tokens)[None]
             with torch.no_grad():
