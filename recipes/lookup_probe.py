@@ -67,6 +67,7 @@ class ProbeConfig:
     tokenizer_scenes: int = 3000
     separator: bool = False  # <user> between caption and question (`document`)
     question_weight: float = 0.0  # loss weight on the question's tokens (`document`); the answer's is 1
+    optimizer: str = "adamw"  # or "muon" (`OptimConfig.algorithm`)
 
 
 class Questions:
@@ -188,7 +189,9 @@ def run(cfg: ProbeConfig) -> dict:
         raise ValueError(f"unknown backbone overrides {sorted(unknown)}; TransformerConfig has no such fields")
     model = Transformer(dataclasses.replace(base, **cfg.backbone))
     train_cfg = TrainConfig(
-        optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps),
+        optim=OptimConfig(
+            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, algorithm=cfg.optimizer
+        ),
         max_steps=cfg.steps, precision=cfg.precision, seed=cfg.seed, log_every=cfg.eval_every, ckpt_every=0,
     )  # fmt: skip
     curve, started, cpu_started = [], time.perf_counter(), time.process_time()
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=ProbeConfig.seed, help="model init, scenes, batches and val set")
     parser.add_argument("--separator", action="store_true", help="<user> between the caption and the question")
     parser.add_argument("--question-weight", type=float, default=0.0, help="loss weight on the question's tokens")
+    parser.add_argument("--optimizer", choices=["adamw", "muon"], default=ProbeConfig.optimizer)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
     args = parser.parse_args(argv)
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
         out=args.out, steps=args.steps, size=args.size, backbone=parse_overrides(args.overrides), lr=args.lr,
         weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
         eval_every=args.eval_every, seed=args.seed, separator=args.separator, question_weight=args.question_weight,
+        optimizer=args.optimizer,
     )
     return run(cfg)
 

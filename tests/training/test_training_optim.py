@@ -1,3 +1,4 @@
+import copy
 import itertools
 import math
 
@@ -130,3 +131,93 @@ def test_optimizer_is_fused_on_cpu_and_steps_like_the_per_tensor_loop():
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     assert (model[0].weight - start).abs().max() > 1e-2  # the weights moved
+
+
+def test_muon_takes_the_hidden_linear_weights_and_leaves_the_rest_to_adamw():
+    from panglot.backbone.sizes import transformer_config
+    from panglot.backbone.transformer import Transformer
+    from panglot.training.optim import build_optimizer
+
+    model = Transformer(transformer_config("debug", 50, tie_embeddings=False))
+    optimizer = build_optimizer(model, OptimConfig(algorithm="muon", weight_decay=0.1))
+    by_algorithm = {}
+    for group in optimizer.param_groups:
+        by_algorithm.setdefault(group["algorithm"], set()).update(group["param_names"])
+    per_layer = {"attention.wq", "attention.wk", "attention.wv", "attention.wo"} | {
+        f"feed_forward.w{i}" for i in (1, 2, 3)
+    }
+    assert by_algorithm["muon"] == {f"layers.{i}.{name}.weight" for i in range(2) for name in per_layer}
+    assert {"tok_embeddings.weight", "output.weight", "norm.weight"} <= by_algorithm["adamw"]
+    assert by_algorithm["adamw"].isdisjoint(by_algorithm["muon"])
+    assert {n for g in optimizer.param_groups for n in g["param_names"]} == {n for n, _ in model.named_parameters()}
+    muon_group = next(g for g in optimizer.param_groups if g["algorithm"] == "muon")
+    assert muon_group["weight_decay"] == 0.1 and muon_group["adjust_lr_fn"] == "match_rms_adamw"
+
+
+def test_muon_with_adamw_steps_like_the_two_optimizers_apart():
+    from panglot.training.optim import build_optimizer, set_lr
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    reference = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    reference.load_state_dict(model.state_dict())
+    cfg = OptimConfig(lr=1e-2, weight_decay=0.1, algorithm="muon", muon_exclude=["3"])
+    combined = build_optimizer(model, cfg)
+    muon_params = [reference[1].weight]
+    decayed = [reference[3].weight]  # the excluded linear layer: AdamW, decayed
+    rest = [p for p in reference.parameters() if all(p is not q for q in muon_params + decayed)]
+    muon = torch.optim.Muon(muon_params, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    groups = [{"params": decayed, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+    adamw = torch.optim.AdamW(groups, lr=1e-2, betas=cfg.betas, eps=cfg.eps)
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    start = model[1].weight.detach().clone()
+    for step in range(4):
+        set_lr(combined, 1e-2 / (step + 1))  # the schedule reaches both halves
+        for opt in (muon, adamw):
+            set_lr(opt, 1e-2 / (step + 1))
+        for net, opts in ((model, [combined]), (reference, [muon, adamw])):
+            for opt in opts:
+                opt.zero_grad()
+            net(tokens).square().mean().backward()
+            for opt in opts:
+                opt.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    assert (model[1].weight - start).abs().max() > 1e-3
+
+
+def test_muon_state_survives_a_state_dict_round_trip():
+    from panglot.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    cfg = OptimConfig(lr=1e-2, algorithm="muon", muon_exclude=[])
+    x = torch.randn(5, 6)
+
+    def step(net, opt):
+        opt.zero_grad()
+        net(x).square().mean().backward()
+        opt.step()
+
+    first = build_optimizer(model, cfg)
+    for _ in range(3):
+        step(model, first)
+    twin = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    twin.load_state_dict(model.state_dict())
+    second = build_optimizer(twin, cfg)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))  # a copy: loading keeps the very tensors
+    assert "momentum_buffer" in second.state[twin[0].weight]
+    for _ in range(2):
+        step(model, first)
+        step(twin, second)  # the inner optimizers act on the loaded groups and state, not the ones built first
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_muon_needs_a_linear_weight_to_update():
+    from panglot.training.optim import build_optimizer
+
+    with pytest.raises(ValueError, match="Muon was asked for, but no trainable parameter is a linear layer's weight"):
+        build_optimizer(nn.Sequential(nn.Embedding(4, 3), nn.LayerNorm(3)), OptimConfig(algorithm="muon"))
+    with pytest.raises(ValueError, match="algorithm must be 'adamw' or 'muon', got 'sgd'"):
+        OptimConfig(algorithm="sgd")

@@ -105,11 +105,13 @@ def test_tensorboard_events_are_written(tmp_path):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_in_process_resume_after_a_crash_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("algorithm", ["adamw", "muon"])
+def test_in_process_resume_after_a_crash_is_bitwise_identical(tmp_path, algorithm):
     def lm_trainer(out_dir, callbacks=()):
         seed_everything(0)
         data = StatefulLoader(counting_sequences(n=24), batch_size=4, seed=2)
-        cfg = _cfg(precision="bf16", grad_accum=2, max_steps=6, ckpt_every=3, seed=5)
+        optim = OptimConfig(lr=1e-2, warmup_steps=2, weight_decay=0.01, algorithm=algorithm)
+        cfg = _cfg(optim=optim, precision="bf16", grad_accum=2, max_steps=6, ckpt_every=3, seed=5)
         return Trainer(cfg, TinyLM(dropout=0.3), lm_loss, data, out_dir, callbacks=callbacks)
 
     reference = lm_trainer(tmp_path / "ref")

@@ -8,8 +8,18 @@ from typing import Literal
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to ``lr * min_lr_ratio``."""
+    """AdamW (or Muon on the hidden matrices) with linear warmup then cosine decay to ``lr * min_lr_ratio``.
 
+    ``algorithm: muon``: the 2-D weights of linear layers (attention and MLP projections) are updated by
+    ``torch.optim.Muon`` (momentum, then the update orthogonalised by Newton-Schulz iterations; its rate scaled to
+    match AdamW's update size, so ``lr`` keeps its meaning); embeddings, norms, biases and the linear layers named
+    by ``muon_exclude`` (the output head: Muon is for hidden layers) stay on AdamW. One schedule drives both.
+    """
+
+    algorithm: Literal["adamw", "muon"] = "adamw"
+    muon_momentum: float = 0.95
+    # module name globs; the default names the output heads of panglot's backbone and of Hugging Face models
+    muon_exclude: list[str] = field(default_factory=lambda: ["output", "*.output", "lm_head", "*.lm_head"])
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -20,6 +30,10 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.algorithm not in ("adamw", "muon"):
+            problems.append(f"algorithm must be 'adamw' or 'muon', got {self.algorithm!r}")
+        if not 0 <= self.muon_momentum < 1:
+            problems.append(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

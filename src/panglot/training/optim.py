@@ -1,7 +1,8 @@
-"""AdamW parameter groups, the warmup + cosine learning-rate schedule, and gradient clipping."""
+"""AdamW (and Muon) parameter groups, the warmup + cosine learning-rate schedule, and gradient clipping."""
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable
 
@@ -51,25 +52,104 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if p.ndim < 2 or id(p) in embedding_ids}
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: decayed and not decayed; each keeps its ``param_names``."""
+def muon_names(model: nn.Module, exclude: Iterable[str] = ()) -> set[str]:
+    """Names of the weights Muon updates: 2-D weights of ``nn.Linear`` layers whose module name matches none of
+    the ``exclude`` globs (embeddings, norms, biases and factor tables are not linear weights)."""
+    exclude = list(exclude)
+    return {
+        f"{module_name}.weight" if module_name else "weight"
+        for module_name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+        and module.weight.ndim == 2
+        and "weight" in module._parameters  # a parametrized weight (FactoredRows) is not a plain matrix
+        and not any(fnmatch.fnmatchcase(module_name, pattern) for pattern in exclude)
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float, muon: set[str] = frozenset()) -> list[dict]:
+    """The groups over the trainable parameters, each with its ``param_names`` and ``algorithm``: AdamW's decayed
+    and not decayed ones, then the weights named in ``muon`` (decayed); empty groups are left out."""
     skip = no_decay_names(model)
-    groups = {"decay": ([], []), "no_decay": ([], [])}
+    groups = {"decay": ([], []), "no_decay": ([], []), "muon": ([], [])}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            names, params = groups["no_decay" if name in skip else "decay"]
+            kind = "muon" if name in muon else "no_decay" if name in skip else "decay"
+            names, params = groups[kind]
             names.append(name)
             params.append(p)
     return [
-        {"params": params, "param_names": names, "weight_decay": wd}
-        for (names, params), wd in ((groups["decay"], weight_decay), (groups["no_decay"], 0.0))
+        {
+            "params": params,
+            "param_names": names,
+            "weight_decay": weight_decay if kind != "no_decay" else 0.0,
+            "algorithm": "muon" if kind == "muon" else "adamw",
+        }
+        for kind, (names, params) in groups.items()
         if params
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the model's trainable parameters (frozen ones are left out)."""
-    groups = param_groups(model, cfg.weight_decay)
+class MuonWithAdamW(torch.optim.Optimizer):
+    """``torch.optim.Muon`` on some groups and ``torch.optim.AdamW`` on the others, as one optimizer.
+
+    The two share this optimizer's group dicts and state, so setting a group's ``lr``, ``zero_grad``,
+    ``state_dict`` and ``load_state_dict`` (hence checkpoints and exact resumes) work as for one optimizer.
+    Each group says its ``algorithm``.
+    """
+
+    def __init__(
+        self,
+        groups: list[dict],
+        *,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        momentum: float,
+        fused: bool | None,
+    ) -> None:
+        adamw_groups = [g for g in groups if g["algorithm"] == "adamw"]
+        muon_groups = [g for g in groups if g["algorithm"] == "muon"]
+        if not muon_groups:
+            raise ValueError("Muon was asked for, but no trainable parameter is a linear layer's weight")
+        # An orthogonalised (A, B) update has RMS ~1 / sqrt(max(A, B)); "match_rms_adamw" scales its rate by
+        # 0.2 * sqrt(max(A, B)), the RMS of a typical AdamW update (Moonshot, "Muon is Scalable for LLM Training",
+        # 2025), so AdamW's learning rate and schedule serve both.
+        inner = [torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, adjust_lr_fn="match_rms_adamw")]
+        if adamw_groups:
+            inner.insert(0, torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, fused=fused))
+        self._inner = inner
+        self._sizes = [len(o.param_groups) for o in inner]
+        super().__init__([g for o in inner for g in o.param_groups], defaults={})
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (again after ``load_state_dict``)."""
+        start = 0
+        for optimizer, size in zip(self._inner, self._sizes):
+            optimizer.param_groups = self.param_groups[start : start + size]
+            optimizer.state = self.state
+            start += size
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self._inner:
+            optimizer.step()
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW (``cfg.algorithm: muon``: Muon on the hidden matrices, AdamW on the rest) over the model's trainable
+    parameters (frozen ones are left out)."""
+    muon = muon_names(model, cfg.muon_exclude) if cfg.algorithm == "muon" else set()
+    groups = param_groups(model, cfg.weight_decay, muon)
     if not groups:
         raise ValueError("the model has no trainable parameters (all frozen?)")
     # The fused kernel: one pass over every tensor, the same updates (to float rounding) 5x faster on CPU than
@@ -78,6 +158,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     fused = len({p.device for p in params}) == 1 and all(
         p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params
     )
+    if cfg.algorithm == "muon":
+        return MuonWithAdamW(
+            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, momentum=cfg.muon_momentum, fused=fused or None
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
