@@ -1,4 +1,4 @@
-"""The unified recipe's whole training step (forward, loss, backward, AdamW), before and after a change.
+"""The unified recipe's whole training step (forward, loss, backward, optimizer), before and after a change.
 
 Builds the quickstart's model and packed batches exactly as ``recipes/train_unified.py`` does (its YAML, a
 trained codec, compiled blocks) and times full steps of each arm over the same batches, rounds interleaved
@@ -20,6 +20,8 @@ Arms (each names what differs from the shipped code, which is the last):
   a kernel for each new shape. Only fresh batches show that (with the same batches in every round, every shape
   has been met in the warm-up), and only between two arms: the kernels are cached for the whole process, so
   four arms with exact counts meet each other's shapes. ``--fresh --arms 4,5`` times the last two alone.
+- ``optim.algorithm=muon``: the shipped step with ``torch.optim.Muon`` on the hidden linear weights (AdamW on the
+  rest, ``build_optimizer``): what its Newton-Schulz iterations cost per step.
 
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_step.py --threads 1 [--codec-dir DIR] [--fresh]
 
@@ -32,6 +34,7 @@ counts of counted positions); without it every arm steps over the same batches i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import tempfile
@@ -93,7 +96,7 @@ class Arm:
     name: str
     layout: Callable  # what the backbone regroups packed rows with
     loss: Callable[[UnifiedModel, dict[str, torch.Tensor]], torch.Tensor]
-    fused: bool  # the shipped optimizer (build_optimizer: fused AdamW) or torch's per-tensor loop
+    optimizer: str  # "fused": the shipped AdamW (build_optimizer); "loop": torch's per-tensor loop; "muon"
     rows: str = "gathers"  # how FactoredRows adds its shared rows (SHARED_ROWS)
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
@@ -101,19 +104,20 @@ class Arm:
 
 
 ARMS = [
-    Arm("before: mask, all logits, AdamW loop", document_layout, full_logits_loss, False),
-    Arm("+ counted logits", document_layout, exact_counted_loss, False),
-    Arm("+ document blocks", document_blocks, exact_counted_loss, False),
-    Arm("+ fused AdamW", document_blocks, exact_counted_loss, True),
-    Arm("+ one-hot factor rows", document_blocks, exact_counted_loss, True, "one-hot"),
-    Arm("+ logit rows in multiples of 64 (now)", document_blocks, shipped_loss, True, "one-hot"),
+    Arm("before: mask, all logits, AdamW loop", document_layout, full_logits_loss, "loop"),
+    Arm("+ counted logits", document_layout, exact_counted_loss, "loop"),
+    Arm("+ document blocks", document_blocks, exact_counted_loss, "loop"),
+    Arm("+ fused AdamW", document_blocks, exact_counted_loss, "fused"),
+    Arm("+ one-hot factor rows", document_blocks, exact_counted_loss, "fused", "one-hot"),
+    Arm("+ logit rows in multiples of 64 (now)", document_blocks, shipped_loss, "fused", "one-hot"),
+    Arm("now, optim.algorithm=muon", document_blocks, shipped_loss, "muon", "one-hot"),
 ]
 
 
-def run_arm(model: UnifiedModel, optimizers: dict[bool, torch.optim.Optimizer], arm: Arm, batches: list[dict]) -> None:
+def run_arm(model: UnifiedModel, optimizers: dict[str, torch.optim.Optimizer], arm: Arm, batches: list[dict]) -> None:
     transformer_module.document_blocks = arm.layout  # the name forward_hidden calls for packed rows
     FactoredRows.shared = SHARED_ROWS[arm.rows]
-    optimizer = optimizers[arm.fused]
+    optimizer = optimizers[arm.optimizer]
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in batches:
         with autocast_context(model.device, "bf16"):
@@ -146,10 +150,11 @@ def main() -> None:
         model.backbone.compile_layers()
     optim = cfg.train.optim
     optimizers = {
-        True: build_optimizer(model, optim),
-        False: torch.optim.AdamW(
+        "fused": build_optimizer(model, optim),
+        "loop": torch.optim.AdamW(
             param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps, foreach=False
         ),
+        "muon": build_optimizer(model, dataclasses.replace(optim, algorithm="muon")),
     }
     batches = [next(loader) for _ in range(args.steps)]
     real = sum(int((b["task"] >= 0).sum()) for b in batches)

@@ -154,6 +154,20 @@ def test_muon_takes_the_hidden_linear_weights_and_leaves_the_rest_to_adamw():
     assert muon_group["weight_decay"] == 0.1 and muon_group["adjust_lr_fn"] == "match_rms_adamw"
 
 
+def test_muon_lr_scale_follows_the_schedule():
+    from panglot.training.optim import build_optimizer, set_lr
+
+    model = nn.Sequential(nn.Embedding(10, 6), nn.Linear(6, 8), nn.Linear(8, 4))
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-3, algorithm="muon", muon_lr_scale=3.0, muon_exclude=["2"]))
+
+    def rates():
+        return {g["algorithm"]: g["lr"] for g in optimizer.param_groups}
+
+    assert rates() == pytest.approx({"adamw": 1e-3, "muon": 3e-3})
+    set_lr(optimizer, 2e-4)
+    assert rates() == pytest.approx({"adamw": 2e-4, "muon": 6e-4})
+
+
 def test_muon_with_adamw_steps_like_the_two_optimizers_apart():
     from panglot.training.optim import build_optimizer, set_lr
 

@@ -18,6 +18,7 @@ class OptimConfig:
 
     algorithm: Literal["adamw", "muon"] = "adamw"
     muon_momentum: float = 0.95
+    muon_lr_scale: float = 1.0  # Muon's groups run at lr * this (the schedule scales both alike)
     # module name globs; the default names the output heads of panglot's backbone and of Hugging Face models
     muon_exclude: list[str] = field(default_factory=lambda: ["output", "*.output", "lm_head", "*.lm_head"])
     lr: float = 3e-4
@@ -34,6 +35,8 @@ class OptimConfig:
             problems.append(f"algorithm must be 'adamw' or 'muon', got {self.algorithm!r}")
         if not 0 <= self.muon_momentum < 1:
             problems.append(f"muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.muon_lr_scale <= 0:
+            problems.append(f"muon_lr_scale must be > 0, got {self.muon_lr_scale}")
         if self.lr <= 0:
             problems.append(f"lr must be > 0, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -106,6 +106,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
         eps: float,
         momentum: float,
         fused: bool | None,
+        muon_lr_scale: float = 1.0,
     ) -> None:
         adamw_groups = [g for g in groups if g["algorithm"] == "adamw"]
         muon_groups = [g for g in groups if g["algorithm"] == "muon"]
@@ -114,7 +115,12 @@ class MuonWithAdamW(torch.optim.Optimizer):
         # An orthogonalised (A, B) update has RMS ~1 / sqrt(max(A, B)); "match_rms_adamw" scales its rate by
         # 0.2 * sqrt(max(A, B)), the RMS of a typical AdamW update (Moonshot, "Muon is Scalable for LLM Training",
         # 2025), so AdamW's learning rate and schedule serve both.
-        inner = [torch.optim.Muon(muon_groups, lr=lr, momentum=momentum, adjust_lr_fn="match_rms_adamw")]
+        for group in muon_groups:
+            group["lr_scale"] = muon_lr_scale  # `set_lr` applies it
+        muon = torch.optim.Muon(
+            muon_groups, lr=lr * muon_lr_scale, momentum=momentum, adjust_lr_fn="match_rms_adamw"
+        )
+        inner = [muon]
         if adamw_groups:
             inner.insert(0, torch.optim.AdamW(adamw_groups, lr=lr, betas=betas, eps=eps, fused=fused))
         self._inner = inner
@@ -160,14 +166,21 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     )
     if cfg.algorithm == "muon":
         return MuonWithAdamW(
-            groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, momentum=cfg.muon_momentum, fused=fused or None
+            groups,
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            momentum=cfg.muon_momentum,
+            fused=fused or None,
+            muon_lr_scale=cfg.muon_lr_scale,
         )
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Every group's rate: ``lr`` times the group's ``lr_scale`` (1 where it has none)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def clip_gradients(params: Iterable[torch.Tensor], max_norm: float | None) -> torch.Tensor:
