@@ -68,6 +68,7 @@ class ProbeConfig:
     separator: bool = False  # <user> between caption and question (`document`)
     question_weight: float = 0.0  # loss weight on the question's tokens (`document`); the answer's is 1
     optimizer: str = "adamw"  # or "muon" (`OptimConfig.algorithm`)
+    muon_lr_scale: float = 1.0  # `OptimConfig.muon_lr_scale`
 
 
 class Questions:
@@ -190,7 +191,11 @@ def run(cfg: ProbeConfig) -> dict:
     model = Transformer(dataclasses.replace(base, **cfg.backbone))
     train_cfg = TrainConfig(
         optim=OptimConfig(
-            lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps, algorithm=cfg.optimizer
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=cfg.warmup_steps,
+            algorithm=cfg.optimizer,
+            muon_lr_scale=cfg.muon_lr_scale,
         ),
         max_steps=cfg.steps, precision=cfg.precision, seed=cfg.seed, log_every=cfg.eval_every, ckpt_every=0,
     )  # fmt: skip
@@ -225,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--separator", action="store_true", help="<user> between the caption and the question")
     parser.add_argument("--question-weight", type=float, default=0.0, help="loss weight on the question's tokens")
     parser.add_argument("--optimizer", choices=["adamw", "muon"], default=ProbeConfig.optimizer)
+    parser.add_argument("--muon-lr-scale", type=float, default=ProbeConfig.muon_lr_scale)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
     args = parser.parse_args(argv)
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
         weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
         eval_every=args.eval_every, seed=args.seed, separator=args.separator, question_weight=args.question_weight,
         optimizer=args.optimizer,
+        muon_lr_scale=args.muon_lr_scale,
     )
     return run(cfg)
 

@@ -115,6 +115,14 @@ def muon_rate(lr: float, adjust_lr_fn: str | None, shape: torch.Size) -> float:
     raise ValueError(f"unknown adjust_lr_fn {adjust_lr_fn!r}")
 
 
+def _closure_loss(closure):
+    """torch's optimizer protocol: a step may be given a closure that recomputes the loss (with gradients)."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class BatchedMuon(torch.optim.Muon):
     """``torch.optim.Muon`` whose step orthogonalises all matrices of one shape in one batched product.
 
@@ -127,10 +135,7 @@ class BatchedMuon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             params, grads, buffers = [], [], []
             self._init_group(group, params, grads, buffers)
@@ -204,10 +209,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for optimizer in self._inner:
             optimizer.step()
         return loss
