@@ -127,8 +127,8 @@ class BatchedMuon(torch.optim.Muon):
     """``torch.optim.Muon`` whose step orthogonalises all matrices of one shape in one batched product.
 
     Torch's step runs the Newton-Schulz iterations one matrix at a time (its ``foreach`` path is not implemented),
-    and on a CPU small matrix products use threads badly: the tiny model's 28 hidden matrices took 92 ms a step on
-    2 threads, as on 1; stacked by shape (3 shapes), 38 ms (docs/benchmarks.md "Muon"). The update is the same
+    and on a CPU small matrix products use threads badly: the tiny model's 28 hidden matrices took 111-120 ms a step
+    on 2 threads (96 on 1); stacked by shape (4 shapes), 62-74 ms (docs/benchmarks.md "Muon"). The update is the same
     (Nesterov momentum, the same iterations and rates; tested against torch's step); groups, state and state
     dicts are torch's.
     """
