@@ -257,3 +257,17 @@ def test_batched_muon_steps_like_torchs_muon(adjust_lr_fn):
     for a, b, first in zip(ours, theirs, start, strict=True):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)  # bf16 iterations: rounding, not a different update
         assert (a - first).abs().max() > 1e-2  # every matrix moved
+
+
+def test_an_adamw_checkpoint_does_not_load_into_a_muon_optimizer(tmp_path):
+    from panglot.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from panglot.training.optim import build_optimizer
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    adamw = build_optimizer(model, OptimConfig())
+    model(torch.randn(2, 4)).sum().backward()
+    adamw.step()
+    ckpt = save_checkpoint(tmp_path, 1, model, adamw, {})
+    muon = build_optimizer(model, OptimConfig(algorithm="muon", muon_exclude=[]))
+    with pytest.raises(CheckpointError, match=r"groups do not match \(different model, freeze patterns or optim"):
+        load_checkpoint(ckpt, model, muon)

@@ -196,7 +196,7 @@ def _load_optimizer(ckpt_dir: Path, optimizer: torch.optim.Optimizer) -> None:
     current_names = [g.get("param_names") for g in optimizer.param_groups]
     if saved_names != current_names:
         raise CheckpointError(
-            f"{meta_file}: optimizer parameter groups do not match (different model or freeze patterns?); "
+            f"{meta_file}: optimizer parameter groups do not match (different model, freeze patterns or optim.algorithm?); "
             f"expected {_describe_groups(current_names)}, found {_describe_groups(saved_names)}"
         )
     state: dict[int, dict] = {}
