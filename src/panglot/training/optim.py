@@ -143,6 +143,8 @@ class BatchedMuon(torch.optim.Muon):
                 continue
             torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
             updates = torch._foreach_lerp(grads, buffers, group["momentum"]) if group["nesterov"] else buffers
+            if group["weight_decay"]:  # decoupled, before the update; the recipes train without it
+                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
             by_shape: dict[torch.Size, list[int]] = {}
             for i, p in enumerate(params):
                 by_shape.setdefault(p.shape, []).append(i)
@@ -151,7 +153,6 @@ class BatchedMuon(torch.optim.Muon):
                 ortho = orthogonalize(stacked, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 rate = muon_rate(group["lr"], group["adjust_lr_fn"], shape)
                 for i, update in zip(members, ortho.unbind(0)):
-                    params[i].mul_(1 - group["lr"] * group["weight_decay"])
                     params[i].add_(update, alpha=-rate)
         return loss
 
