@@ -10,8 +10,9 @@ from typing import Literal
 class OptimConfig:
     """AdamW (or Muon on the hidden matrices) with linear warmup then cosine decay to ``lr * min_lr_ratio``.
 
-    ``algorithm: muon``: the 2-D weights of linear layers (attention and MLP projections) are updated by
-    ``torch.optim.Muon`` (momentum, then the update orthogonalised by Newton-Schulz iterations; its rate scaled to
+    ``algorithm: muon``: the 2-D weights of linear layers (attention and MLP projections) are updated by Muon
+    (``optim.BatchedMuon``: torch.optim.Muon's update, batched by weight shape; momentum, then the update
+    orthogonalised by Newton-Schulz iterations; its rate scaled to
     match AdamW's update size, so ``lr`` keeps its meaning); embeddings, norms, biases and the linear layers named
     by ``muon_exclude`` (the output head: Muon is for hidden layers) stay on AdamW. One schedule drives both.
     """
