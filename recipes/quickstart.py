@@ -48,7 +48,8 @@ class Preset:
 
 PRESETS = {
     # <= 15 minutes on 2 CPU cores: 3 min codec, 9 min unified model (each stage's steps re-fitted to its minutes
-    # a fifth of the way in and stopped at 1.1x its minutes if later steps run slower: panglot.training.budget),
+    # a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later steps run slower:
+    # panglot.training.budget),
     # the rest (probes, compilation, tuning, evaluation) ~1.3 min; at most 3.3 + 9.9 + 1.3 minutes. Before
     # 2026-12-02 evening: 8.5 minutes fitted once by a probe that read 10-40 % slow, and runs took 11.6 minutes.
     # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).

@@ -1,9 +1,10 @@
-"""A minutes budget becomes a step count once, before training, and a resumed run reads it back."""
+"""A minutes budget becomes a step count before training, is re-fitted as the run goes, and a resumed run reads both back."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from training_toys import TinyMLP, mse_loss, regression_data
 
 from panglot.data.loader import StatefulLoader
@@ -16,9 +17,11 @@ from panglot.training.budget import (
     budgeted,
     fit_steps_to_minutes,
     median_step_seconds,
-    recorded_refit,
+    recorded_refits,
     steps_for_minutes,
 )
+from panglot.training.metrics_log import METRICS_FILE
+from panglot.training.optim import lr_at
 
 
 def test_steps_for_minutes_is_capped_by_max_steps():
@@ -67,22 +70,27 @@ class FakeClock:
         return self.now
 
 
-def test_the_refit_times_a_fifth_of_the_run_and_fits_the_budget_left(tmp_path):
-    """1-minute budget, 40 fitted steps: re-fit at step 8 (a fifth), steps 2..8 timed at 0.25 s each (the first
-    step paid 4 s of compilation); 60 - 5.75 s are left: 217 more steps. Recorded, and a second run in the
-    directory re-fits nothing."""
+def test_the_refits_time_a_fifth_of_the_run_then_the_steps_since_and_fit_the_budget_left(tmp_path):
+    """1-minute budget, 40 fitted steps: the first re-fit at step 8 (a fifth), steps 2..8 timed at 0.25 s each (the
+    first step paid 4 s of compilation); 60 - 5.75 s are left: 217 more steps, 225 in all. Then the machine speeds
+    up to 0.2 s: the second re-fit at half of 225 (step 112) times steps 8..112 at 0.2 s and fits 33.45 s into 167
+    more; the third at 4/5 of 279 (step 223) finds the run on time. Recorded as they come, and a second run in
+    the directory re-fits nothing."""
     clock = FakeClock()
     cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
     refit = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
-    new = []
-    for step in range(1, 10):
-        clock.now += 4.0 if step == 1 else 0.25
-        new.append(refit.after_step(step, cfg.max_steps))
-    assert new == [None] * 7 + [8 + int((60 - 5.75) / 0.25), None]
+    max_steps, new = cfg.max_steps, {}
+    for step in range(1, 300):
+        clock.now += 4.0 if step == 1 else 0.25 if step <= 8 else 0.2
+        if (steps := refit.after_step(step, max_steps)) is not None:
+            new[step], max_steps = steps, steps
+    assert new == {8: 8 + int((60 - 5.75) / 0.25), 112: 112 + int((60 - 26.55) / 0.2), 223: 223 + int(11.25 / 0.2)}
     record = json.loads((tmp_path / REFIT_FILE).read_text())
-    assert record == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
+    assert record["refits"][0] == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
+    assert [r["seconds_per_step"] for r in record["refits"]] == [0.25, 0.2, 0.2]
+    assert recorded_refits(tmp_path) == [(225, 8, 40), (279, 112, 225), (279, 223, 279)]
     again = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
-    assert recorded_refit(tmp_path) == (225, 8, 40) and all(again.after_step(step, 225) is None for step in range(1, 10))
+    assert all(again.after_step(step, 225) is None for step in range(1, 300))
     capped_cfg = TrainConfig(optim=OptimConfig(warmup_steps=8), max_steps=40, budget_minutes=1.0, budget_cap=50)
     capped = StepRefit(tmp_path / "cap", capped_cfg, 0, clock)
     fits = []
@@ -94,6 +102,12 @@ def test_the_refit_times_a_fifth_of_the_run_and_fits_the_budget_left(tmp_path):
     assert all(late.after_step(step, 100) is None for step in range(6, 12))
     short = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=20, budget_minutes=1.0)  # re-fit at 4: too early
     assert all(StepRefit(tmp_path / "short", short, 0, clock).after_step(s, 100) is None for s in range(1, 6))
+
+
+def test_a_refit_file_of_the_single_refit_format_still_reads(tmp_path):
+    record = {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
+    (tmp_path / REFIT_FILE).write_text(json.dumps(record))
+    assert recorded_refits(tmp_path) == [(225, 8, 40)] and recorded_refits(tmp_path / "none") == []
 
 
 def _budgeted_trainer(out_dir) -> Trainer:
@@ -110,7 +124,22 @@ def test_a_budgeted_trainer_trains_the_refitted_steps_and_a_resumed_one_keeps_th
     """Fast toy steps: 5 minutes hold far more than the cap, so the re-fit at the warmup's end (step 8) raises the
     fitted 10 steps to the cap, 14; the run trains them, and a resumed run reads them back instead of timing."""
     trainer = _budgeted_trainer(tmp_path)
-    assert trainer.train().steps == 14 and json.loads((tmp_path / REFIT_FILE).read_text())["max_steps"] == 14
-    assert trainer.resized == (8, 10)
+    assert trainer.train().steps == 14 and recorded_refits(tmp_path) == [(14, 8, 10)]
+    assert trainer.resized == [(8, 10)]  # the next re-fit would come at step 7 of 14: passed, none is made
     resumed = _budgeted_trainer(tmp_path)
-    assert resumed.train(resume=True).steps == 14 and (resumed.cfg.max_steps, resumed.resized) == (14, (8, 10))
+    assert resumed.train(resume=True).steps == 14 and (resumed.cfg.max_steps, resumed.resized) == (14, [(8, 10)])
+
+
+def test_a_resumed_trainer_replays_every_recorded_refit_in_its_learning_rates(tmp_path):
+    """A run that re-fitted twice (10 -> 20 steps at 8, -> 16 at 12) and was cut off: the resumed trainer trains to
+    16 with the rates of that chain (logged per step), and re-fits nothing more."""
+    (tmp_path / REFIT_FILE).write_text(json.dumps({"refits": [
+        {"at_step": 8, "seconds_per_step": 0.1, "fitted_max_steps": 10, "max_steps": 20},
+        {"at_step": 12, "seconds_per_step": 0.1, "fitted_max_steps": 20, "max_steps": 16},
+    ]}))  # fmt: skip
+    trainer = _budgeted_trainer(tmp_path)
+    assert trainer.train(resume=True).steps == 16 and trainer.resized == [(8, 10), (12, 20)]
+    logged = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines()]
+    expected = [lr_at(s, trainer.cfg.optim, 16, resized=[(8, 10), (12, 20)]) for s in range(16)]
+    assert [r["lr"] for r in logged] == pytest.approx(expected) and len(recorded_refits(tmp_path)) == 2
+    assert expected[11] != pytest.approx(lr_at(11, trainer.cfg.optim, 16, resized=[(8, 10)]))  # the chain matters

@@ -43,12 +43,26 @@ def test_a_resized_schedule_keeps_the_old_one_before_and_has_no_jump_after():
     """max_steps 100 -> 160 at update 30: the same rates before 30, a smooth continuation after, the floor at 159."""
     cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
     old = [lr_at(s, cfg, max_steps=100) for s in range(30)]
-    assert [lr_at(s, cfg, 160, resized=(30, 100)) for s in range(30)] == old
-    new = [lr_at(s, cfg, 160, resized=(30, 100)) for s in range(29, 160)]
+    assert [lr_at(s, cfg, 160, resized=[(30, 100)]) for s in range(30)] == old
+    new = [lr_at(s, cfg, 160, resized=[(30, 100)]) for s in range(29, 160)]
     assert abs(new[1] - new[0]) < 0.02 and all(b <= a for a, b in itertools.pairwise(new))  # continuous, still falling
-    assert new[-1] == pytest.approx(0.1) and lr_at(30, cfg, 160, resized=(30, 100)) == pytest.approx(lr_at(30, cfg, 100))
-    squeezed = [lr_at(s, cfg, 60, resized=(30, 100)) for s in range(30, 60)]
+    assert new[-1] == pytest.approx(0.1) and lr_at(30, cfg, 160, resized=[(30, 100)]) == pytest.approx(lr_at(30, cfg, 100))
+    squeezed = [lr_at(s, cfg, 60, resized=[(30, 100)]) for s in range(30, 60)]
     assert squeezed[-1] == pytest.approx(0.1) and all(b <= a for a, b in itertools.pairwise(squeezed))
+
+
+def test_a_schedule_resized_twice_follows_the_first_resize_until_the_second_and_ends_on_the_floor():
+    """100 -> 160 steps at update 30, then -> 120 at update 80: the once-resized rates until 80, no jump there, still
+    falling, the floor at 119; a resize that changes nothing (-> 160 at 80) changes no rate."""
+    cfg = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    chain = [(30, 100), (80, 160)]
+    once = [lr_at(s, cfg, 160, resized=[(30, 100)]) for s in range(160)]
+    assert [lr_at(s, cfg, 120, resized=chain) for s in range(80)] == once[:80]
+    twice = [lr_at(s, cfg, 120, resized=chain) for s in range(79, 120)]
+    assert abs(twice[1] - twice[0]) < 0.03 and all(b <= a for a, b in itertools.pairwise(twice))
+    assert twice[-1] == pytest.approx(0.1) and twice[1] == pytest.approx(once[80])
+    assert [lr_at(s, cfg, 160, resized=chain) for s in range(160)] == pytest.approx(once)
+    assert lr_at(150, cfg, 120, resized=chain) == pytest.approx(0.1)  # past the last update: the floor
 
 
 def test_no_weight_decay_on_biases_norms_and_embeddings():

@@ -1,4 +1,4 @@
-"""Wall-clock budgets turned into step counts: fitted before training, re-fitted once a fifth of the way in.
+"""Wall-clock budgets turned into step counts: fitted before training, re-fitted at a fifth, half and 4/5 of the way.
 
 A recipe with ``max_minutes`` times a few real training steps on this machine, converts the budget to
 ``min(max_steps, steps that fit)`` and writes the result to ``train_budget.json`` in its output directory, so
@@ -7,9 +7,9 @@ a resumed run trains exactly as many steps as the run it continues (it reads the
 That probe times a handful of steps before training, and read 10-40 % slow on the quickstart's stages (the codec's
 probe renders its batches in the loop, the trainer's data comes ready; the first steps after compiling run slow):
 a 3-minute codec budget trained for 129 s, the unified model's 9.5 minutes for 8.4. So the trainer re-fits
-``max_steps`` once (`StepRefit`), from its own steps, a fifth of the way in: the learning-rate cosine goes on from
-there over the new length (no jump, nothing already trained changes), and the re-fit is recorded
-(``train_budget_refit.json`` in the trainer's directory) for a resumed run to read.
+``max_steps`` (`StepRefit`) from its own steps, a fifth, half and four fifths of the way in: the learning-rate cosine
+goes on from each re-fit over the new length (no jump, nothing already trained changes), and the re-fits are
+recorded (``train_budget_refit.json`` in the trainer's directory) for a resumed run to read.
 """
 
 from __future__ import annotations
@@ -92,63 +92,74 @@ def budgeted(cfg: Config, out_dir: str | Path, minutes: float | None, seconds_pe
 
 
 REFIT_FILE = "train_budget_refit.json"
-REFIT_AT = 0.2  # the re-fit comes after this share of the fitted steps (or the warmup, if longer)
-REFIT_MIN_STEPS = 8  # a run shorter than this to the re-fit times too few steps to re-fit by
+# The re-fits come after these shares of the run (as fitted at the time; the first at least after the warmup). One
+# re-fit at a fifth left 16 % of a 9-minute budget unused when the machine sped up after it (2026-12-02, 0.61 s/step
+# in its window, 0.50 on average): the later ones time the steps since the one before and fit what is left again.
+REFIT_AT = (0.2, 0.5, 0.8)
+REFIT_MIN_STEPS = 8  # a re-fit that would time fewer steps than this is not made
 
 
-def recorded_refit(out_dir: str | Path) -> tuple[int, int, int] | None:
-    """``(max_steps, at_step, fitted_max_steps)`` of the re-fit a run in ``out_dir`` recorded (`StepRefit`), if any."""
+def recorded_refits(out_dir: str | Path) -> list[tuple[int, int, int]]:
+    """``(max_steps, at_step, fitted_max_steps)`` of each re-fit a run in ``out_dir`` recorded (`StepRefit`), in
+    order; ``[]`` if none. Reads the one-record file of runs before 2026-12-03 too."""
     path = Path(out_dir) / REFIT_FILE
     if not path.is_file():
-        return None
+        return []
     record = json.loads(path.read_text())
-    return int(record["max_steps"]), int(record["at_step"]), int(record["fitted_max_steps"])
+    return [(int(r["max_steps"]), int(r["at_step"]), int(r["fitted_max_steps"])) for r in record.get("refits", [record])]
 
 
 class StepRefit:
-    """The trainer's one re-fit of a budgeted run's ``max_steps`` (``TrainConfig.budget_minutes``).
+    """The trainer's re-fits of a budgeted run's ``max_steps`` (``TrainConfig.budget_minutes``).
 
-    At step ``at`` = ``REFIT_AT`` of the fitted steps (at least the warmup) it gives ``at + (budget left) /
-    (seconds per step)``, timed over steps ``at / 4`` to ``at`` (the first ones pay compilation and warm caches;
-    a window of a fifth of the run, because minute-to-minute speed on a shared machine moves by 10-30 %: a re-fit
-    over the warmup's 75 steps once read 0.41 s/step where the run then averaged 0.33), capped by
-    ``TrainConfig.budget_cap`` and at least one more step; the budget counts from this object's creation (in
-    ``Trainer.train``, after any resume). The trainer continues the learning-rate cosine from ``at`` over the new length
-    (`panglot.training.optim.lr_at`'s ``resized``), so the rate never jumps. The result is written to
-    ``out_dir/train_budget_refit.json``; a run that finds that file (a resumed one) trains its recorded schedule
-    (`recorded_refit`) and re-fits nothing. A run that starts past the timed window, or would re-fit before ``REFIT_MIN_STEPS``, keeps
-    the fitted ``max_steps``."""
+    The first comes at step ``at`` = ``REFIT_AT[0]`` of the fitted steps (at least the warmup) and gives ``at +
+    (budget left) / (seconds per step)``, timed over steps ``at / 4`` to ``at`` (the first ones pay compilation and
+    warm caches; a window of a fifth of the run, because minute-to-minute speed on a shared machine moves by 10-30 %:
+    a re-fit over the warmup's 75 steps once read 0.41 s/step where the run then averaged 0.33). Each later one comes
+    at its share of the length the re-fit before gave, timed over the steps since that one. Each is capped by
+    ``TrainConfig.budget_cap`` and gives at least one more step; the budget counts from this object's creation (in
+    ``Trainer.train``, after any resume). The trainer continues the learning-rate cosine from each re-fit over the new
+    length (`panglot.training.optim.lr_at`'s ``resized``), so the rate never jumps. The re-fits are written to
+    ``out_dir/train_budget_refit.json`` as they come; a run that finds that file (a resumed one) trains the recorded
+    schedule (`recorded_refits`) and re-fits nothing more. A run that starts past the first timed window, or would
+    re-fit before ``REFIT_MIN_STEPS``, keeps the fitted ``max_steps``."""
 
     def __init__(
         self, out_dir: str | Path, cfg: TrainConfig, start_step: int, clock: Callable[[], float] = time.perf_counter
     ) -> None:
         self.path = Path(out_dir) / REFIT_FILE
         self.minutes, self.cap = cfg.budget_minutes, cfg.budget_cap or cfg.max_steps
-        self.at = max(cfg.optim.warmup_steps, int(REFIT_AT * cfg.max_steps))
+        self.at = max(cfg.optim.warmup_steps, int(REFIT_AT[0] * cfg.max_steps))
         self.begin = max(1, self.at // 4)
         self.clock = clock
         self.start = clock()
         self.begun_at: float | None = None
+        self.records: list[dict[str, float]] = []
         self.done = self.path.is_file() or start_step >= self.begin or self.at < REFIT_MIN_STEPS
 
     def after_step(self, step: int, max_steps: int) -> int | None:
-        """Called after every step (``step`` updates done): the new ``max_steps`` at the re-fit step, else None."""
+        """Called after every step (``step`` updates done): the new ``max_steps`` at a re-fit step, else None."""
         if self.done:
             return None
         if step == self.begin:
             self.begun_at = self.clock()
         if step < self.at or self.begun_at is None:
             return None
-        self.done = True
         now = self.clock()
         per_step = max(1e-6, (now - self.begun_at) / max(1, step - self.begin))
         left = self.minutes * 60 - (now - self.start)
         steps = max(step + 1, min(self.cap, step + int(left / per_step)))
         record = {"at_step": step, "seconds_per_step": round(per_step, 4), "fitted_max_steps": max_steps, "max_steps": steps}
+        self.records.append(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.path, record)
+        atomic_write_json(self.path, {"refits": self.records})
         logger.info(
-            "budget re-fitted at step %d: %.3f s/step measured, %d steps instead of %d (cap %d)",
-            step, per_step, steps, max_steps, self.cap,
+            "budget re-fit %d at step %d: %.3f s/step measured, %d steps instead of %d (cap %d)",
+            len(self.records), step, per_step, steps, max_steps, self.cap,
         )  # fmt: skip
+        following = REFIT_AT[len(self.records)] if len(self.records) < len(REFIT_AT) else None
+        if following is None or int(following * steps) - step < REFIT_MIN_STEPS:
+            self.done = True
+        else:  # the next window: the steps from this re-fit to the next
+            self.begin, self.begun_at, self.at = step, now, int(following * steps)
         return steps

@@ -75,7 +75,7 @@ class TrainConfig:
     # even before max_steps; the learning-rate schedule stays the one for max_steps. None = no guard.
     max_wall_minutes: float | None = None
     # Set by ``panglot.training.budget.budgeted``, not by hand: the minutes ``max_steps`` was fitted to and the
-    # step cap it was fitted under. The trainer then re-fits ``max_steps`` once, a fifth of the way in,
+    # step cap it was fitted under. The trainer then re-fits ``max_steps`` a fifth, half and 4/5 of the way in,
     # from the steps it has timed itself (``panglot.training.budget.StepRefit``).
     budget_minutes: float | None = None
     budget_cap: int | None = None

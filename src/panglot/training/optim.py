@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -12,31 +12,30 @@ from torch import nn
 from panglot.training.config import OptimConfig
 
 
-def lr_at(step: int, cfg: OptimConfig, max_steps: int, resized: tuple[int, int] | None = None) -> float:
+def lr_at(step: int, cfg: OptimConfig, max_steps: int, resized: Sequence[tuple[int, int]] = ()) -> float:
     """Learning rate for the update with 0-based index ``step``.
 
     Linear warmup reaches ``cfg.lr`` at update ``warmup_steps - 1``; a cosine then falls from ``cfg.lr``
     (at update ``warmup_steps``) to ``cfg.lr * min_lr_ratio`` at the last update (``max_steps - 1``).
     A pure function of the step, so resuming needs no scheduler state.
 
-    ``resized=(at, old_max_steps)``: the run's length changed from ``old_max_steps`` to ``max_steps`` at update
-    ``at`` (a budget's re-fit, `panglot.training.budget.StepRefit`). Updates before ``at`` keep the old schedule;
-    from ``at`` on the cosine goes on from where it was at ``at`` and reaches its floor at the new last update,
-    so the rate never jumps.
+    ``resized``: the run's length changed during training (a budget's re-fits, `panglot.training.budget.StepRefit`),
+    as ``(at, max_steps before)`` pairs in order, the last one's new length being ``max_steps``. Updates before the
+    first ``at`` keep the original schedule; from each ``at`` on the cosine goes on from where it was there and
+    reaches its floor at the new last update, so the rate never jumps.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-
-    def progress_under(last: int, update: int) -> float:  # share of the cosine done at `update` of a run to `last`
-        return min(1.0, (update - cfg.warmup_steps) / max(1, last - 1 - cfg.warmup_steps))
-
-    at, old_max_steps = resized if resized is not None else (None, max_steps)
-    if at is None or step < at:
-        progress = progress_under(old_max_steps, step)
-    else:  # the rest of the cosine, stretched or squeezed from `at` to the new last update
-        pivot = max(at, cfg.warmup_steps)
-        start = progress_under(old_max_steps, pivot)
-        progress = min(1.0, start + (1.0 - start) * (step - pivot) / max(1, max_steps - 1 - pivot))
+    lengths = [before for _, before in resized] + [max_steps]  # the run's length in each stretch of the schedule
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, lengths[0] - 1 - cfg.warmup_steps))
+    start, pivot = 0.0, cfg.warmup_steps  # the current stretch starts at `pivot` with `start` of the cosine done
+    for i, (at, _) in enumerate(resized):
+        if step < at:
+            break
+        at = max(at, cfg.warmup_steps)  # the share done at this re-fit under the stretch before it ...
+        start = min(1.0, start + (1.0 - start) * (at - pivot) / max(1, lengths[i] - 1 - pivot))
+        pivot = at  # ... then the rest over the new length
+        progress = min(1.0, start + (1.0 - start) * (step - pivot) / max(1, lengths[i + 1] - 1 - pivot))
     min_lr = cfg.lr * cfg.min_lr_ratio
     return min_lr + (cfg.lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

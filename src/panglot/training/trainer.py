@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from panglot.nn.precision import autocast_context
-from panglot.training.budget import StepRefit, recorded_refit
+from panglot.training.budget import StepRefit, recorded_refits
 from panglot.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -103,7 +103,7 @@ class Trainer:
         self.freeze_report: FreezeReport = freeze(model, cfg.freeze)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.step = 0
-        self.resized: tuple[int, int] | None = None  # (update, max_steps before) of a budget's re-fit, for lr_at
+        self.resized: list[tuple[int, int]] = []  # (update, max_steps before) of each of a budget's re-fits, for lr_at
         self._trainable = [p for p in model.parameters() if p.requires_grad]
 
     def train(self, resume: bool = False) -> TrainSummary:
@@ -111,10 +111,10 @@ class Trainer:
         (starting fresh when there is none)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.out_dir)
-        budgeted = self.cfg.budget_minutes is not None  # max_steps is re-fitted once, a fifth of the way in
-        if budgeted and (recorded := recorded_refit(self.out_dir)) is not None:  # before _resume compares configs
-            max_steps, at, fitted = recorded
-            self.cfg, self.resized = dataclasses.replace(self.cfg, max_steps=max_steps), (at, fitted)
+        budgeted = self.cfg.budget_minutes is not None  # max_steps is re-fitted as the run goes (StepRefit)
+        if budgeted and (recorded := recorded_refits(self.out_dir)):  # before _resume compares configs
+            self.cfg = dataclasses.replace(self.cfg, max_steps=recorded[-1][0])
+            self.resized = [(at, fitted) for _, at, fitted in recorded]
         resumed_from = self._resume() if resume else None
         refit = StepRefit(self.out_dir, self.cfg, start_step=resumed_from or 0) if budgeted else None
         if resumed_from is None:
@@ -142,7 +142,7 @@ class Trainer:
                 self.step += 1
                 bar.update(1)
                 if refit is not None and (steps := refit.after_step(self.step, self.cfg.max_steps)) is not None:
-                    self.resized = (self.step, self.cfg.max_steps)
+                    self.resized.append((self.step, self.cfg.max_steps))
                     self.cfg = dataclasses.replace(self.cfg, max_steps=steps)
                     bar.total = steps
                 last_loss, tokens = metrics["loss"], tokens + metrics.get("tokens", 0.0)
