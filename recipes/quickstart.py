@@ -5,7 +5,7 @@
 1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` with the
    dual encoder and pixel codec they need; recipes/stages.py),
 2. trains the unified model on text-to-image + captioning + VQA (recipes/train_unified.py),
-3. tunes the default classifier-free guidance scale on ``val`` (seen prompts only),
+3. tunes the default classifier-free guidance scale and sampling temperature on ``val`` (seen prompts only),
 4. evaluates on the test suite (seen/unseen x 1/2/3 objects) and writes ``OUT/eval/report.md``.
 
 Each stage is skipped when its output already exists and the unified training resumes from its last
@@ -28,8 +28,8 @@ import yaml
 import configs
 import panglot
 from panglot.config import from_dict, merge_dicts, parse_overrides
-from panglot.evaluation import EvalSuite, cfg_sweep, evaluate_model, tqdm_progress
-from panglot.model.run import update_run_meta
+from panglot.evaluation import EvalSuite, evaluate_model
+from panglot.evaluation.runner import TUNE_SCALES, TUNE_TEMPERATURES, tune_sampling
 from recipes import stages, train_unified
 
 logger = logging.getLogger("panglot.quickstart")
@@ -41,9 +41,10 @@ class Preset:
     stages: dict = field(default_factory=dict)  # stage name (recipes/stages.py) -> overrides of its YAML
     unified: dict = field(default_factory=dict)  # overrides on top of the unified YAML
     unified_minutes: float | None = None  # fit the unified training to this budget (None: the YAML's steps)
-    val_per_cell: int = 24  # val scenes per object count for tuning the CFG scale
+    val_per_cell: int = 24  # val scenes per object count for tuning the CFG scale and temperature
     test_per_cell: int = 50  # test scenes per (seen/unseen, object count) cell
-    scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+    scales: tuple[float, ...] = TUNE_SCALES  # the guidance scales and sampling temperatures tuned on val
+    temperatures: tuple[float, ...] = TUNE_TEMPERATURES
 
 
 PRESETS = {
@@ -62,6 +63,7 @@ PRESETS = {
         val_per_cell=8,
         test_per_cell=16,
         scales=(1.0, 3.0),
+        temperatures=(1.0, 0.7),
     ),
     "long": Preset(
         "unified_long.yaml",
@@ -98,17 +100,6 @@ def train_unified_stage(
     train_unified.run(cfg, resume=True, minutes=minutes)
 
 
-def tune_cfg(m: panglot.pipeline.Panglot, out: Path, preset: Preset) -> dict:
-    """Pick the guidance scale with the best scene accuracy on val (seen prompts) and save it in the run."""
-    sweep = cfg_sweep(m, EvalSuite("val", n_per_cell=preset.val_per_cell), preset.scales, progress=tqdm_progress())
-    best = sweep["best_scale"]
-    meta = update_run_meta(out, generation={**panglot.pipeline.DrawDefaults().__dict__, "cfg_scale": best})
-    m.defaults = panglot.pipeline.DrawDefaults(**meta["generation"])
-    (out / "cfg_tuning.json").write_text(json.dumps(sweep, indent=2) + "\n")
-    logger.info("tuned CFG scale on val: %s", best)
-    return sweep
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="train, tune and evaluate a unified model on ShapesWorld")
     parser.add_argument("--out", default="runs/quickstart")
@@ -132,13 +123,14 @@ def main(argv: list[str] | None = None) -> dict:
     train_unified_stage(preset, out, codec_dir, minutes, args.overrides)
     lap("unified_s")
     m = panglot.load(out)
-    tune_cfg(m, out, preset)
-    lap("tune_cfg_s")
+    tune_sampling(m, out, preset.scales, preset.temperatures, n_per_cell=preset.val_per_cell)
+    lap("tune_sampling_s")
     metrics = evaluate_model(
         m,
         out / "eval",
         EvalSuite("test", n_per_cell=preset.test_per_cell),
         sweep_scales=sorted({1.0, m.defaults.cfg_scale}),
+        sweep_temperature=m.defaults.temperature,
         metrics_jsonl=out / "train" / "metrics.jsonl",
         title=f"panglot quickstart ({args.preset}, {args.codec})",
     )
@@ -146,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
     times["total_s"] = round(time.perf_counter() - start, 1)
     metrics["timings"] = times
     (out / "eval" / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print(json.dumps({"summary": metrics["summary"], "cfg_scale": m.defaults.cfg_scale, "timings": times}, indent=2))
+    tuned = {"cfg_scale": m.defaults.cfg_scale, "temperature": m.defaults.temperature}
+    print(json.dumps({"summary": metrics["summary"], **tuned, "timings": times}, indent=2))
     print(f"report: {out / 'eval' / 'report.md'}")
     return metrics
 

@@ -11,10 +11,13 @@ from panglot.evaluation import (
     eval_text_to_image,
     eval_vqa,
     evaluate,
+    sampling_sweep,
     sweep_series,
     tqdm_progress,
 )
-from panglot.world.scene import HELD_OUT
+from panglot.world import language
+from panglot.world.render import render
+from panglot.world.scene import HELD_OUT, Scene
 from panglot.world.vqa import KINDS
 
 CELLS = [(g, str(n)) for g in ("seen", "unseen") for n in (1, 2, 3)]
@@ -109,6 +112,39 @@ def test_cfg_sweep_finds_the_scale_that_works(suite, needs_guidance_model):
     assert sweep_series(sweep, "unseen", "3") == [0.0, 1.0, 1.0]
     assert sweep_series(sweep, "all", "all") == pytest.approx([1 / 3, 1.0, 1.0])
     assert json.loads(json.dumps(sweep)) == sweep
+
+
+class NeedsGuidanceOrCold:
+    """Draws the prompt's scene, without its last object in multi-object scenes unless ``cfg / temperature >= 4``;
+    records the temperatures it was asked for."""
+
+    def __init__(self) -> None:
+        self.temperatures: list[float | None] = []
+
+    def draw(self, prompts, seed=0, cfg=None, n=1, temperature=None):
+        self.temperatures.append(temperature)
+        guided = (cfg or 1.0) / (1.0 if temperature is None else temperature) >= 4
+        scenes = [language.parse_caption(p) for p in prompts]
+        scenes = [s if guided or len(s) == 1 else Scene(s.objects[:-1]) for s in scenes]
+        return [Image.fromarray(render(s)) for s in scenes for _ in range(n)]
+
+
+def test_sampling_sweep_picks_the_smallest_scale_that_works_then_the_warmest_temperature(suite):
+    """At temperature 1 only scale 5 draws every object, at 0.5 scales 2, 3 and 5 do: the sweep takes (2, 0.5).
+    Where several temperatures draw equally well at the best scale, the warmest is taken."""
+    cold = NeedsGuidanceOrCold()
+    sweep = sampling_sweep(cold, suite, [1.0, 2.0, 3.0, 5.0], temperatures=[1.0, 0.5])
+    assert (sweep["best_scale"], sweep["best_temperature"]) == (2.0, 0.5)
+    assert [s["temperature"] for s in sweep["sweeps"]] == [1.0, 0.5] and set(cold.temperatures) == {1.0, 0.5}
+    assert sweep_series(sweep["sweeps"][0], "all", "all") == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+    assert sweep_series(sweep["sweeps"][1], "all", "all") == pytest.approx([1 / 3, 1.0, 1.0, 1.0])
+    assert json.loads(json.dumps(sweep)) == sweep
+    tie = sampling_sweep(NeedsGuidanceOrCold(), suite, [1.0, 5.0], temperatures=[0.5, 1.0, 0.8])
+    assert (tie["best_scale"], tie["best_temperature"]) == (5.0, 1.0)  # at 5 every temperature draws all
+    with pytest.raises(ValueError, match="temperatures > 0"):
+        sampling_sweep(cold, suite, [1.0], temperatures=[0.0])
+    eval_text_to_image(cold, suite, cfg=1.0)
+    assert cold.temperatures[-1] is None  # no temperature given: the model's default, not 1.0 forced
 
 
 class BadModel:

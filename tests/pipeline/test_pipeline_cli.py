@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
+import pytest
 from PIL import Image
 
 from panglot.cli.main import main
+from panglot.model.run import read_run_meta, update_run_meta
 
 
 def test_draw_caption_ask_round_trip(debug_run, tmp_path, capsys):
@@ -37,3 +42,45 @@ def test_user_mistakes_exit_2_with_one_line(debug_run, tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_eval_sweeps_the_runs_scale_at_its_temperature_and_takes_other_scales(debug_run, tmp_path, capsys):
+    """`panglot eval` writes metrics.json and a report with a CFG sweep: by default scale 1 and the run's tuned
+    scale, drawn at the run's tuned temperature; `--sweep` names other scales, `none` skips it."""
+    run = tmp_path / "run"
+    shutil.copytree(debug_run, run)
+    update_run_meta(run, generation={**read_run_meta(run)["generation"], "cfg_scale": 2.0, "temperature": 0.7})
+    out = tmp_path / "eval"
+    assert main(["eval", str(run), "--n-per-cell", "1", "--out", str(out)]) == 0
+    assert "t2i_scene" in json.loads(capsys.readouterr().out)
+    sweep = json.loads((out / "metrics.json").read_text())["cfg_sweep"]
+    assert (sweep["scales"], sweep["temperature"]) == ([1.0, 2.0], 0.7)
+    assert "guidance scale at sampling temperature 0.7" in (out / "report.md").read_text()
+    assert main(["eval", str(run), "--n-per-cell", "1", "--out", str(out), "--sweep", "1,3", "--cfg", "1.5"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["cfg_sweep"]["scales"] == [1.0, 3.0]
+    assert main(["eval", str(run), "--n-per-cell", "1", "--out", str(out), "--sweep", "none"]) == 0
+    assert "cfg_sweep" not in json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", str(run), "--sweep", "0.5,2"])
+    assert exit_info.value.code == 2 and "guidance scales must be >= 1" in capsys.readouterr().err
+
+
+def test_tune_makes_the_best_val_pair_the_runs_drawing_defaults(debug_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(debug_run, run)
+    args = ["tune", str(run), "--n-per-cell", "2", "--scales", "1,2", "--temperatures", "1,0.5"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    tuning = json.loads((run / "sampling_tuning.json").read_text())
+    generation = read_run_meta(run)["generation"]
+    assert printed == {"cfg_scale": tuning["best_scale"], "temperature": tuning["best_temperature"]}
+    assert (generation["cfg_scale"], generation["temperature"]) == (tuning["best_scale"], tuning["best_temperature"])
+    assert tuning["temperatures"] == [1.0, 0.5] and [s["scales"] for s in tuning["sweeps"]] == [[1.0, 2.0]] * 2
+    out = tmp_path / "cold.png"
+    assert main(["draw", str(run), "a large red circle at the top left", "-o", str(out), "--temperature", "0.5"]) == 0
+    assert Image.open(out).size == (64, 64)
+    for bad, message in [(["--temperatures", "1,0"], "temperature must be > 0"), (["--scales", "0.5"], ">= 1")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["tune", str(run), *bad])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

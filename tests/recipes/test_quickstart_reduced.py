@@ -1,6 +1,6 @@
 """One end-to-end run of the quickstart (the `ci` preset: a minute of codec, a few hundred unified steps):
-data -> codec -> unified model -> CFG tuning on val -> test evaluation -> report. Learning must be real:
-question answering well above chance."""
+data -> codec -> unified model -> CFG scale and temperature tuned on val -> test evaluation -> report. Learning
+must be real: question answering well above chance."""
 
 from __future__ import annotations
 
@@ -32,6 +32,11 @@ def test_reduced_quickstart_learns(tmp_path):
     assert "Text to image" in report and (tmp_path / "eval" / "t2i_samples.png").stat().st_size > 1000
     run = json.loads((tmp_path / "model" / "run.json").read_text())
     assert run["generation"]["cfg_scale"] in quickstart.PRESETS["ci"].scales
+    assert run["generation"]["temperature"] in quickstart.PRESETS["ci"].temperatures
+    tuning = json.loads((tmp_path / "sampling_tuning.json").read_text())  # the val grid the defaults came from
+    tuned = (tuning["best_scale"], tuning["best_temperature"])
+    assert tuned == (run["generation"]["cfg_scale"], run["generation"]["temperature"])
+    assert len(tuning["sweeps"]) == len(quickstart.PRESETS["ci"].temperatures)
 
 
 @pytest.mark.parametrize("overrides", [["model.code_factors=true", "train.optim.lr=1e-3"]])

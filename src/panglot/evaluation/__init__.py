@@ -26,6 +26,7 @@ from panglot.evaluation.suite import (
     eval_vqa,
     evaluate,
     run_tasks,
+    sampling_sweep,
     sweep_series,
     tqdm_progress,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "normalize_answer",
     "read_metrics_jsonl",
     "run_tasks",
+    "sampling_sweep",
     "scene_equal",
     "summary",
     "sweep_series",

@@ -283,7 +283,8 @@ def plot_cfg_sweep(sweep: Mapping, path: Path) -> Path:
         ax.set_ylabel("scene accuracy (%)")
         ax.set_ylim(-3, 103)
     axes[0].legend(fontsize=8, frameon=False, loc="best")
-    fig.suptitle(f"Text to image vs CFG scale (best {sweep['best_scale']:g}, dotted)", fontweight="bold")
+    at = f", temperature {sweep['temperature']:g}" if "temperature" in sweep else ""
+    fig.suptitle(f"Text to image vs CFG scale (best {sweep['best_scale']:g}, dotted{at})", fontweight="bold")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -412,7 +413,8 @@ def write_report(
                 md += ["![text-to-image samples](t2i_samples.png)", ""]
         if sweep is not None:
             plot_cfg_sweep(sweep, out / "cfg_sweep.png")
-            md += ["## CFG scale", "", "Scene accuracy (%) per classifier-free guidance scale.", ""]
+            at = f" at sampling temperature {sweep['temperature']:g}" if "temperature" in sweep else ""
+            md += ["## CFG scale", "", f"Scene accuracy (%) per classifier-free guidance scale{at}.", ""]
             md += [sweep_markdown(sweep), "", "![CFG sweep](cfg_sweep.png)", ""]
         if "caption" in results:
             r = results["caption"]

@@ -51,7 +51,7 @@ Progress = Callable[[str, int, int], None]
 class EvalModel(Protocol):
     def draw(
         self, prompts: list[str], seed: int = 0, cfg: float | None = None, n: int = 1
-    ) -> list[Image.Image]: ...
+    ) -> list[Image.Image]: ...  # sampling sweeps also pass temperature=, which a model may otherwise lack
 
     def caption(self, images: list[Image.Image]) -> list[str]: ...
 
@@ -203,17 +203,20 @@ def eval_text_to_image(
     seed: int = 0,
     batch_size: int = 64,
     progress: Progress | None = None,
+    temperature: float | None = None,
 ) -> TaskResult:
     """Draw every prompt once and judge the image with the oracle.
 
     A call for suite items ``start:stop`` passes ``seed + start``: with the API's per-row seeding (prompt
     ``i`` of a call samples with ``seed + i``) suite item ``k`` always draws with ``seed + k``, whatever
-    ``batch_size`` is.
+    ``batch_size`` is. ``temperature``: the sampling temperature to draw at (passed to ``m.draw``); None keeps
+    the model's default.
     """
+    sampling = {} if temperature is None else {"temperature": float(temperature)}
     images: list[np.ndarray] = []
     for sl in _batches(len(suite), batch_size, "t2i", progress):
         prompts = [it.prompt for it in suite.items[sl]]
-        drawn = m.draw(prompts, seed=seed + sl.start, cfg=cfg, n=1)
+        drawn = m.draw(prompts, seed=seed + sl.start, cfg=cfg, n=1, **sampling)
         _check_len(drawn, len(prompts), "draw")
         images.extend(_as_array(img, "model.draw") for img in drawn)
     parsed = parse_images(np.stack(images))
@@ -305,17 +308,54 @@ def cfg_sweep(
     scales: Sequence[float],
     seed: int = 0,
     progress: Progress | None = None,
+    temperature: float | None = None,
 ) -> dict:
-    """Text-to-image figures at each CFG scale (same seeds for every scale).
+    """Text-to-image figures at each CFG scale (same seeds for every scale), at ``temperature`` (None: the
+    model's default).
 
-    Returns ``{"scales": [...], "t2i": [metrics per scale], "best_scale": s}``; ``best_scale`` has the
-    highest overall scene accuracy (the smallest such scale on ties).
+    Returns ``{"scales": [...], "t2i": [metrics per scale], "best_scale": s}`` (and ``"temperature"`` when
+    given); ``best_scale`` has the highest overall scene accuracy (the smallest such scale on ties).
     """
     if not scales:
         raise ValueError("cfg_sweep needs at least one scale")
-    runs = [eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress).metrics for s in scales]
+    runs = [
+        eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress, temperature=temperature).metrics
+        for s in scales
+    ]
     best = max(range(len(scales)), key=lambda i: (runs[i][ALL]["scene"], -scales[i]))
-    return {"scales": [float(s) for s in scales], "t2i": runs, "best_scale": float(scales[best])}
+    out = {"scales": [float(s) for s in scales], "t2i": runs, "best_scale": float(scales[best])}
+    return out if temperature is None else {**out, "temperature": float(temperature)}
+
+
+def sampling_sweep(
+    m: EvalModel,
+    suite: EvalSuite,
+    scales: Sequence[float],
+    temperatures: Sequence[float],
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict:
+    """Text-to-image figures over the grid of CFG scales x sampling temperatures (same seeds in every cell): a
+    :func:`cfg_sweep` per temperature.
+
+    Returns ``{"temperatures": [...], "sweeps": [cfg_sweep result per temperature], "best_scale": s,
+    "best_temperature": t}``: the pair with the highest overall scene accuracy; on ties the smaller scale, then
+    the higher temperature (the less the sampling is bent, the better).
+    """
+    if not temperatures or any(t <= 0 for t in temperatures):
+        raise ValueError(f"sampling_sweep needs temperatures > 0, got {list(temperatures)}")
+    sweeps = [cfg_sweep(m, suite, scales, seed=seed, progress=progress, temperature=t) for t in temperatures]
+    _, neg_scale, temperature = max(
+        (run[ALL]["scene"], -scale, sweep["temperature"])
+        for sweep in sweeps
+        for scale, run in zip(sweep["scales"], sweep["t2i"], strict=True)
+    )
+    return {
+        "temperatures": [float(t) for t in temperatures],
+        "sweeps": sweeps,
+        "best_scale": -neg_scale,
+        "best_temperature": temperature,
+    }
 
 
 def sweep_series(sweep: dict, group: str, cell: str, figure: str = "scene") -> list[float | None]:

@@ -101,7 +101,7 @@ REFIT_MIN_STEPS = 8  # a re-fit that would time fewer steps than this is not mad
 
 def recorded_refits(out_dir: str | Path) -> list[tuple[int, int, int]]:
     """``(max_steps, at_step, fitted_max_steps)`` of each re-fit a run in ``out_dir`` recorded (`StepRefit`), in
-    order; ``[]`` if none. Reads the one-record file of runs before 2026-12-03 too."""
+    order; ``[]`` if none. Reads the one-record file of earlier runs too."""
     path = Path(out_dir) / REFIT_FILE
     if not path.is_file():
         return []
