@@ -24,7 +24,7 @@ from panglot.data.images import ImageLike
 from panglot.generation import Greedy, ModalityConstraint, Multinomial, Temperature, TopK, generate
 from panglot.model.run import load_model
 from panglot.model.unified import UnifiedModel
-from panglot.nn import resolve_dtype
+from panglot.nn import autocast_context, resolve_dtype
 
 DESCRIPTION_TOKENS = 64  # room for the scene caption a vqa_describe run writes before its answer (3 objects: ~30)
 
@@ -38,6 +38,10 @@ class DrawDefaults:
     cfg_scale: float = 3.0
     temperature: float = 1.0
     top_k: int | None = None
+    # Draw this many candidates per image and keep the one the model's own captioner reads best as the prompt
+    # (``UnifiedModel.caption_logprob``): self-assessment at inference, as CM3Leon reranks with CLIP and ILLUME
+    # has the model judge its own drawings. 1: the first sample, as drawn.
+    candidates: int = 1
 
 
 class Panglot:
@@ -106,20 +110,27 @@ class Panglot:
         n: int = 1,
         temperature: float | None = None,
         top_k: int | None = None,
+        candidates: int | None = None,
         progress: ProgressFn | None = None,
     ) -> list[Image.Image]:
-        """``n`` images per prompt, grouped by prompt. ``cfg=None`` uses the run's tuned guidance scale; 1 = off.
+        """``n`` images per prompt, grouped by prompt. ``None`` takes the run's default (``DrawDefaults``): for
+        ``cfg`` its tuned guidance scale (1 = off), for ``temperature`` its tuned sampling temperature. With
+        ``candidates`` K > 1 each image is the best of K samples by the model's own reading of them
+        (``UnifiedModel.caption_logprob`` of the prompt), at K times the drawing.
 
-        Image ``j`` of prompt ``i`` is sampled with seed ``seed + i * n + j``, so a result does not depend on
-        how the call was batched.
+        Image ``j`` of prompt ``i`` is sampled with seed ``seed + i * n + j`` (its candidate ``c`` with ``seed +
+        (i * n + j) * K + c``), so a result does not depend on how the call was batched.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        k = self.defaults.candidates if candidates is None else candidates
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {k!r}")
         captions = self._encode_texts(prompts, "prompt")
         cfg = self.defaults.cfg_scale if cfg is None else float(cfg)
         temperature = self.defaults.temperature if temperature is None else temperature
         top_k = self.defaults.top_k if top_k is None else top_k
-        rows = [self.layout.t2i_prompt(c) for c in captions for _ in range(n)]
+        rows = [self.layout.t2i_prompt(c) for c in captions for _ in range(n * k)]
         uncond = self.layout.t2i_prompt(None)
         lo, hi = self._slot.id_range
         processors = [
@@ -145,8 +156,22 @@ class Panglot:
                 progress(min(start + self.batch_size, len(rows)), len(rows))
         if not codes:
             return []
+        codes = torch.cat(codes)
+        if k > 1:
+            codes = self._best_candidates(codes, [c for c in captions for _ in range(n * k)], k)
         with torch.inference_mode():
-            return self.codec.decode(torch.cat(codes).to(self.codec.device))
+            return self.codec.decode(codes.to(self.codec.device))
+
+    def _best_candidates(self, codes: torch.Tensor, captions: list[list[int]], k: int) -> torch.Tensor:
+        """Of each ``k`` consecutive rows of ``codes`` (candidates for one image), the one whose caption the model
+        reads most readily (``caption_logprob``; the first on ties)."""
+        scores = []
+        with autocast_context(self.model.device, self.dtype or "fp32"):
+            for start in range(0, len(codes), self.batch_size):
+                stop = start + self.batch_size
+                scores.append(self.model.caption_logprob(codes[start:stop], captions[start:stop]))
+        best = torch.cat(scores).view(-1, k).argmax(dim=1)
+        return codes.view(-1, k, codes.shape[-1])[torch.arange(len(best)), best]
 
     def caption(self, images: Sequence[ImageLike], max_tokens: int = 48) -> list[str]:
         """A canonical caption per image (greedy)."""

@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import panglot
 from panglot.data.images import ImageInputError
 from panglot.model.run import RunLoadError
+from panglot.model.unified import collate
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +38,48 @@ def test_draw_is_seeded(m):
     a = m.draw(["a small green square at the top"], seed=1, cfg=1.0)
     b = m.draw(["a small green square at the top"], seed=1, cfg=1.0)
     assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+
+def test_caption_logprob_is_the_caption_documents_summed_log_likelihood(m):
+    """The self-assessment score equals minus the training loss of the same caption document times its targets."""
+    model = m.model
+    images = m.draw(["a large red circle at the top left", "a small blue square at the center"], seed=0, cfg=1.0)
+    codes = m.codec.encode(images)
+    captions = [m.tokenizer.encode("a large red circle at the top left"), m.tokenizer.encode("a small cyan cross")]
+    scores = model.caption_logprob(codes, captions)
+    for row, caption, score in zip(codes, captions, scores, strict=True):
+        doc = model.layout.caption(row.tolist(), caption)
+        with torch.no_grad():
+            loss, _ = model.loss(collate([doc], model.vocab.special("<pad>")))
+        assert float(score) == pytest.approx(-float(loss) * (len(caption) + 1), rel=1e-4)  # caption + <eos>
+    assert scores.shape == (2,) and bool((scores < 0).all())
+    with pytest.raises(ValueError, match="one caption per image: 2 images, 1 captions"):
+        model.caption_logprob(codes, captions[:1])
+
+
+def test_draw_keeps_the_candidate_the_model_reads_best(m, monkeypatch):
+    """candidates=3 draws the rows `n=3` would (same seeds) and keeps, per image, the one with the highest
+    caption_logprob: here a score that prefers the last candidate, then one that prefers the first."""
+    prompts = ["a large red circle at the top left", "a small blue square at the center"]
+    every = [np.asarray(i) for i in m.draw(prompts, seed=4, cfg=2.0, n=3)]
+    calls = []
+
+    def prefer(position):
+        def score(codes, captions):
+            calls.append(len(codes))
+            return torch.tensor([float(position(i)) for i in range(len(codes))])
+
+        return score
+
+    global_index = iter(range(10**6))
+    monkeypatch.setattr(m.model, "caption_logprob", prefer(lambda i: next(global_index) % 3))
+    last = [np.asarray(i) for i in m.draw(prompts, seed=4, cfg=2.0, candidates=3)]
+    assert [a.tolist() for a in last] == [every[2].tolist(), every[5].tolist()] and sum(calls) == 6
+    monkeypatch.setattr(m.model, "caption_logprob", prefer(lambda i: 0.0))  # all tie: the first candidate
+    first = [np.asarray(i) for i in m.draw(prompts, seed=4, cfg=2.0, candidates=3)]
+    assert [a.tolist() for a in first] == [every[0].tolist(), every[3].tolist()]
+    with pytest.raises(ValueError, match="candidates must be an integer >= 1, got 0"):
+        m.draw(prompts, candidates=0)
 
 
 def test_compiled_decoding_draws_and_answers_as_eager(debug_run):

@@ -37,6 +37,9 @@ def test_reduced_quickstart_learns(tmp_path):
     tuned = (tuning["best_scale"], tuning["best_temperature"])
     assert tuned == (run["generation"]["cfg_scale"], run["generation"]["temperature"])
     assert len(tuning["sweeps"]) == len(quickstart.PRESETS["ci"].temperatures)
+    assert run["generation"]["candidates"] == quickstart.PRESETS["ci"].candidates == 2  # best of 2 drawn at test
+    assert set(metrics["summary"]["t2i_scene_one_sample"]) == {"seen", "unseen", "all"}  # and one sample, beside
+    assert saved["t2i_one_sample"]["all"]["n"] == saved["t2i"]["all"]["n"]
 
 
 @pytest.mark.parametrize("overrides", [["model.code_factors=true", "train.optim.lr=1e-3"]])

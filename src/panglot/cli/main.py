@@ -7,6 +7,7 @@ clear line on stderr and exit status 2, never a stack trace from deep inside tor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -55,7 +56,8 @@ def cmd_draw(args: argparse.Namespace) -> None:
     import panglot
 
     m = panglot.load(args.run)
-    images = m.draw([args.prompt], seed=args.seed, cfg=args.cfg, n=args.n, temperature=args.temperature)
+    sampling = {"temperature": args.temperature, "candidates": args.candidates}
+    images = m.draw([args.prompt], seed=args.seed, cfg=args.cfg, n=args.n, **sampling)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out] if len(images) == 1 else [out.with_name(f"{out.stem}-{i}{out.suffix}") for i in range(len(images))]
@@ -86,6 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         out_dir=args.out,
         cfg=args.cfg,
         temperature=args.temperature,
+        candidates=args.candidates,
         sweep_scales=args.sweep,
         compile=args.compile,
     )
@@ -98,8 +101,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     grid = {k: v for k, v in {"scales": args.scales, "temperatures": args.temperatures}.items() if v is not None}
     m = panglot.load(args.run, compile=args.compile)
-    sweep = tune_sampling(m, args.run, n_per_cell=args.n_per_cell, **grid)
-    print(json.dumps({"cfg_scale": sweep["best_scale"], "temperature": sweep["best_temperature"]}))
+    tune_sampling(m, args.run, n_per_cell=args.n_per_cell, candidates=args.candidates, **grid)
+    print(json.dumps(dataclasses.asdict(m.defaults)))
 
 
 def _numbers(text: str) -> list[float]:
@@ -129,6 +132,16 @@ def _temperature(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"a sampling temperature must be > 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a count >= 1, got {text!r}")
     return value
 
 
@@ -164,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's tuned scale)")
     p.add_argument("--temperature", type=_temperature, default=None, help="sampling temperature (default: the run's)")
+    p.add_argument("--candidates", type=_count, default=None, metavar="K", help="best of K (default: the run's)")
     p.add_argument("-n", type=int, default=1, help="images to draw")
     p.set_defaults(fn=cmd_draw)
 
@@ -184,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where to write metrics.json and the report (default: RUN/eval)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's tuned scale)")
     p.add_argument("--temperature", type=_temperature, default=None, help="sampling temperature (default: the run's)")
+    p.add_argument("--candidates", type=_count, default=None, metavar="K", help="best of K (default: the run's)")
     p.add_argument(
         "--sweep", type=_sweep, default=None, metavar="S,S,...",
         help="CFG scales to sweep for the report (default: 1 and the scale evaluated; 'none': no sweep)",
@@ -198,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperatures", type=_temperatures, default=None, metavar="T,T,...", help="temperatures (default 1,0.7,0.5,0.35)"
     )
+    p.add_argument(
+        "--candidates", type=_count, default=None, metavar="K",
+        help="draw K candidates per image and keep the one the model reads best as its prompt (default: the run's)",
+    )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="compiled decode steps")
     p.set_defaults(fn=cmd_tune)
     return parser

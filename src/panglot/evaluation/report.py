@@ -414,6 +414,7 @@ def write_report(
         if sweep is not None:
             plot_cfg_sweep(sweep, out / "cfg_sweep.png")
             at = f" at sampling temperature {sweep['temperature']:g}" if "temperature" in sweep else ""
+            at += f", best of {sweep['candidates']} candidates" if sweep.get("candidates", 1) > 1 else ""
             md += ["## CFG scale", "", f"Scene accuracy (%) per classifier-free guidance scale{at}.", ""]
             md += [sweep_markdown(sweep), "", "![CFG sweep](cfg_sweep.png)", ""]
         if "caption" in results:

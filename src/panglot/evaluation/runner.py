@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -72,22 +72,22 @@ def evaluate_model(
     cfg: float | None = None,
     seed: int = 0,
     sweep_scales: Sequence[float] | None = None,
-    sweep_temperature: float | None = None,
+    sweep_sampling: Mapping[str, float] | None = None,
     metrics_jsonl: str | os.PathLike | None = None,
     title: str = "ShapesWorld evaluation",
     progress: bool = True,
     heldout: bool = True,
 ) -> dict:
-    """Run ``tasks`` (and a CFG sweep over ``sweep_scales``, at ``sweep_temperature`` if given) on ``suite`` and
-    write the report into ``out_dir``. Returns the metrics (as in ``metrics.json``) with a ``summary`` of headline
-    figures. With
-    ``heldout`` and a unified model behind ``m`` (``m.model``, as ``panglot.load`` gives), also the loss per task
-    on `val` documents (``panglot.evaluation.heldout``), under ``heldout_loss``."""
+    """Run ``tasks`` (and a CFG sweep over ``sweep_scales``, drawn with ``sweep_sampling``: ``temperature``,
+    ``candidates``, recorded in the sweep) on ``suite`` and write the report into ``out_dir``. Returns the metrics
+    (as in ``metrics.json``) with a ``summary`` of headline figures. With ``heldout`` and a unified model behind
+    ``m`` (``m.model``, as ``panglot.load`` gives), also the loss per task on `val` documents
+    (``panglot.evaluation.heldout``), under ``heldout_loss``."""
     show = tqdm_progress() if progress else None
     results = run_tasks(m, suite, tasks, cfg=cfg, seed=seed, progress=show)
     sweep = None
     if sweep_scales:
-        sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, temperature=sweep_temperature)
+        sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, **(sweep_sampling or {}))
     model = getattr(m, "model", None)
     losses = heldout_loss(model, tasks=tuple(tasks)) if heldout and isinstance(model, UnifiedModel) else None
     write_report(
@@ -120,16 +120,17 @@ def evaluate_run(
     progress: bool = True,
     compile: bool = False,
     temperature: float | None = None,
+    candidates: int | None = None,
 ) -> dict:
     """Load ``run_dir`` and evaluate it on the test suite (``n_per_cell`` scenes per seen/unseen x 1/2/3
-    objects cell); writes into ``out_dir`` (default ``RUN/eval``). ``cfg=None`` / ``temperature=None`` use the
-    run's tuned scale and sampling temperature; ``sweep_scales=None`` sweeps scale 1 and the scale evaluated
-    (``[]``: no sweep), at that temperature; ``compile`` decodes with compiled steps (``panglot.load(...,
-    compile=True)``)."""
+    objects cell); writes into ``out_dir`` (default ``RUN/eval``). ``cfg``, ``temperature``, ``candidates``:
+    None uses the run's drawing defaults (``panglot.pipeline.DrawDefaults``); ``sweep_scales=None`` sweeps scale 1
+    and the scale evaluated (``[]``: no sweep), at that temperature and candidates; ``compile`` decodes with
+    compiled steps (``panglot.load(..., compile=True)``)."""
     run_dir = Path(run_dir)
     m = panglot.load(run_dir, device=device, compile=compile)
-    if temperature is not None:
-        m.defaults = dataclasses.replace(m.defaults, temperature=float(temperature))
+    sampling = {k: v for k, v in {"temperature": temperature, "candidates": candidates}.items() if v is not None}
+    m.defaults = dataclasses.replace(m.defaults, **sampling)
     if sweep_scales is None:
         sweep_scales = sorted({1.0, m.defaults.cfg_scale if cfg is None else float(cfg)})
     curves = run_dir / TRAIN_METRICS
@@ -140,7 +141,7 @@ def evaluate_run(
         cfg=cfg,
         seed=seed,
         sweep_scales=sweep_scales,
-        sweep_temperature=m.defaults.temperature,
+        sweep_sampling={"temperature": m.defaults.temperature, "candidates": m.defaults.candidates},
         metrics_jsonl=curves if curves.is_file() else None,
         title=f"ShapesWorld evaluation of `{run_dir}`",
         progress=progress,
@@ -155,16 +156,21 @@ def tune_sampling(
     n_per_cell: int = 24,
     seed: int = 0,
     progress: bool = True,
+    candidates: int | None = None,
 ) -> dict:
     """Draw the ``val`` suite (seen prompts, ``n_per_cell`` per object count) at every guidance scale x sampling
-    temperature (:func:`~panglot.evaluation.suite.sampling_sweep`), make the best pair the run's drawing defaults
-    (``RUN/model/run.json``'s ``generation``, and ``m.defaults``) and write the grid to ``RUN/sampling_tuning.json``.
-    Returns the sweep."""
+    temperature (:func:`~panglot.evaluation.suite.sampling_sweep`, one sample per prompt), make the best pair the
+    run's drawing defaults (``RUN/model/run.json``'s ``generation``, and ``m.defaults``), with ``candidates``
+    (best of K by the model's own reading; None: the run's as it is), and write the grid to
+    ``RUN/sampling_tuning.json``. Returns the sweep."""
     suite = EvalSuite("val", n_per_cell=n_per_cell, seed=seed)
-    sweep = sampling_sweep(m, suite, scales, temperatures, progress=tqdm_progress() if progress else None)
+    show = tqdm_progress() if progress else None
+    sweep = sampling_sweep(m, suite, scales, temperatures, progress=show, candidates=1)
     best = {"cfg_scale": sweep["best_scale"], "temperature": sweep["best_temperature"]}
+    if candidates is not None:
+        best["candidates"] = int(candidates)
     meta = update_run_meta(run_dir, generation={**dataclasses.asdict(m.defaults), **best})
     m.defaults = dataclasses.replace(m.defaults, **{k: meta["generation"][k] for k in best})
     atomic_write_json(Path(run_dir) / TUNING_FILE, sweep, indent=2)
-    logger.info("tuned on val: CFG scale %s, temperature %s", best["cfg_scale"], best["temperature"])
+    logger.info("tuned on val: %s", best)
     return sweep

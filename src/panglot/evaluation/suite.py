@@ -51,7 +51,7 @@ Progress = Callable[[str, int, int], None]
 class EvalModel(Protocol):
     def draw(
         self, prompts: list[str], seed: int = 0, cfg: float | None = None, n: int = 1
-    ) -> list[Image.Image]: ...  # sampling sweeps also pass temperature=, which a model may otherwise lack
+    ) -> list[Image.Image]: ...  # sweeps may also pass temperature= and candidates=, which a model may lack
 
     def caption(self, images: list[Image.Image]) -> list[str]: ...
 
@@ -204,15 +204,16 @@ def eval_text_to_image(
     batch_size: int = 64,
     progress: Progress | None = None,
     temperature: float | None = None,
+    candidates: int | None = None,
 ) -> TaskResult:
     """Draw every prompt once and judge the image with the oracle.
 
     A call for suite items ``start:stop`` passes ``seed + start``: with the API's per-row seeding (prompt
     ``i`` of a call samples with ``seed + i``) suite item ``k`` always draws with ``seed + k``, whatever
-    ``batch_size`` is. ``temperature``: the sampling temperature to draw at (passed to ``m.draw``); None keeps
-    the model's default.
+    ``batch_size`` is. ``temperature`` (sampling temperature) and ``candidates`` (best of K by the model's own
+    reading) go to ``m.draw`` when given; None keeps the model's defaults.
     """
-    sampling = {} if temperature is None else {"temperature": float(temperature)}
+    sampling = {k: v for k, v in {"temperature": temperature, "candidates": candidates}.items() if v is not None}
     images: list[np.ndarray] = []
     for sl in _batches(len(suite), batch_size, "t2i", progress):
         prompts = [it.prompt for it in suite.items[sl]]
@@ -309,22 +310,21 @@ def cfg_sweep(
     seed: int = 0,
     progress: Progress | None = None,
     temperature: float | None = None,
+    candidates: int | None = None,
 ) -> dict:
-    """Text-to-image figures at each CFG scale (same seeds for every scale), at ``temperature`` (None: the
-    model's default).
+    """Text-to-image figures at each CFG scale (same seeds for every scale), at ``temperature`` and
+    ``candidates`` (None: the model's defaults).
 
-    Returns ``{"scales": [...], "t2i": [metrics per scale], "best_scale": s}`` (and ``"temperature"`` when
-    given); ``best_scale`` has the highest overall scene accuracy (the smallest such scale on ties).
+    Returns ``{"scales": [...], "t2i": [metrics per scale], "best_scale": s}`` (and ``"temperature"``,
+    ``"candidates"`` when given); ``best_scale`` has the highest overall scene accuracy (the smallest such scale
+    on ties).
     """
     if not scales:
         raise ValueError("cfg_sweep needs at least one scale")
-    runs = [
-        eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress, temperature=temperature).metrics
-        for s in scales
-    ]
+    sampling = {k: v for k, v in {"temperature": temperature, "candidates": candidates}.items() if v is not None}
+    runs = [eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress, **sampling).metrics for s in scales]
     best = max(range(len(scales)), key=lambda i: (runs[i][ALL]["scene"], -scales[i]))
-    out = {"scales": [float(s) for s in scales], "t2i": runs, "best_scale": float(scales[best])}
-    return out if temperature is None else {**out, "temperature": float(temperature)}
+    return {"scales": [float(s) for s in scales], "t2i": runs, "best_scale": float(scales[best]), **sampling}
 
 
 def sampling_sweep(
@@ -334,9 +334,10 @@ def sampling_sweep(
     temperatures: Sequence[float],
     seed: int = 0,
     progress: Progress | None = None,
+    candidates: int | None = None,
 ) -> dict:
     """Text-to-image figures over the grid of CFG scales x sampling temperatures (same seeds in every cell): a
-    :func:`cfg_sweep` per temperature.
+    :func:`cfg_sweep` per temperature (at ``candidates``, None: the model's default).
 
     Returns ``{"temperatures": [...], "sweeps": [cfg_sweep result per temperature], "best_scale": s,
     "best_temperature": t}``: the pair with the highest overall scene accuracy; on ties the smaller scale, then
@@ -344,7 +345,10 @@ def sampling_sweep(
     """
     if not temperatures or any(t <= 0 for t in temperatures):
         raise ValueError(f"sampling_sweep needs temperatures > 0, got {list(temperatures)}")
-    sweeps = [cfg_sweep(m, suite, scales, seed=seed, progress=progress, temperature=t) for t in temperatures]
+    sweeps = [
+        cfg_sweep(m, suite, scales, seed=seed, progress=progress, temperature=t, candidates=candidates)
+        for t in temperatures
+    ]
     _, neg_scale, temperature = max(
         (run[ALL]["scene"], -scale, sweep["temperature"])
         for sweep in sweeps

@@ -3,6 +3,7 @@ answers questions and draws (the CM3Leon / Chameleon core)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -159,6 +160,22 @@ class UnifiedModel(nn.Module):
             metrics = task_losses(nll, document[counted], task[counted], n_documents=b * t)
         return loss, metrics
 
+
+    @torch.inference_mode()
+    def caption_logprob(self, codes: torch.Tensor, captions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``log p(caption, <eos> | <bos> <caption> image)`` per row, summed over the caption's tokens: how readily
+        the model's own captioner reads each image (codec ids, (N, tokens per image)) as that caption (text ids).
+        The self-assessment score that ``Panglot.draw`` ranks its candidates by. (N,) float32."""
+        if len(codes) != len(captions):
+            raise ValueError(f"caption_logprob needs one caption per image: {len(codes)} images, {len(captions)} captions")
+        if len(captions) == 0:
+            return torch.empty(0)
+        docs = [self.layout.caption(row.tolist(), caption) for row, caption in zip(codes, captions, strict=True)]
+        batch = collate(docs, self.vocab.special("<pad>"))
+        tokens, weights = batch["tokens"].to(self.device), batch["weights"][:, 1:].to(self.device)
+        logits = self.backbone.logits(self.backbone.forward_hidden(tokens[:, :-1])).float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)
+        return (logp * weights).sum(dim=1).cpu()
 
 # The counted positions' count changes from batch to batch, and the CPU's bf16 matrix products (oneDNN) build a
 # kernel for every new shape they meet: ~15 ms for the output projection's backward alone, three such products
