@@ -139,8 +139,9 @@ def main(argv: list[str] | None = None) -> dict:
         m,
         out / "eval",
         test,
+        cfg=m.defaults.cfg_scale,  # given, so the sweep takes the main figures at this scale
         sweep_scales=sorted({1.0, m.defaults.cfg_scale}),
-        sweep_sampling={"temperature": m.defaults.temperature, "candidates": m.defaults.candidates},
+        sampling={"temperature": m.defaults.temperature, "candidates": m.defaults.candidates},
         metrics_jsonl=out / "train" / "metrics.jsonl",
         title=f"panglot quickstart ({args.preset}, {args.codec})",
     )

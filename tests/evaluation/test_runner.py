@@ -31,3 +31,14 @@ def test_val_sweep_report_has_seen_prompts_only(tmp_path, needs_guidance_model):
     md = (tmp_path / "report.md").read_text()
     assert "| CFG scale | seen 1 | seen 2 | seen 3 | seen all | all |" in md
     assert "unseen" not in md
+
+
+def test_the_sweep_takes_the_main_figures_at_the_scale_given_instead_of_drawing_it_again(tmp_path, needs_guidance_model):
+    suite = EvalSuite("val", n_per_cell=2)
+    needs_guidance_model.calls.clear()
+    given = evaluate_model(needs_guidance_model, tmp_path / "a", suite, tasks=("t2i",), cfg=3.0, sweep_scales=[1.0, 3.0])
+    drawn_given = len(needs_guidance_model.calls)
+    needs_guidance_model.calls.clear()
+    default = evaluate_model(needs_guidance_model, tmp_path / "b", suite, tasks=("t2i",), sweep_scales=[1.0, 3.0])
+    assert (drawn_given, len(needs_guidance_model.calls)) == (2, 3)  # one call per pass over the 6 prompts
+    assert given["cfg_sweep"]["t2i"][1] == given["t2i"] and given["cfg_sweep"] == default["cfg_sweep"]

@@ -69,18 +69,20 @@ def test_eval_sweeps_the_runs_scale_at_its_temperature_and_takes_other_scales(de
 def test_tune_makes_the_best_val_pair_the_runs_drawing_defaults(debug_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(debug_run, run)
-    args = ["tune", str(run), "--n-per-cell", "2", "--scales", "1,2", "--temperatures", "1,0.5"]
+    args = ["tune", str(run), "--n-per-cell", "2", "--scales", "1,2", "--temperatures", "1,0.5", "--candidates", "2"]
     assert main(args) == 0
     printed = json.loads(capsys.readouterr().out)
     tuning = json.loads((run / "sampling_tuning.json").read_text())
     generation = read_run_meta(run)["generation"]
-    assert printed == {"cfg_scale": tuning["best_scale"], "temperature": tuning["best_temperature"]}
+    assert printed == generation and generation["candidates"] == 2  # the tuning itself drew one sample per prompt
     assert (generation["cfg_scale"], generation["temperature"]) == (tuning["best_scale"], tuning["best_temperature"])
+    assert all(s["candidates"] == 1 for s in tuning["sweeps"])
     assert tuning["temperatures"] == [1.0, 0.5] and [s["scales"] for s in tuning["sweeps"]] == [[1.0, 2.0]] * 2
     out = tmp_path / "cold.png"
     assert main(["draw", str(run), "a large red circle at the top left", "-o", str(out), "--temperature", "0.5"]) == 0
     assert Image.open(out).size == (64, 64)
-    for bad, message in [(["--temperatures", "1,0"], "temperature must be > 0"), (["--scales", "0.5"], ">= 1")]:
+    bad_args = [(["--temperatures", "1,0"], "temperature must be > 0"), (["--scales", "0.5"], ">= 1")]
+    for bad, message in [*bad_args, (["--candidates", "0"], "count >= 1")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["tune", str(run), *bad])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -72,22 +72,25 @@ def evaluate_model(
     cfg: float | None = None,
     seed: int = 0,
     sweep_scales: Sequence[float] | None = None,
-    sweep_sampling: Mapping[str, float] | None = None,
+    sampling: Mapping[str, float] | None = None,
     metrics_jsonl: str | os.PathLike | None = None,
     title: str = "ShapesWorld evaluation",
     progress: bool = True,
     heldout: bool = True,
 ) -> dict:
-    """Run ``tasks`` (and a CFG sweep over ``sweep_scales``, drawn with ``sweep_sampling``: ``temperature``,
-    ``candidates``, recorded in the sweep) on ``suite`` and write the report into ``out_dir``. Returns the metrics
+    """Run ``tasks`` (and a CFG sweep over ``sweep_scales``) on ``suite`` and write the report into ``out_dir``;
+    the drawings of both with ``sampling`` (``temperature``, ``candidates``; None: the model's defaults; recorded in
+    the sweep), and with ``cfg`` given, the sweep takes the main figures at that scale instead of drawing it
+    again. Returns the metrics
     (as in ``metrics.json``) with a ``summary`` of headline figures. With ``heldout`` and a unified model behind
     ``m`` (``m.model``, as ``panglot.load`` gives), also the loss per task on `val` documents
     (``panglot.evaluation.heldout``), under ``heldout_loss``."""
     show = tqdm_progress() if progress else None
-    results = run_tasks(m, suite, tasks, cfg=cfg, seed=seed, progress=show)
+    results = run_tasks(m, suite, tasks, cfg=cfg, seed=seed, progress=show, sampling=sampling)
     sweep = None
     if sweep_scales:
-        sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, **(sweep_sampling or {}))
+        known = {float(cfg): results["t2i"].metrics} if cfg is not None and "t2i" in results else {}
+        sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, known=known, **(sampling or {}))
     model = getattr(m, "model", None)
     losses = heldout_loss(model, tasks=tuple(tasks)) if heldout and isinstance(model, UnifiedModel) else None
     write_report(
@@ -131,8 +134,9 @@ def evaluate_run(
     m = panglot.load(run_dir, device=device, compile=compile)
     sampling = {k: v for k, v in {"temperature": temperature, "candidates": candidates}.items() if v is not None}
     m.defaults = dataclasses.replace(m.defaults, **sampling)
+    cfg = m.defaults.cfg_scale if cfg is None else float(cfg)
     if sweep_scales is None:
-        sweep_scales = sorted({1.0, m.defaults.cfg_scale if cfg is None else float(cfg)})
+        sweep_scales = sorted({1.0, cfg})
     curves = run_dir / TRAIN_METRICS
     return evaluate_model(
         m,
@@ -141,7 +145,7 @@ def evaluate_run(
         cfg=cfg,
         seed=seed,
         sweep_scales=sweep_scales,
-        sweep_sampling={"temperature": m.defaults.temperature, "candidates": m.defaults.candidates},
+        sampling={"temperature": m.defaults.temperature, "candidates": m.defaults.candidates},
         metrics_jsonl=curves if curves.is_file() else None,
         title=f"ShapesWorld evaluation of `{run_dir}`",
         progress=progress,

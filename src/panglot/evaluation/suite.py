@@ -13,7 +13,7 @@ per-sample records the report draws from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -276,13 +276,15 @@ def run_tasks(
     cfg: float | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    sampling: Mapping[str, float] | None = None,
 ) -> dict[str, TaskResult]:
-    """Run the named tasks (any of ``t2i``, ``caption``, ``vqa``) and keep their samples."""
+    """Run the named tasks (any of ``t2i``, ``caption``, ``vqa``) and keep their samples; ``sampling``
+    (``temperature``, ``candidates``) goes to the drawing."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; expected any of {TASKS}")
     runners: dict[str, Callable[[], TaskResult]] = {
-        "t2i": lambda: eval_text_to_image(m, suite, cfg=cfg, seed=seed, progress=progress),
+        "t2i": lambda: eval_text_to_image(m, suite, cfg=cfg, seed=seed, progress=progress, **(sampling or {})),
         "caption": lambda: eval_caption(m, suite, progress=progress),
         "vqa": lambda: eval_vqa(m, suite, progress=progress),
     }
@@ -311,9 +313,11 @@ def cfg_sweep(
     progress: Progress | None = None,
     temperature: float | None = None,
     candidates: int | None = None,
+    known: Mapping[float, dict] | None = None,
 ) -> dict:
     """Text-to-image figures at each CFG scale (same seeds for every scale), at ``temperature`` and
-    ``candidates`` (None: the model's defaults).
+    ``candidates`` (None: the model's defaults). ``known``: figures already measured at some of the scales on the
+    same suite, seed and sampling, used instead of drawing them again.
 
     Returns ``{"scales": [...], "t2i": [metrics per scale], "best_scale": s}`` (and ``"temperature"``,
     ``"candidates"`` when given); ``best_scale`` has the highest overall scene accuracy (the smallest such scale
@@ -322,7 +326,11 @@ def cfg_sweep(
     if not scales:
         raise ValueError("cfg_sweep needs at least one scale")
     sampling = {k: v for k, v in {"temperature": temperature, "candidates": candidates}.items() if v is not None}
-    runs = [eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress, **sampling).metrics for s in scales]
+    known = known or {}
+    runs = [
+        known[s] if s in known else eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress, **sampling).metrics
+        for s in scales
+    ]
     best = max(range(len(scales)), key=lambda i: (runs[i][ALL]["scene"], -scales[i]))
     return {"scales": [float(s) for s in scales], "t2i": runs, "best_scale": float(scales[best]), **sampling}
 
