@@ -42,6 +42,10 @@ class DrawDefaults:
     # (``UnifiedModel.caption_logprob``): self-assessment at inference, as CM3Leon reranks with CLIP and ILLUME
     # has the model judge its own drawings. 1: the first sample, as drawn.
     candidates: int = 1
+    # Caption with the greedy caption and this many sampled ones (at caption_temperature), keeping the one the model
+    # would most readily draw the image from (``UnifiedModel.image_logprob``). 1: the greedy caption.
+    caption_candidates: int = 1
+    caption_temperature: float = 1.0
 
 
 class Panglot:
@@ -173,10 +177,57 @@ class Panglot:
         best = torch.cat(scores).view(-1, k).argmax(dim=1)
         return codes.view(-1, k, codes.shape[-1])[torch.arange(len(best)), best]
 
-    def caption(self, images: Sequence[ImageLike], max_tokens: int = 48) -> list[str]:
-        """A canonical caption per image (greedy)."""
+    def caption(
+        self,
+        images: Sequence[ImageLike],
+        max_tokens: int = 48,
+        candidates: int | None = None,
+        temperature: float | None = None,
+        seed: int = 0,
+    ) -> list[str]:
+        """A canonical caption per image: the greedy one, or with ``candidates`` K > 1 (None: the run's
+        ``DrawDefaults.caption_candidates``) the one of the greedy caption and K sampled at ``temperature`` (None:
+        the run's ``caption_temperature``) from which the model would most readily draw the image
+        (``UnifiedModel.image_logprob``, analysis by synthesis). Sample ``c`` of image ``i`` uses seed ``seed + i
+        * K + c``."""
+        k = self.defaults.caption_candidates if candidates is None else candidates
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"candidates must be an integer >= 1, got {k!r}")
+        temperature = self.defaults.caption_temperature if temperature is None else temperature
         codes = self._image_codes(images)
-        return self._answer([self.layout.caption_prompt(c) for c in codes], max_tokens)
+        prompts = [self.layout.caption_prompt(c) for c in codes]
+        greedy = self._generate_text(prompts, max_tokens)
+        if k > 1:
+            rows = [p for p in prompts for _ in range(k)]
+            sampled = self._generate_text(rows, max_tokens, Multinomial, seed, temperature)
+            greedy = self._best_captions(codes, greedy, sampled, k)
+        return [self.tokenizer.decode(row).strip() for row in greedy]
+
+    def _best_captions(
+        self, codes: torch.Tensor, greedy: list[list[int]], sampled: list[list[int]], k: int
+    ) -> list[list[int]]:
+        """Per image, of its greedy caption and its ``k`` samples (empty ones and repeats dropped), the one with the
+        highest ``image_logprob`` (the greedy one on ties; an empty greedy caption only if every sample is empty)."""
+        pools = []
+        for i, first in enumerate(greedy):
+            pool: list[list[int]] = []
+            for caption in [first, *sampled[i * k : (i + 1) * k]]:
+                if caption and caption not in pool:
+                    pool.append(caption)
+            pools.append(pool or [first])
+        flat = [(i, c) for i, pool in enumerate(pools) for c in pool]
+        scores = []
+        with autocast_context(self.model.device, self.dtype or "fp32"):
+            for start in range(0, len(flat), self.batch_size):
+                chunk = flat[start : start + self.batch_size]
+                rows = codes[torch.tensor([i for i, _ in chunk])]
+                scores.append(self.model.image_logprob(rows, [c for _, c in chunk]))
+        score = torch.cat(scores).tolist()
+        best: dict[int, tuple[float, list[int]]] = {}
+        for (i, caption), value in zip(flat, score, strict=True):
+            if i not in best or value > best[i][0]:
+                best[i] = (value, caption)
+        return [best[i][1] for i in range(len(pools))]
 
     def ask(self, images: Sequence[ImageLike], questions: Sequence[str], max_tokens: int = 8) -> list[str]:
         """Answer one question per image (greedy, single word or canonical phrase)."""
@@ -191,27 +242,42 @@ class Panglot:
 
     def _answer(self, prompts: list[list[int]], max_tokens: int, after: int | None = None) -> list[str]:
         """Greedy text for each prompt up to <eos>; with ``after``, only what follows the last ``after`` id."""
-        lo, hi = self._slot.id_range
-        forbid_images = ModalityConstraint(
-            lo, hi, self.layout.boi, self.layout.eoi, self._slot.tokens_per_item, allow_begin=False
-        )
         answers = []
+        for row in self._generate_text(prompts, max_tokens):
+            if after is not None and after in row:
+                row = row[len(row) - row[::-1].index(after) :]
+            answers.append(self.tokenizer.decode(row).strip())
+        return answers
+
+    def _generate_text(
+        self,
+        prompts: list[list[int]],
+        max_tokens: int,
+        sampler: type[Multinomial] | None = None,
+        seed: int = 0,
+        temperature: float = 1.0,
+    ) -> list[list[int]]:
+        """Text ids for each prompt up to (without) <eos>, no image codes: greedy, or sampled with ``sampler``
+        (``Multinomial``) at ``temperature``, row ``r`` with seed ``seed + r``."""
+        lo, hi = self._slot.id_range
+        processors = [
+            ModalityConstraint(lo, hi, self.layout.boi, self.layout.eoi, self._slot.tokens_per_item, allow_begin=False),
+            *([Temperature(temperature)] if sampler is not None and temperature != 1.0 else []),
+        ]
+        texts = []
         for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
             out = generate(
                 self._decoder,
-                prompts[start : start + self.batch_size],
+                chunk,
                 max_new_tokens=max_tokens,
-                processors=[forbid_images],
-                sampler=Greedy(),
+                processors=processors,
+                sampler=Greedy() if sampler is None else sampler(tuple(seed + start + i for i in range(len(chunk)))),
                 stop_ids=[self.layout.eos],
                 dtype=self.dtype,
             )
-            for row in out:
-                row = [t for t in row if t != self.layout.eos]
-                if after is not None and after in row:
-                    row = row[len(row) - row[::-1].index(after) :]
-                answers.append(self.tokenizer.decode(row).strip())
-        return answers
+            texts += [[t for t in row if t != self.layout.eos] for row in out]
+        return texts
 
 
 def load(

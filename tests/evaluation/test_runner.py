@@ -33,12 +33,17 @@ def test_val_sweep_report_has_seen_prompts_only(tmp_path, needs_guidance_model):
     assert "unseen" not in md
 
 
-def test_the_sweep_takes_the_main_figures_at_the_scale_given_instead_of_drawing_it_again(tmp_path, needs_guidance_model):
-    suite = EvalSuite("val", n_per_cell=2)
+def test_the_sweep_takes_the_main_figures_at_the_scale_given(tmp_path, needs_guidance_model):
+    suite, scales = EvalSuite("val", n_per_cell=2), [1.0, 3.0]
     needs_guidance_model.calls.clear()
-    given = evaluate_model(needs_guidance_model, tmp_path / "a", suite, tasks=("t2i",), cfg=3.0, sweep_scales=[1.0, 3.0])
+    given = evaluate_model(needs_guidance_model, tmp_path / "a", suite, tasks=("t2i",), cfg=3.0, sweep_scales=scales)
     drawn_given = len(needs_guidance_model.calls)
     needs_guidance_model.calls.clear()
-    default = evaluate_model(needs_guidance_model, tmp_path / "b", suite, tasks=("t2i",), sweep_scales=[1.0, 3.0])
+    default = evaluate_model(needs_guidance_model, tmp_path / "b", suite, tasks=("t2i",), sweep_scales=scales)
     assert (drawn_given, len(needs_guidance_model.calls)) == (2, 3)  # one call per pass over the 6 prompts
     assert given["cfg_sweep"]["t2i"][1] == given["t2i"] and given["cfg_sweep"] == default["cfg_sweep"]
+    needs_guidance_model.calls.clear()  # a sweep drawn its own way draws every scale
+    own = evaluate_model(
+        needs_guidance_model, tmp_path / "c", suite, tasks=("t2i",), cfg=3.0, sweep_scales=scales, sweep_sampling={}
+    )
+    assert len(needs_guidance_model.calls) == 3 and own["cfg_sweep"] == default["cfg_sweep"]

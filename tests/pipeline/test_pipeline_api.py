@@ -13,6 +13,8 @@ import panglot
 from panglot.data.images import ImageInputError
 from panglot.model.run import RunLoadError
 from panglot.model.unified import collate
+from panglot.world import language
+from panglot.world.render import render
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,39 @@ def test_caption_logprob_is_the_caption_documents_summed_log_likelihood(m):
     assert scores.shape == (2,) and bool((scores < 0).all())
     with pytest.raises(ValueError, match="one caption per image: 2 images, 1 captions"):
         model.caption_logprob(codes, captions[:1])
+    drawing = model.image_logprob(codes, captions)  # the other direction: the image's codes, <eoi> and <eos>
+    for row, caption, score in zip(codes, captions, drawing, strict=True):
+        with torch.no_grad():
+            loss, _ = model.loss(collate([model.layout.t2i(caption, row.tolist())], model.vocab.special("<pad>")))
+        assert float(score) == pytest.approx(-float(loss) * (len(row) + 2), rel=1e-4)
+
+
+def test_caption_keeps_the_candidate_the_model_would_draw_the_image_from(m, monkeypatch):
+    """candidates=3: the greedy caption and 3 sampled ones (repeats dropped) are scored by image_logprob; the best
+    is returned, the greedy one on ties; candidates=1 is the greedy caption."""
+    scenes = ["a large red circle at the top left", "a small blue square at the center and a large green cross at the right"]
+    images = [Image.fromarray(render(language.parse_caption(text))) for text in scenes]  # two different images
+    greedy = m.caption(images, candidates=1)
+    assert greedy == m.caption(images)  # the debug run's default: greedy
+    image_codes = m.codec.encode(images).cpu()
+    pools: list[list[list[int]]] = [[], []]
+
+    def score(codes, captions):  # records each image's pool; the longest caption wins
+        for row, caption in zip(codes, captions, strict=True):
+            pools[next(i for i in range(2) if torch.equal(row.cpu(), image_codes[i]))].append(list(caption))
+        return torch.tensor([float(len(c)) for c in captions])
+
+    monkeypatch.setattr(m.model, "image_logprob", score)
+    longest = m.caption(images, candidates=3, seed=7)
+    decode = [[m.tokenizer.decode(c).strip() for c in pool] for pool in pools]
+    assert all(pool[0] == g for pool, g in zip(decode, greedy) if g)  # greedy first (an empty caption is dropped)
+    assert all(1 <= len(pool) <= 4 for pool in pools)
+    assert all(len(pool) == len({tuple(c) for c in pool}) for pool in pools)  # repeats scored once
+    assert longest == [texts[max(range(len(pool)), key=lambda k: (len(pool[k]), -k))] for pool, texts in zip(pools, decode)]
+    monkeypatch.setattr(m.model, "image_logprob", lambda codes, captions: torch.zeros(len(captions)))
+    assert m.caption(images, candidates=3, seed=7) == [pool[0] for pool in decode]  # all tie: the first, greedy
+    with pytest.raises(ValueError, match="candidates must be an integer >= 1, got 0"):
+        m.caption(images, candidates=0)
 
 
 def test_draw_keeps_the_candidate_the_model_reads_best(m, monkeypatch):

@@ -22,6 +22,8 @@ def test_draw_caption_ask_round_trip(debug_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["caption", str(debug_run), str(out)]) == 0
     assert isinstance(capsys.readouterr().out, str)
+    assert main(["caption", str(debug_run), str(out), "--candidates", "3"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
     assert main(["ask", str(debug_run), str(out), "how many objects are there?"]) == 0
 
 

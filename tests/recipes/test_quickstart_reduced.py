@@ -40,6 +40,7 @@ def test_reduced_quickstart_learns(tmp_path):
     assert run["generation"]["candidates"] == quickstart.PRESETS["ci"].candidates == 2  # best of 2 drawn at test
     assert set(metrics["summary"]["t2i_scene_one_sample"]) == {"seen", "unseen", "all"}  # and one sample, beside
     assert saved["t2i_one_sample"]["all"]["n"] == saved["t2i"]["all"]["n"]
+    assert run["generation"]["caption_candidates"] == 2 and "all" in metrics["summary"]["caption_greedy"]
 
 
 @pytest.mark.parametrize("overrides", [["model.code_factors=true", "train.optim.lr=1e-3"]])

@@ -1,4 +1,5 @@
-"""A minutes budget becomes a step count before training, is re-fitted as the run goes, and a resumed run reads both back."""
+"""A minutes budget becomes a step count before training, is re-fitted as the run goes, and a resumed run
+reads both back."""
 
 from __future__ import annotations
 

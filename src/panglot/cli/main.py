@@ -69,7 +69,8 @@ def cmd_draw(args: argparse.Namespace) -> None:
 def cmd_caption(args: argparse.Namespace) -> None:
     import panglot
 
-    for path, caption in zip(args.images, panglot.load(args.run).caption(args.images)):
+    captions = panglot.load(args.run).caption(args.images, candidates=args.candidates)
+    for path, caption in zip(args.images, captions):
         print(f"{path}\t{caption}" if len(args.images) > 1 else caption)
 
 
@@ -101,7 +102,9 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     grid = {k: v for k, v in {"scales": args.scales, "temperatures": args.temperatures}.items() if v is not None}
     m = panglot.load(args.run, compile=args.compile)
-    tune_sampling(m, args.run, n_per_cell=args.n_per_cell, candidates=args.candidates, **grid)
+    fixed = {"candidates": args.candidates, "caption_candidates": args.caption_candidates}
+    defaults = {k: v for k, v in fixed.items() if v is not None}
+    tune_sampling(m, args.run, n_per_cell=args.n_per_cell, defaults=defaults, **grid)
     print(json.dumps(dataclasses.asdict(m.defaults)))
 
 
@@ -184,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="image -> caption")
     p.add_argument("run")
     p.add_argument("images", nargs="+")
+    p.add_argument("--candidates", type=_count, default=None, metavar="K", help="rerank K sampled (default: the run's)")
     p.set_defaults(fn=cmd_caption)
 
     p = sub.add_parser("ask", help="image + question -> answer")
@@ -206,16 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="compiled decode steps (2-3x faster after ~15-20 s of tracing per batch shape)")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("tune", help="pick the guidance scale and temperature that draw val best; the run's new defaults")
+    p = sub.add_parser("tune", help="make the guidance scale and temperature that draw val best the run's defaults")
     p.add_argument("run")
     p.add_argument("--n-per-cell", type=int, default=24, help="val prompts per object count (seen prompts only)")
-    p.add_argument("--scales", type=_scales, default=None, metavar="S,S,...", help="guidance scales (default 1,1.5,2,3)")
-    p.add_argument(
-        "--temperatures", type=_temperatures, default=None, metavar="T,T,...", help="temperatures (default 1,0.7,0.5,0.35)"
-    )
+    p.add_argument("--scales", type=_scales, default=None, metavar="S,S,...", help="default 1,1.5,2,3")
+    p.add_argument("--temperatures", type=_temperatures, default=None, metavar="T,T,...", help="default 1,0.7,0.5,0.35")
     p.add_argument(
         "--candidates", type=_count, default=None, metavar="K",
         help="draw K candidates per image and keep the one the model reads best as its prompt (default: the run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--caption-candidates", type=_count, default=None, metavar="K",
+        help="caption from the greedy caption and K sampled, by the model's own drawing of each (default: the run's)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="compiled decode steps")
     p.set_defaults(fn=cmd_tune)

@@ -77,20 +77,23 @@ def evaluate_model(
     title: str = "ShapesWorld evaluation",
     progress: bool = True,
     heldout: bool = True,
+    sweep_sampling: Mapping[str, float] | None = None,
 ) -> dict:
-    """Run ``tasks`` (and a CFG sweep over ``sweep_scales``) on ``suite`` and write the report into ``out_dir``;
-    the drawings of both with ``sampling`` (``temperature``, ``candidates``; None: the model's defaults; recorded in
-    the sweep), and with ``cfg`` given, the sweep takes the main figures at that scale instead of drawing it
-    again. Returns the metrics
-    (as in ``metrics.json``) with a ``summary`` of headline figures. With ``heldout`` and a unified model behind
-    ``m`` (``m.model``, as ``panglot.load`` gives), also the loss per task on `val` documents
+    """Run ``tasks`` (and a CFG sweep over ``sweep_scales``) on ``suite`` and write the report into ``out_dir``.
+    The drawings are made with ``sampling`` (``temperature``, ``candidates``; None: the model's defaults), the
+    sweep's with ``sweep_sampling`` (None: ``sampling``, and then, with ``cfg`` given, the sweep takes the main
+    figures at that scale instead of drawing it again); the sweep records its sampling. Returns the metrics (as in
+    ``metrics.json``) with a ``summary`` of headline figures. With ``heldout`` and a unified model behind ``m``
+    (``m.model``, as ``panglot.load`` gives), also the loss per task on `val` documents
     (``panglot.evaluation.heldout``), under ``heldout_loss``."""
     show = tqdm_progress() if progress else None
     results = run_tasks(m, suite, tasks, cfg=cfg, seed=seed, progress=show, sampling=sampling)
     sweep = None
     if sweep_scales:
-        known = {float(cfg): results["t2i"].metrics} if cfg is not None and "t2i" in results else {}
-        sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, known=known, **(sampling or {}))
+        same = sweep_sampling is None and cfg is not None and "t2i" in results
+        known = {float(cfg): results["t2i"].metrics} if same else {}
+        drawn = sampling if sweep_sampling is None else sweep_sampling
+        sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, known=known, **(drawn or {}))
     model = getattr(m, "model", None)
     losses = heldout_loss(model, tasks=tuple(tasks)) if heldout and isinstance(model, UnifiedModel) else None
     write_report(
@@ -160,19 +163,17 @@ def tune_sampling(
     n_per_cell: int = 24,
     seed: int = 0,
     progress: bool = True,
-    candidates: int | None = None,
+    defaults: Mapping[str, float] | None = None,
 ) -> dict:
     """Draw the ``val`` suite (seen prompts, ``n_per_cell`` per object count) at every guidance scale x sampling
     temperature (:func:`~panglot.evaluation.suite.sampling_sweep`, one sample per prompt), make the best pair the
-    run's drawing defaults (``RUN/model/run.json``'s ``generation``, and ``m.defaults``), with ``candidates``
-    (best of K by the model's own reading; None: the run's as it is), and write the grid to
+    run's drawing defaults (``RUN/model/run.json``'s ``generation``, and ``m.defaults``) together with the other
+    ``defaults`` given (``panglot.pipeline.DrawDefaults`` fields such as ``candidates``), and write the grid to
     ``RUN/sampling_tuning.json``. Returns the sweep."""
     suite = EvalSuite("val", n_per_cell=n_per_cell, seed=seed)
     show = tqdm_progress() if progress else None
     sweep = sampling_sweep(m, suite, scales, temperatures, progress=show, candidates=1)
-    best = {"cfg_scale": sweep["best_scale"], "temperature": sweep["best_temperature"]}
-    if candidates is not None:
-        best["candidates"] = int(candidates)
+    best = {**(defaults or {}), "cfg_scale": sweep["best_scale"], "temperature": sweep["best_temperature"]}
     meta = update_run_meta(run_dir, generation={**dataclasses.asdict(m.defaults), **best})
     m.defaults = dataclasses.replace(m.defaults, **{k: meta["generation"][k] for k in best})
     atomic_write_json(Path(run_dir) / TUNING_FILE, sweep, indent=2)

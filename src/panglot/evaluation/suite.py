@@ -53,7 +53,7 @@ class EvalModel(Protocol):
         self, prompts: list[str], seed: int = 0, cfg: float | None = None, n: int = 1
     ) -> list[Image.Image]: ...  # sweeps may also pass temperature= and candidates=, which a model may lack
 
-    def caption(self, images: list[Image.Image]) -> list[str]: ...
+    def caption(self, images: list[Image.Image]) -> list[str]: ...  # sweeps may also pass candidates=
 
     def ask(self, images: list[Image.Image], questions: list[str]) -> list[str]: ...
 
@@ -230,13 +230,19 @@ def eval_text_to_image(
 
 
 def eval_caption(
-    m: EvalModel, suite: EvalSuite, batch_size: int = 64, progress: Progress | None = None
+    m: EvalModel,
+    suite: EvalSuite,
+    batch_size: int = 64,
+    progress: Progress | None = None,
+    candidates: int | None = None,
 ) -> TaskResult:
-    """Caption every clean image; right when the caption parses into exactly the true scene."""
+    """Caption every clean image; right when the caption parses into exactly the true scene. ``candidates`` goes
+    to ``m.caption`` when given (1: the greedy caption)."""
+    reading = {} if candidates is None else {"candidates": candidates}
     captions: list[str] = []
     for sl in _batches(len(suite), batch_size, "caption", progress):
         images = [it.pil() for it in suite.items[sl]]
-        out = m.caption(images)
+        out = m.caption(images, **reading)
         _check_len(out, len(images), "caption")
         captions.extend(out)
     table, samples = Breakdown(), []
@@ -327,10 +333,12 @@ def cfg_sweep(
         raise ValueError("cfg_sweep needs at least one scale")
     sampling = {k: v for k, v in {"temperature": temperature, "candidates": candidates}.items() if v is not None}
     known = known or {}
-    runs = [
-        known[s] if s in known else eval_text_to_image(m, suite, cfg=s, seed=seed, progress=progress, **sampling).metrics
-        for s in scales
-    ]
+    def at(scale: float) -> dict:
+        if scale in known:
+            return known[scale]
+        return eval_text_to_image(m, suite, cfg=scale, seed=seed, progress=progress, **sampling).metrics
+
+    runs = [at(s) for s in scales]
     best = max(range(len(scales)), key=lambda i: (runs[i][ALL]["scene"], -scales[i]))
     return {"scales": [float(s) for s in scales], "t2i": runs, "best_scale": float(scales[best]), **sampling}
 

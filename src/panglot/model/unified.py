@@ -161,16 +161,30 @@ class UnifiedModel(nn.Module):
         return loss, metrics
 
 
-    @torch.inference_mode()
     def caption_logprob(self, codes: torch.Tensor, captions: Sequence[Sequence[int]]) -> torch.Tensor:
         """``log p(caption, <eos> | <bos> <caption> image)`` per row, summed over the caption's tokens: how readily
         the model's own captioner reads each image (codec ids, (N, tokens per image)) as that caption (text ids).
         The self-assessment score that ``Panglot.draw`` ranks its candidates by. (N,) float32."""
+        self._check_pairs(codes, captions, "caption_logprob")
+        return self._target_logprob([self.layout.caption(row.tolist(), c) for row, c in zip(codes, captions)])
+
+    def image_logprob(self, codes: torch.Tensor, captions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``log p(image, <eoi>, <eos> | <bos> <t2i> caption <boi>)`` per row, summed over the image's tokens: how
+        readily the model would draw each image (codec ids) from that caption (text ids), analysis by synthesis:
+        the score ``Panglot.caption`` ranks its candidate captions by. (N,) float32."""
+        self._check_pairs(codes, captions, "image_logprob")
+        return self._target_logprob([self.layout.t2i(c, row.tolist()) for row, c in zip(codes, captions)])
+
+    @staticmethod
+    def _check_pairs(codes: torch.Tensor, captions: Sequence[Sequence[int]], what: str) -> None:
         if len(codes) != len(captions):
-            raise ValueError(f"caption_logprob needs one caption per image: {len(codes)} images, {len(captions)} captions")
-        if len(captions) == 0:
+            raise ValueError(f"{what} needs one caption per image: {len(codes)} images, {len(captions)} captions")
+
+    @torch.inference_mode()
+    def _target_logprob(self, docs: list[TaskSequence]) -> torch.Tensor:
+        """Each document's summed log-likelihood of its weighted (target) tokens, one teacher-forced forward."""
+        if not docs:
             return torch.empty(0)
-        docs = [self.layout.caption(row.tolist(), caption) for row, caption in zip(codes, captions, strict=True)]
         batch = collate(docs, self.vocab.special("<pad>"))
         tokens, weights = batch["tokens"].to(self.device), batch["weights"][:, 1:].to(self.device)
         logits = self.backbone.logits(self.backbone.forward_hidden(tokens[:, :-1])).float()

@@ -106,7 +106,8 @@ def recorded_refits(out_dir: str | Path) -> list[tuple[int, int, int]]:
     if not path.is_file():
         return []
     record = json.loads(path.read_text())
-    return [(int(r["max_steps"]), int(r["at_step"]), int(r["fitted_max_steps"])) for r in record.get("refits", [record])]
+    records = record.get("refits", [record])
+    return [(int(r["max_steps"]), int(r["at_step"]), int(r["fitted_max_steps"])) for r in records]
 
 
 class StepRefit:
@@ -149,8 +150,9 @@ class StepRefit:
         per_step = max(1e-6, (now - self.begun_at) / max(1, step - self.begin))
         left = self.minutes * 60 - (now - self.start)
         steps = max(step + 1, min(self.cap, step + int(left / per_step)))
-        record = {"at_step": step, "seconds_per_step": round(per_step, 4), "fitted_max_steps": max_steps, "max_steps": steps}
-        self.records.append(record)
+        self.records.append(
+            {"at_step": step, "seconds_per_step": round(per_step, 4), "fitted_max_steps": max_steps, "max_steps": steps}
+        )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, {"refits": self.records})
         logger.info(
