@@ -32,8 +32,7 @@ import configs
 import panglot
 from panglot.config import from_dict, merge_dicts, parse_overrides
 from panglot.evaluation import EvalSuite, eval_caption, evaluate_model, tqdm_progress
-from panglot.evaluation.metrics import ALL, GROUPS
-from panglot.evaluation.runner import TUNE_SCALES, TUNE_TEMPERATURES, tune_sampling
+from panglot.evaluation.runner import TUNE_SCALES, TUNE_TEMPERATURES, headline, tune_sampling
 from panglot.files import atomic_write_json
 from recipes import stages, train_unified
 
@@ -160,11 +159,11 @@ def main(argv: list[str] | None = None) -> dict:
     if m.defaults.candidates > 1:  # one sample per prompt at the tuned scale (the sweep's), beside the best of K
         one = metrics["cfg_sweep"]["t2i"][metrics["cfg_sweep"]["scales"].index(tuned)]
         metrics["t2i_one_sample"] = one
-        metrics["summary"]["t2i_scene_one_sample"] = {g: one[g][ALL]["scene"] for g in (*GROUPS, ALL) if g in one}
+        metrics["summary"]["t2i_scene_one_sample"] = headline(one, "scene")
     if m.defaults.caption_candidates > 1:  # the greedy caption, beside the reranked one
         greedy = eval_caption(m, test, candidates=1, progress=tqdm_progress()).metrics
         metrics["caption_greedy"] = greedy
-        metrics["summary"]["caption_greedy"] = {g: greedy[g][ALL]["accuracy"] for g in (*GROUPS, ALL) if g in greedy}
+        metrics["summary"]["caption_greedy"] = headline(greedy, "accuracy")
     lap("eval_s")
     times["total_s"] = round(time.perf_counter() - start, 1)
     metrics["timings"] = times

@@ -49,16 +49,20 @@ TUNE_TEMPERATURES = (1.0, 0.7, 0.5, 0.35)
 logger = logging.getLogger(__name__)
 
 
+def headline(table: dict, figure: str) -> dict:
+    """One figure of a per-group table, for each group present and overall: ``{"seen": .., "all": ..}``."""
+    row = {g: table[g][ALL][figure] for g in GROUPS if g in table}
+    row[ALL] = table[ALL][figure]
+    return row
+
+
 def summary(metrics: dict) -> dict:
     """Headline figures of :func:`~panglot.evaluation.suite.evaluate`'s result: per task present, the
     headline figure for each group and overall, e.g. ``{"t2i_scene": {"seen": .., "unseen": .., "all": ..}}``."""
     out = {}
     for task, figure in HEADLINE.items():
         if task in metrics:
-            table = metrics[task]
-            row = {g: table[g][ALL][figure] for g in GROUPS if g in table}
-            row[ALL] = table[ALL][figure]
-            out[f"{task}_{figure}" if task == "t2i" else task] = row
+            out[f"{task}_{figure}" if task == "t2i" else task] = headline(metrics[task], figure)
     if "heldout_loss" in metrics:
         out["heldout_loss"] = metrics["heldout_loss"]
     return out
