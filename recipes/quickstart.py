@@ -54,21 +54,24 @@ class Preset:
     # scale 1.5 and temperature 0.55: 50 -> 67 % of all scenes with 4, 54 -> 74 % with 8 (docs/quickstart_results.md
     # "Best of K").
     candidates: int = 4
-    # Each caption the one of the greedy caption and this many sampled (temperature 1) from which the model would
-    # most readily draw the image (DrawDefaults.caption_candidates; the greedy figure under caption_greedy). On the
-    # 20:37 run, test, seen: 77.3 -> 88.0 % with 16, unseen 20.7 -> 56.0 % (docs/quickstart_results.md "Captions
-    # by the model's own drawing").
+    # Each caption the best of the greedy caption and this many sampled (temperature 1) by log p(image | caption) +
+    # log p(caption | image) (DrawDefaults.caption_candidates, caption_direct_weight; the greedy figure under
+    # caption_greedy). On the 20:37 run, test, seen, by the drawing alone: 77.3 -> 88.0 % with 16, unseen 20.7 ->
+    # 56.0 % (docs/quickstart_results.md "Captions by the model's own drawing"); on the 2026-12-03 06:32 run, test,
+    # seen / unseen: greedy 90.7 / 28.0 %, the drawing alone 90.0 / 62.7 %, both terms 94.0 / 57.3 % ("Noisy-channel
+    # captions").
     caption_candidates: int = 16
 
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 9 min unified model (each stage's steps re-fitted to its minutes
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 8 min unified model (each stage's steps re-fitted to its minutes
     # a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later steps run slower:
-    # panglot.training.budget),
-    # the rest (probes, compilation, tuning, evaluation) ~1.3 min; at most 3.3 + 9.9 + 1.3 minutes. Before
-    # 2026-12-02 evening: 8.5 minutes fitted once by a probe that read 10-40 % slow, and runs took 11.6 minutes.
+    # panglot.training.budget), the rest (probes, compilation, tuning, best-of-4 drawings, reranked captions,
+    # evaluation) ~2.8 min at 0.43 s per unified step (it grows on a slower machine; the guards cap the two
+    # trainings at 3.3 + 8.8). With 9 minutes and best-of-K decoding the 2026-12-03 06:32 run took 922 s (codec 189,
+    # unified 568, tuning 42, evaluation 124).
     # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
-    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=9.0),
+    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=8.0),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
         "unified_quickstart.yaml",

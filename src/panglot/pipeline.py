@@ -46,6 +46,11 @@ class DrawDefaults:
     # would most readily draw the image from (``UnifiedModel.image_logprob``). 1: the greedy caption.
     caption_candidates: int = 1
     caption_temperature: float = 1.0
+    # Noisy-channel reranking (Yee et al. 2019): a candidate caption c of image x scores log p(x | c) + this weight
+    # x log p(c | x), the drawing likelihood plus the captioner's own (``UnifiedModel.caption_logprob``); 0 ranks
+    # by the drawing alone. 1.0 was the best or tied best of 0 / 0.25 / 0.5 / 1 / 2 / 4 on `val` for two quickstart
+    # models (docs/quickstart_results.md "Noisy-channel captions").
+    caption_direct_weight: float = 1.0
 
 
 class Panglot:
@@ -184,15 +189,19 @@ class Panglot:
         candidates: int | None = None,
         temperature: float | None = None,
         seed: int = 0,
+        direct_weight: float | None = None,
     ) -> list[str]:
         """A canonical caption per image: the greedy one, or with ``candidates`` K > 1 (None: the run's
-        ``DrawDefaults.caption_candidates``) the one of the greedy caption and K sampled at ``temperature`` (None:
-        the run's ``caption_temperature``) from which the model would most readily draw the image
-        (``UnifiedModel.image_logprob``, analysis by synthesis). Sample ``c`` of image ``i`` uses seed ``seed + i
-        * K + c``."""
+        ``DrawDefaults.caption_candidates``) the best of the greedy caption and K sampled at ``temperature`` (None:
+        the run's ``caption_temperature``) by ``log p(image | caption)`` (``UnifiedModel.image_logprob``, analysis
+        by synthesis) + ``direct_weight`` (None: the run's ``caption_direct_weight``) x ``log p(caption | image)``.
+        Sample ``c`` of image ``i`` uses seed ``seed + i * K + c``."""
         k = self.defaults.caption_candidates if candidates is None else candidates
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"candidates must be an integer >= 1, got {k!r}")
+        weight = self.defaults.caption_direct_weight if direct_weight is None else direct_weight
+        if not weight >= 0:
+            raise ValueError(f"direct_weight must be a number >= 0, got {weight!r}")
         temperature = self.defaults.caption_temperature if temperature is None else temperature
         codes = self._image_codes(images)
         prompts = [self.layout.caption_prompt(c) for c in codes]
@@ -200,14 +209,15 @@ class Panglot:
         if k > 1:
             rows = [p for p in prompts for _ in range(k)]
             sampled = self._generate_text(rows, max_tokens, Multinomial, seed, temperature)
-            greedy = self._best_captions(codes, greedy, sampled, k)
+            greedy = self._best_captions(codes, greedy, sampled, k, weight)
         return [self.tokenizer.decode(row).strip() for row in greedy]
 
     def _best_captions(
-        self, codes: torch.Tensor, greedy: list[list[int]], sampled: list[list[int]], k: int
+        self, codes: torch.Tensor, greedy: list[list[int]], sampled: list[list[int]], k: int, weight: float
     ) -> list[list[int]]:
         """Per image, of its greedy caption and its ``k`` samples (empty ones and repeats dropped), the one with the
-        highest ``image_logprob`` (the greedy one on ties; an empty greedy caption only if every sample is empty)."""
+        highest ``image_logprob + weight * caption_logprob`` (the greedy one on ties; an empty greedy caption only if
+        every sample is empty)."""
         pools = []
         for i, first in enumerate(greedy):
             pool: list[list[int]] = []
@@ -220,8 +230,11 @@ class Panglot:
         with autocast_context(self.model.device, self.dtype or "fp32"):
             for start in range(0, len(flat), self.batch_size):
                 chunk = flat[start : start + self.batch_size]
-                rows = codes[torch.tensor([i for i, _ in chunk])]
-                scores.append(self.model.image_logprob(rows, [c for _, c in chunk]))
+                rows, captions = codes[torch.tensor([i for i, _ in chunk])], [c for _, c in chunk]
+                chunk_score = self.model.image_logprob(rows, captions)
+                if weight:
+                    chunk_score = chunk_score + weight * self.model.caption_logprob(rows, captions)
+                scores.append(chunk_score)
         score = torch.cat(scores).tolist()
         best: dict[int, tuple[float, list[int]]] = {}
         for (i, caption), value in zip(flat, score, strict=True):

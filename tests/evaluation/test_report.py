@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from panglot.evaluation import cfg_sweep, read_metrics_jsonl, run_tasks, write_report
+from panglot.evaluation.report import printable
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +62,8 @@ def test_metrics_jsonl_reading(tmp_path):
     path.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"m\.jsonl:2: not a JSON line"):
         read_metrics_jsonl(path)
+
+
+def test_printable_escapes_what_no_font_draws():
+    assert printable("a red\x15 circle\n\x03") == "a red\\x15 circle\\n\\x03"
+    assert printable("small blue square") == "small blue square"

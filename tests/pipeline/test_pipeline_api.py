@@ -80,16 +80,24 @@ def test_caption_keeps_the_candidate_the_model_would_draw_the_image_from(m, monk
         return torch.tensor([float(len(c)) for c in captions])
 
     monkeypatch.setattr(m.model, "image_logprob", score)
-    longest = m.caption(images, candidates=3, seed=7)
+    longest = m.caption(images, candidates=3, seed=7, direct_weight=0)
     decode = [[m.tokenizer.decode(c).strip() for c in pool] for pool in pools]
     assert all(pool[0] == g for pool, g in zip(decode, greedy) if g)  # greedy first (an empty caption is dropped)
     assert all(1 <= len(pool) <= 4 for pool in pools)
     assert all(len(pool) == len({tuple(c) for c in pool}) for pool in pools)  # repeats scored once
     assert longest == [texts[max(range(len(pool)), key=lambda k: (len(pool[k]), -k))] for pool, texts in zip(pools, decode)]
+    # noisy channel: + weight x caption_logprob; here -3 x length against the drawing's +length, so the shortest wins
+    monkeypatch.setattr(m.model, "caption_logprob", lambda codes, captions: torch.tensor([-3.0 * len(c) for c in captions]))
+    shortest = [texts[min(range(len(pool)), key=lambda k: (len(pool[k]), k))] for pool, texts in zip(pools, decode)]
+    assert m.caption(images, candidates=3, seed=7, direct_weight=1.0) == shortest
+    assert m.caption(images, candidates=3, seed=7, direct_weight=0.25) == longest  # 1 - 0.75 > 0: the longest again
     monkeypatch.setattr(m.model, "image_logprob", lambda codes, captions: torch.zeros(len(captions)))
+    monkeypatch.setattr(m.model, "caption_logprob", lambda codes, captions: torch.zeros(len(captions)))
     assert m.caption(images, candidates=3, seed=7) == [pool[0] for pool in decode]  # all tie: the first, greedy
     with pytest.raises(ValueError, match="candidates must be an integer >= 1, got 0"):
         m.caption(images, candidates=0)
+    with pytest.raises(ValueError, match="direct_weight must be a number >= 0, got -1"):
+        m.caption(images, candidates=3, direct_weight=-1)
 
 
 def test_draw_keeps_the_candidate_the_model_reads_best(m, monkeypatch):

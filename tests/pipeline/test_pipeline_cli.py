@@ -24,6 +24,8 @@ def test_draw_caption_ask_round_trip(debug_run, tmp_path, capsys):
     assert isinstance(capsys.readouterr().out, str)
     assert main(["caption", str(debug_run), str(out), "--candidates", "3"]) == 0
     assert capsys.readouterr().out.endswith("\n")
+    assert main(["caption", str(debug_run), str(out), "--candidates", "3", "--direct-weight", "0.5"]) == 0
+    assert capsys.readouterr().out.endswith("\n")
     assert main(["ask", str(debug_run), str(out), "how many objects are there?"]) == 0
 
 
@@ -38,6 +40,9 @@ def test_user_mistakes_exit_2_with_one_line(debug_run, tmp_path, capsys):
     assert main(["caption", str(debug_run), str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "64x64" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["caption", str(debug_run), str(bad), "--direct-weight", "-1"])
+    assert exit_info.value.code == 2 and "expected a weight >= 0, got '-1'" in capsys.readouterr().err
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     assert main(["ask", str(debug_run), str(broken), "how many objects are there?"]) == 2

@@ -69,7 +69,7 @@ def cmd_draw(args: argparse.Namespace) -> None:
 def cmd_caption(args: argparse.Namespace) -> None:
     import panglot
 
-    captions = panglot.load(args.run).caption(args.images, candidates=args.candidates)
+    captions = panglot.load(args.run).caption(args.images, candidates=args.candidates, direct_weight=args.direct_weight)
     for path, caption in zip(args.images, captions):
         print(f"{path}\t{caption}" if len(args.images) > 1 else caption)
 
@@ -138,6 +138,16 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _weight(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a weight >= 0, got {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -188,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("images", nargs="+")
     p.add_argument("--candidates", type=_count, default=None, metavar="K", help="rerank K sampled (default: the run's)")
+    p.add_argument(
+        "--direct-weight", type=_weight, default=None, metavar="W",
+        help="rank by log p(image | caption) + W x log p(caption | image) (default: the run's)",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_caption)
 
     p = sub.add_parser("ask", help="image + question -> answer")

@@ -154,8 +154,14 @@ BLOCK_GAP_PT = 2.0  # points between text blocks
 Blocks = list[tuple[str, dict]]  # text blocks under a sample image: (wrapped text, text properties)
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a font cannot draw (control bytes an untrained model may emit) written
+    as its escape, ``\\x15``: the grid shows what the model said, and matplotlib has no missing glyph."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _wrap(blocks: Sequence[tuple[str, dict]], width: int) -> Blocks:
-    return [(textwrap.fill(text, width), props) for text, props in blocks]
+    return [(textwrap.fill(printable(text), width), props) for text, props in blocks]
 
 
 def _blocks_height_pt(blocks: Blocks) -> float:
