@@ -1,6 +1,6 @@
 """The quickstart: from nothing to a trained, tuned and evaluated unified model on ShapesWorld.
 
-    panglot quickstart [--out runs/quickstart] [--minutes M] [--preset quickstart|long] [--codec pixel_vq]
+    panglot quickstart [--out runs/quickstart] [--minutes M] [--preset quickstart|long] [--codec pixel_vq] [--eval-only]
 
 1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` with the
    dual encoder and pixel codec they need; recipes/stages.py),
@@ -11,7 +11,8 @@
    ``OUT/eval/report.md``.
 
 Each stage is skipped when its output already exists and the unified training resumes from its last
-checkpoint, so an interrupted quickstart continues where it stopped.
+checkpoint, so an interrupted quickstart continues where it stopped. ``--eval-only`` trains nothing and repeats 3
+and 4 on the model already in ``OUT`` (after a change of decoding, say).
 """
 
 from __future__ import annotations
@@ -59,19 +60,24 @@ class Preset:
     # caption_greedy). On the 20:37 run, test, seen, by the drawing alone: 77.3 -> 88.0 % with 16, unseen 20.7 ->
     # 56.0 % (docs/quickstart_results.md "Captions by the model's own drawing"); on the 2026-12-03 06:32 run, test,
     # seen / unseen: greedy 90.7 / 28.0 %, the drawing alone 90.0 / 62.7 %, both terms 94.0 / 57.3 % ("Noisy-channel
-    # captions").
-    caption_candidates: int = 16
+    # captions"). 8 rather than 16 since 06:54 (half the cost): with both terms 93.3 % of that run's val either way.
+    caption_candidates: int = 8
 
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 8 min unified model (each stage's steps re-fitted to its minutes
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 7.5 min unified model (each stage's steps re-fitted to its minutes
     # a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later steps run slower:
     # panglot.training.budget), the rest (probes, compilation, tuning, best-of-4 drawings, reranked captions,
-    # evaluation) ~2.8 min at 0.43 s per unified step (it grows on a slower machine; the guards cap the two
-    # trainings at 3.3 + 8.8). With 9 minutes and best-of-K decoding the 2026-12-03 06:32 run took 922 s (codec 189,
-    # unified 568, tuning 42, evaluation 124).
+    # evaluation) 2.5-4 min (it grows on a slower machine; the guards cap the two trainings at 3.3 + 8.3). With best-of-K
+    # decoding and 16 caption candidates: 9 minutes took 922 s (2026-12-03 06:32: codec 189, unified 568, tuning 42,
+    # evaluation 124), 8 minutes 964 s (06:54: 196, 521, 45, 202 on a slower stretch).
     # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
-    "quickstart": Preset("unified_quickstart.yaml", unified_minutes=8.0),
+    # Tuned over 3 x 3 (scale, temperature) pairs, not the library's 4 x 4: scale 3 and temperature 1 were picked
+    # in none of the 3 quickstarts of 2026-12-03 that tuned over them (picks: (2, 0.35), (1.5, 0.35) twice), and
+    # the 7 sweeps saved are ~30 s of the 15 minutes.
+    "quickstart": Preset(
+        "unified_quickstart.yaml", unified_minutes=7.5, scales=(1.0, 1.5, 2.0), temperatures=(0.7, 0.5, 0.35)
+    ),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
         "unified_quickstart.yaml",
@@ -119,29 +125,10 @@ def train_unified_stage(
     train_unified.run(cfg, resume=True, minutes=minutes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="train, tune and evaluate a unified model on ShapesWorld")
-    parser.add_argument("--out", default="runs/quickstart")
-    parser.add_argument("--minutes", type=float, default=None, help="budget for the unified model's training")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
-    parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default="pixel_vq", help="the image codec")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small)")
-    args = parser.parse_args(argv)
-    preset, out = PRESETS[args.preset], Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = max(1, torch.get_num_threads())  # OMP_NUM_THREADS, else the cores torch sees
-    torch.set_num_threads(threads)
-    times, start = {}, time.perf_counter()
-
-    def lap(name: str) -> None:
-        times[name] = round(time.perf_counter() - start - sum(times.values()), 1)
-
-    codec_dir = train_codec_stage(preset, out, args.codec, threads)
-    lap("codec_s")
-    minutes = args.minutes if args.minutes is not None else preset.unified_minutes
-    train_unified_stage(preset, out, codec_dir, minutes, args.overrides)
-    lap("unified_s")
-    m = panglot.load(out)
+def tune_and_evaluate(m: panglot.Panglot, out: Path, preset: Preset, title: str, lap=lambda name: None) -> dict:
+    """Tune the run's CFG scale and temperature on ``val`` (one sample per prompt), then evaluate on test with the
+    run's decoding (best of ``preset.candidates``, captions from ``preset.caption_candidates``), beside one sample per
+    prompt and the greedy caption; ``lap(name)`` marks the end of each part. The metrics, as written to ``OUT/eval``."""
     fixed = {"candidates": preset.candidates, "caption_candidates": preset.caption_candidates}
     tune_sampling(m, out, preset.scales, preset.temperatures, preset.val_per_cell, defaults=fixed)
     lap("tune_sampling_s")
@@ -157,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         # the CFG sweep one sample per prompt: guidance's own effect, without the best-of-K reranking on top
         sweep_sampling={**sampling, "candidates": 1},
         metrics_jsonl=out / "train" / "metrics.jsonl",
-        title=f"panglot quickstart ({args.preset}, {args.codec})",
+        title=title,
     )
     if m.defaults.candidates > 1:  # one sample per prompt at the tuned scale (the sweep's), beside the best of K
         one = metrics["cfg_sweep"]["t2i"][metrics["cfg_sweep"]["scales"].index(tuned)]
@@ -167,6 +154,38 @@ def main(argv: list[str] | None = None) -> dict:
         greedy = eval_caption(m, test, candidates=1, progress=tqdm_progress()).metrics
         metrics["caption_greedy"] = greedy
         metrics["summary"]["caption_greedy"] = headline(greedy, "accuracy")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="train, tune and evaluate a unified model on ShapesWorld")
+    parser.add_argument("--out", default="runs/quickstart")
+    parser.add_argument("--minutes", type=float, default=None, help="budget for the unified model's training")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
+    parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default="pixel_vq", help="the image codec")
+    parser.add_argument("--eval-only", action="store_true", help="no training: tune and evaluate OUT's model again")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small)")
+    args = parser.parse_args(argv)
+    preset, out = PRESETS[args.preset], Path(args.out)
+    if args.eval_only and args.overrides:
+        raise ValueError(f"--eval-only trains nothing, so recipe overrides do not apply: {' '.join(args.overrides)}")
+    if not args.eval_only:
+        out.mkdir(parents=True, exist_ok=True)
+    threads = max(1, torch.get_num_threads())  # OMP_NUM_THREADS, else the cores torch sees
+    torch.set_num_threads(threads)
+    times, start = {}, time.perf_counter()
+
+    def lap(name: str) -> None:
+        times[name] = round(time.perf_counter() - start - sum(times.values()), 1)
+
+    if not args.eval_only:
+        codec_dir = train_codec_stage(preset, out, args.codec, threads)
+        lap("codec_s")
+        minutes = args.minutes if args.minutes is not None else preset.unified_minutes
+        train_unified_stage(preset, out, codec_dir, minutes, args.overrides)
+        lap("unified_s")
+    m = panglot.load(out)
+    metrics = tune_and_evaluate(m, out, preset, f"panglot quickstart ({args.preset}, {args.codec})", lap)
     lap("eval_s")
     times["total_s"] = round(time.perf_counter() - start, 1)
     metrics["timings"] = times

@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from panglot.model.run import RunLoadError
 from recipes import quickstart
 
 pytestmark = pytest.mark.slow
@@ -41,6 +42,19 @@ def test_reduced_quickstart_learns(tmp_path):
     assert set(metrics["summary"]["t2i_scene_one_sample"]) == {"seen", "unseen", "all"}  # and one sample, beside
     assert saved["t2i_one_sample"]["all"]["n"] == saved["t2i"]["all"]["n"]
     assert run["generation"]["caption_candidates"] == 2 and "all" in metrics["summary"]["caption_greedy"]
+    # --eval-only trains nothing: the same model tuned and evaluated again gives the same figures (seeded decoding)
+    steps = (tmp_path / "train" / "metrics.jsonl").read_text()
+    again = quickstart.main(["--preset", "ci", "--out", str(tmp_path), "--eval-only"])
+    assert again["summary"] == metrics["summary"] and "unified_s" not in again["timings"]
+    assert (tmp_path / "train" / "metrics.jsonl").read_text() == steps
+
+
+def test_eval_only_needs_a_trained_run(tmp_path):
+    with pytest.raises(RunLoadError, match="does not exist"):
+        quickstart.main(["--preset", "ci", "--out", str(tmp_path / "nothing"), "--eval-only"])
+    assert not (tmp_path / "nothing").exists()  # nothing created either
+    with pytest.raises(ValueError, match=r"overrides do not apply: train\.max_steps=5"):
+        quickstart.main(["--out", str(tmp_path), "--eval-only", "train.max_steps=5"])
 
 
 @pytest.mark.parametrize("overrides", [["model.code_factors=true", "train.optim.lr=1e-3"]])

@@ -37,6 +37,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     argv = ["--out", args.out, "--preset", args.preset, "--codec", args.codec]
     if args.minutes is not None:
         argv += ["--minutes", str(args.minutes)]
+    if args.eval_only:
+        argv.append("--eval-only")
     quickstart.main(argv + list(args.overrides))
 
 
@@ -174,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--codec", choices=["pixel_vq", "semantic_vq", "qformer"], default="pixel_vq", help="the image codec"
     )
+    p.add_argument(
+        "--eval-only", action="store_true",
+        help="no training: tune and evaluate the model already trained in OUT again (with this version's decoding)",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the unified recipe")
     p.set_defaults(fn=cmd_quickstart)
 
@@ -235,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--caption-candidates", type=_count, default=None, metavar="K",
-        help="caption from the greedy caption and K sampled, by the model's own drawing of each (default: the run's)",
+        help="caption from the greedy caption and K sampled, by the model's own drawing and reading of each (default: the run's)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="compiled decode steps")
     p.set_defaults(fn=cmd_tune)
