@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small)")
     args = parser.parse_args(argv)
     preset, out = PRESETS[args.preset], Path(args.out)
-    if args.eval_only and args.overrides:
-        raise ValueError(f"--eval-only trains nothing, so recipe overrides do not apply: {' '.join(args.overrides)}")
+    if args.eval_only and (args.overrides or args.minutes is not None):
+        given = " ".join(args.overrides) if args.overrides else f"--minutes {args.minutes:g}"
+        raise ValueError(f"--eval-only trains nothing, so training options do not apply: {given}")
     if not args.eval_only:
         out.mkdir(parents=True, exist_ok=True)
     threads = max(1, torch.get_num_threads())  # OMP_NUM_THREADS, else the cores torch sees

@@ -48,8 +48,8 @@ class DrawDefaults:
     caption_temperature: float = 1.0
     # Noisy-channel reranking (Yee et al. 2019): a candidate caption c of image x scores log p(x | c) + this weight
     # x log p(c | x), the drawing likelihood plus the captioner's own (``UnifiedModel.caption_logprob``); 0 ranks
-    # by the drawing alone. 1.0 was the best or tied best of 0 / 0.25 / 0.5 / 1 / 2 / 4 on `val` for two quickstart
-    # models (docs/quickstart_results.md "Noisy-channel captions").
+    # by the drawing alone. 1.0 was the best or tied best of 0 / 0.25 / 0.5 / 1 / 2 / 4 on `val` for three
+    # quickstart models (docs/quickstart_results.md "Noisy-channel captions").
     caption_direct_weight: float = 1.0
 
 

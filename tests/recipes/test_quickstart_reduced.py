@@ -53,8 +53,10 @@ def test_eval_only_needs_a_trained_run(tmp_path):
     with pytest.raises(RunLoadError, match="does not exist"):
         quickstart.main(["--preset", "ci", "--out", str(tmp_path / "nothing"), "--eval-only"])
     assert not (tmp_path / "nothing").exists()  # nothing created either
-    with pytest.raises(ValueError, match=r"overrides do not apply: train\.max_steps=5"):
+    with pytest.raises(ValueError, match=r"training options do not apply: train\.max_steps=5"):
         quickstart.main(["--out", str(tmp_path), "--eval-only", "train.max_steps=5"])
+    with pytest.raises(ValueError, match=r"training options do not apply: --minutes 2"):
+        quickstart.main(["--out", str(tmp_path), "--eval-only", "--minutes", "2"])
 
 
 @pytest.mark.parametrize("overrides", [["model.code_factors=true", "train.optim.lr=1e-3"]])
