@@ -35,6 +35,7 @@ from panglot.config import from_dict, merge_dicts, parse_overrides
 from panglot.evaluation import EvalSuite, eval_caption, evaluate_model, tqdm_progress
 from panglot.evaluation.runner import TUNE_SCALES, TUNE_TEMPERATURES, headline, tune_sampling
 from panglot.files import atomic_write_json
+from panglot.training.budget import Deadline
 from recipes import stages, train_unified
 
 logger = logging.getLogger("panglot.quickstart")
@@ -62,6 +63,12 @@ class Preset:
     # seen / unseen: greedy 90.7 / 28.0 %, the drawing alone 90.0 / 62.7 %, both terms 94.0 / 57.3 % ("Noisy-channel
     # captions"). 8 rather than 16 since 06:54 (half the cost): with both terms 93.3 % of that run's val either way.
     caption_candidates: int = 8
+    # The whole job's wall clock (None: none): the unified budget's re-fits stop training in time for the tuning
+    # and evaluation after it, reckoned as ``reserve_steps`` unified steps (panglot.training.budget.Deadline), so
+    # the run ends in time on a machine slower than the one the budgets were set on. Not with --minutes. On the
+    # quickstarts of 2026-12-03 the work after training took 362-560 steps' time (146-247 s at 0.40-0.47 s/step).
+    deadline_minutes: float | None = None
+    reserve_steps: float = 500.0
 
 
 PRESETS = {
@@ -76,7 +83,11 @@ PRESETS = {
     # in none of the 3 quickstarts of 2026-12-03 that tuned over them (picks: (2, 0.35), (1.5, 0.35) twice), and
     # the 7 sweeps saved are ~30 s of the 15 minutes.
     "quickstart": Preset(
-        "unified_quickstart.yaml", unified_minutes=7.5, scales=(1.0, 1.5, 2.0), temperatures=(0.7, 0.5, 0.35)
+        "unified_quickstart.yaml",
+        unified_minutes=7.5,
+        scales=(1.0, 1.5, 2.0),
+        temperatures=(0.7, 0.5, 0.35),
+        deadline_minutes=15.0,
     ),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
@@ -95,6 +106,8 @@ PRESETS = {
         stages={"pixel_vq": {"train": {"max_minutes": 8.0}}},
         unified_minutes=43.0,  # at most 8.8 + 47.3 with the 1.1x guards: <= 60 minutes in all
         test_per_cell=100,
+        deadline_minutes=60.0,
+        reserve_steps=1000.0,  # twice the test scenes: 383 s of tuning and evaluation on 2026-12-03
     ),
 }
 
@@ -116,13 +129,18 @@ def train_codec_stage(preset: Preset, out: Path, codec: str, threads: int = 1) -
 
 
 def train_unified_stage(
-    preset: Preset, out: Path, codec_dir: Path, minutes: float | None, overrides: list[str] = ()
+    preset: Preset,
+    out: Path,
+    codec_dir: Path,
+    minutes: float | None,
+    overrides: list[str] = (),
+    deadline: Deadline | None = None,
 ) -> None:
     data = merge_dicts(_config_dict(preset.unified_config), preset.unified)
     data = merge_dicts(data, parse_overrides(overrides))
     data = merge_dicts(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
     cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
-    train_unified.run(cfg, resume=True, minutes=minutes)
+    train_unified.run(cfg, resume=True, minutes=minutes, deadline=deadline)
 
 
 def tune_and_evaluate(m: panglot.Panglot, out: Path, preset: Preset, title: str, lap=lambda name: None) -> dict:
@@ -183,7 +201,10 @@ def main(argv: list[str] | None = None) -> dict:
         codec_dir = train_codec_stage(preset, out, args.codec, threads)
         lap("codec_s")
         minutes = args.minutes if args.minutes is not None else preset.unified_minutes
-        train_unified_stage(preset, out, codec_dir, minutes, args.overrides)
+        deadline = None
+        if args.minutes is None and preset.deadline_minutes is not None:
+            deadline = Deadline(start + preset.deadline_minutes * 60, preset.reserve_steps)
+        train_unified_stage(preset, out, codec_dir, minutes, args.overrides, deadline)
         lap("unified_s")
     m = panglot.load(out)
     metrics = tune_and_evaluate(m, out, preset, f"panglot quickstart ({args.preset}, {args.codec})", lap)

@@ -31,7 +31,7 @@ from panglot.model.unified import code_looks, span_positions
 from panglot.multimodal import SequenceLayout, UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer
-from panglot.training.budget import budgeted, median_step_seconds
+from panglot.training.budget import Deadline, budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 
@@ -132,15 +132,22 @@ def seconds_per_step(
     return per_step
 
 
-def run(cfg: UnifiedRecipe, resume: bool = False, device: str = "cpu", minutes: float | None = None) -> Path:
-    """Train and export; returns the run directory. ``minutes`` fits ``train.max_steps`` to a time budget."""
+def run(
+    cfg: UnifiedRecipe,
+    resume: bool = False,
+    device: str = "cpu",
+    minutes: float | None = None,
+    deadline: Deadline | None = None,
+) -> Path:
+    """Train and export; returns the run directory. ``minutes`` fits ``train.max_steps`` to a time budget; with a
+    job's ``deadline`` the budget's re-fits also leave its reserve (`panglot.training.budget.Deadline`)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model, loader = build(cfg, device)
     if cfg.compile:  # before the budget probe, whose warm-up steps pay the compilation
         model.backbone.compile_layers()
     cfg.train = budgeted(cfg.train, cfg.out_dir, minutes, lambda: seconds_per_step(model, loader, cfg))
-    trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train")
+    trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train", deadline=deadline)
     summary = trainer.train(resume=resume)
     logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))
     save_model(cfg.out_dir, model, extra={"generation": {"cfg_scale": cfg.cfg_scale}, "recipe": to_dict(cfg)})

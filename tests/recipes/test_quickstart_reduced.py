@@ -88,3 +88,32 @@ def test_codec_stages_train_on_the_quickstarts_threads(tmp_path, monkeypatch):
     assert set(overrides) == set(quickstart.stages.STAGES) and seen["name"] == "qformer"
     assert all(stage["threads"] == 2 for stage in overrides.values())
     assert overrides["pixel_vq"]["train"] == {"max_minutes": 1.0}
+
+
+@pytest.mark.parametrize("argv, expect_deadline", [([], True), (["--minutes", "3"], False)])
+def test_the_quickstart_holds_its_15_minutes_unless_given_minutes(tmp_path, monkeypatch, argv, expect_deadline):
+    """The quickstart preset hands the unified stage a deadline 15 minutes after it started, with the preset's
+    reserve; ``--minutes`` is the user's own budget, and no deadline cuts it."""
+    import time
+
+    seen = {}
+    monkeypatch.setattr(quickstart, "train_codec_stage", lambda *args, **kwargs: tmp_path / "codec")
+    monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: seen.update(kwargs))
+
+    class Stop(Exception):
+        pass
+
+    def load(out):
+        raise Stop  # training is all this test looks at
+
+    monkeypatch.setattr(quickstart.panglot, "load", load)
+    before = time.perf_counter()
+    with pytest.raises(Stop):
+        quickstart.main(["--out", str(tmp_path), *argv])
+    preset, deadline = quickstart.PRESETS["quickstart"], seen["deadline"]
+    assert seen["minutes"] == (preset.unified_minutes if expect_deadline else 3.0)
+    if not expect_deadline:
+        assert deadline is None
+        return
+    assert preset.deadline_minutes == 15.0 and deadline.reserve_steps == preset.reserve_steps
+    assert before + 15 * 60 <= deadline.end <= time.perf_counter() + 15 * 60

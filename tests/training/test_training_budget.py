@@ -14,6 +14,7 @@ from panglot.training.budget import (
     BUDGET_FILE,
     REFIT_FILE,
     WALL_GUARD,
+    Deadline,
     StepRefit,
     budgeted,
     fit_steps_to_minutes,
@@ -105,20 +106,61 @@ def test_the_refits_time_a_fifth_of_the_run_then_the_steps_since_and_fit_the_bud
     assert all(StepRefit(tmp_path / "short", short, 0, clock).after_step(s, 100) is None for s in range(1, 6))
 
 
+def test_a_deadline_ends_the_refitted_steps_in_time_for_the_work_after_them(tmp_path):
+    """A 1-minute budget in a job that ends 80 s after the stage starts, with 60 of the stage's steps reserved
+    after training. First re-fit (step 8, 5.75 s in, 0.25 s/step): the budget leaves 54.25 s, the deadline
+    80 - 5.75 - 60 x 0.25 = 59.25 s: the budget decides (225 steps, as without a deadline). Then the machine slows
+    to 0.5 s/step, and so does the reserve: at the second re-fit (step 112, 57.75 s in) the budget leaves 2.25 s
+    (116 steps), the deadline 80 - 57.75 - 30 < 0: one more step, 113. Both are recorded."""
+    clock = FakeClock()
+    t0 = clock.now
+    cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
+    deadline = Deadline(end=t0 + 80.0, reserve_steps=60)
+    assert deadline.seconds_left(0.25, now=t0 + 5.75) == pytest.approx(59.25)
+    runs = {"deadline": StepRefit(tmp_path, cfg, 0, clock, deadline), "none": StepRefit(tmp_path / "none", cfg, 0, clock)}
+    fitted = {name: {} for name in runs}
+    for step in range(1, 200):
+        clock.now += 4.0 if step == 1 else 0.25 if step <= 8 else 0.5
+        for name, refit in runs.items():
+            if (steps := refit.after_step(step, max(fitted[name].values(), default=40))) is not None:
+                fitted[name][step] = steps
+    assert fitted["none"] == {8: 225, 112: 116}  # the budget alone (no third re-fit: 4/5 of 116 is passed)
+    assert fitted["deadline"] == {8: 225, 112: 113}
+    record = json.loads((tmp_path / REFIT_FILE).read_text())["refits"]
+    assert [r["seconds_left"] for r in record] == [
+        {"budget": 54.2, "deadline": 59.2},
+        {"budget": 2.2, "deadline": -7.8},
+    ]  # rounded to 0.1 s
+
+
+def test_a_tight_deadline_cuts_the_budget(tmp_path):
+    """A 10-minute budget in a job that ends 60 s after the stage starts, 20 steps of 0.5 s reserved: the first
+    re-fit (step 8, 4 s in) fits (60 - 4 - 10) / 0.5 = 92 more steps, not the budget's (600 - 4) / 0.5 = 1192."""
+    clock = FakeClock()
+    cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=10.0, budget_cap=10_000)
+    refit = StepRefit(tmp_path, cfg, 0, clock, Deadline(end=clock.now + 60.0, reserve_steps=20))
+    fits = {}
+    for step in range(1, 9):
+        clock.now += 0.5
+        if (steps := refit.after_step(step, 40)) is not None:
+            fits[step] = steps
+    assert fits == {8: 8 + 92}
+
+
 def test_a_refit_file_of_the_single_refit_format_still_reads(tmp_path):
     record = {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
     (tmp_path / REFIT_FILE).write_text(json.dumps(record))
     assert recorded_refits(tmp_path) == [(225, 8, 40)] and recorded_refits(tmp_path / "none") == []
 
 
-def _budgeted_trainer(out_dir) -> Trainer:
+def _budgeted_trainer(out_dir, deadline: Deadline | None = None) -> Trainer:
     seed_everything(0)
     cfg = TrainConfig(
         optim=OptimConfig(lr=1e-2, warmup_steps=8), max_steps=10, precision="fp32", log_every=1, ckpt_every=0,
         budget_minutes=5.0, budget_cap=14,
     )  # fmt: skip
     data = StatefulLoader(regression_data(n=64), batch_size=8, seed=1)
-    return Trainer(cfg, TinyMLP(), mse_loss, data, out_dir)
+    return Trainer(cfg, TinyMLP(), mse_loss, data, out_dir, deadline=deadline)
 
 
 def test_a_budgeted_trainer_trains_the_refitted_steps_and_a_resumed_one_keeps_them(tmp_path):
@@ -129,6 +171,14 @@ def test_a_budgeted_trainer_trains_the_refitted_steps_and_a_resumed_one_keeps_th
     assert trainer.resized == [(8, 10)]  # the next re-fit would come at step 7 of 14: passed, none is made
     resumed = _budgeted_trainer(tmp_path)
     assert resumed.train(resume=True).steps == 14 and (resumed.cfg.max_steps, resumed.resized) == (14, [(8, 10)])
+
+
+def test_a_trainer_given_a_passed_deadline_stops_at_its_first_refit(tmp_path):
+    """The same toy run with a job deadline already passed: the re-fit at step 8 gives one more step, not the cap."""
+    import time
+
+    trainer = _budgeted_trainer(tmp_path, Deadline(end=time.perf_counter() - 1.0, reserve_steps=0))
+    assert trainer.train().steps == 9 and recorded_refits(tmp_path) == [(9, 8, 10)]
 
 
 def test_a_resumed_trainer_replays_every_recorded_refit_in_its_learning_rates(tmp_path):

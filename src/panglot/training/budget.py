@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -91,6 +92,22 @@ def budgeted(cfg: Config, out_dir: str | Path, minutes: float | None, seconds_pe
     )
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """The wall-clock end of a whole job (``end``, a ``time.perf_counter()`` value) that a budgeted training stage
+    shares with the work after it (tuning, evaluation), which is reckoned as ``reserve_steps`` of the stage's own
+    training steps: timed the same way, it grows on a slower machine as the steps do. `StepRefit` fits the steps
+    left to whichever ends first, the stage's budget or the deadline less that reserve; the steps fitted before
+    training (from a probe of a few steps, which has read 2x slow) do not use it."""
+
+    end: float
+    reserve_steps: float
+
+    def seconds_left(self, per_step_s: float, now: float) -> float:
+        """Seconds the stage may still train at ``per_step_s`` for the job to end by the deadline."""
+        return self.end - now - self.reserve_steps * per_step_s
+
+
 REFIT_FILE = "train_budget_refit.json"
 # The re-fits come after these shares of the run (as fitted at the time; the first at least after the warmup). One
 # re-fit at a fifth left 16 % of a 9-minute budget unused when the machine sped up after it (2026-12-02, 0.61 s/step
@@ -123,12 +140,19 @@ class StepRefit:
     length (`panglot.training.optim.lr_at`'s ``resized``), so the rate never jumps. The re-fits are written to
     ``out_dir/train_budget_refit.json`` as they come; a run that finds that file (a resumed one) trains the recorded
     schedule (`recorded_refits`) and re-fits nothing more. A run that starts past the first timed window, or would
-    re-fit before ``REFIT_MIN_STEPS``, keeps the fitted ``max_steps``."""
+    re-fit before ``REFIT_MIN_STEPS``, keeps the fitted ``max_steps``. With a ``deadline`` (`Deadline`) each re-fit
+    fits the steps to the budget or to the deadline, whichever leaves less."""
 
     def __init__(
-        self, out_dir: str | Path, cfg: TrainConfig, start_step: int, clock: Callable[[], float] = time.perf_counter
+        self,
+        out_dir: str | Path,
+        cfg: TrainConfig,
+        start_step: int,
+        clock: Callable[[], float] = time.perf_counter,
+        deadline: Deadline | None = None,
     ) -> None:
         self.path = Path(out_dir) / REFIT_FILE
+        self.deadline = deadline
         self.minutes, self.cap = cfg.budget_minutes, cfg.budget_cap or cfg.max_steps
         self.at = max(cfg.optim.warmup_steps, int(REFIT_AT[0] * cfg.max_steps))
         self.begin = max(1, self.at // 4)
@@ -149,10 +173,18 @@ class StepRefit:
         now = self.clock()
         per_step = max(1e-6, (now - self.begun_at) / max(1, step - self.begin))
         left = self.minutes * 60 - (now - self.start)
+        record = {"at_step": step, "seconds_per_step": round(per_step, 4), "fitted_max_steps": max_steps}
+        if self.deadline is not None:
+            by_deadline = self.deadline.seconds_left(per_step, now)
+            record["seconds_left"] = {"budget": round(left, 1), "deadline": round(by_deadline, 1)}
+            if by_deadline < left:
+                logger.info(
+                    "the deadline leaves %.0f s of the budget's %.0f (%.0f steps reserved after training)",
+                    by_deadline, left, self.deadline.reserve_steps,
+                )  # fmt: skip
+            left = min(left, by_deadline)
         steps = max(step + 1, min(self.cap, step + int(left / per_step)))
-        self.records.append(
-            {"at_step": step, "seconds_per_step": round(per_step, 4), "fitted_max_steps": max_steps, "max_steps": steps}
-        )
+        self.records.append({**record, "max_steps": steps})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.path, {"refits": self.records})
         logger.info(

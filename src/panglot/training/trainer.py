@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from panglot.nn.precision import autocast_context
-from panglot.training.budget import StepRefit, recorded_refits
+from panglot.training.budget import Deadline, StepRefit, recorded_refits
 from panglot.training.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -92,8 +92,10 @@ class Trainer:
         data: StatefulData,
         out_dir: str | Path,
         callbacks: Sequence[Callback] = (),
+        deadline: Deadline | None = None,  # a budgeted run's re-fits also end training in time for it (StepRefit)
     ):
         self.cfg = cfg
+        self.deadline = deadline
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
@@ -116,7 +118,7 @@ class Trainer:
             self.cfg = dataclasses.replace(self.cfg, max_steps=recorded[-1][0])
             self.resized = [(at, fitted) for _, at, fitted in recorded]
         resumed_from = self._resume() if resume else None
-        refit = StepRefit(self.out_dir, self.cfg, start_step=resumed_from or 0) if budgeted else None
+        refit = StepRefit(self.out_dir, self.cfg, resumed_from or 0, deadline=self.deadline) if budgeted else None
         if resumed_from is None:
             seed_everything(self.cfg.seed)
         report = self.freeze_report
