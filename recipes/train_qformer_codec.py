@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -99,6 +99,7 @@ class QFormerLossConfig:
     # weight of the grid map's squared error against the clean latent (needs the detokenizer's condition
     # embedding+grid; 0 = off): the codes learn the layout, and the map trains in stage 1 too
     grid_weight: float = 0.0
+    grid_loss: Literal["mse", "ce"] = "mse"  # the grid term: squared error, or cross-entropy over the pixel codes
 
 
 @dataclass
@@ -149,6 +150,7 @@ def stage1_loss(
     return qformer_loss(
         codec, batch.images, text_embedding, batch.captions,
         loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight, loss_cfg.grid_weight,
+        loss_cfg.grid_loss,
     )  # fmt: skip
 
 
@@ -226,8 +228,9 @@ def train(
     codec.requires_grad_(True)
     codec.freeze_frozen_parts()
     curve = [every(cfg.eval.curve_every, oracle_curve(cfg))] if cfg.eval.curve_every else []
+    stage2_freezes = STAGE1_TRAINS + (["pixel_features"] if codec.pixel_features is not None else [])
     summary["detokenizer"] = train_stage(
-        "stage 2 (detokenizer)", codec, stage2_loss, cfg.detokenizer_train, STAGE1_TRAINS, cfg.data_seed,
+        "stage 2 (detokenizer)", codec, stage2_loss, cfg.detokenizer_train, stage2_freezes, cfg.data_seed,
         out / "detokenizer_train", resume, device, curve,
     )  # fmt: skip
     summary["total"] = {

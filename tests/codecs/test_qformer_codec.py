@@ -269,3 +269,77 @@ def test_the_detokenizer_takes_a_colour_split_pixel_codec(teacher, images):
     codec.train()
     codec(images)
     assert codec.eval().decode_tensor(codec.encode_tensor(images[:2])).shape == (2, 3, 64, 64)
+
+
+def pixel_reading_codec(teacher, pixel) -> QFormerCodec:
+    """The debug codec whose queries read the pixel codes too, with the grid map (seed 0)."""
+    from dataclasses import replace
+
+    cfg = QFormerCodec.debug_config()
+    cfg = replace(
+        cfg,
+        qformer=replace(cfg.qformer, features="teacher+pixel"),
+        detokenizer=replace(cfg.detokenizer, condition="embedding+grid", grid_dim=16),
+    )
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    return codec
+
+
+def test_the_queries_can_read_the_pixel_codes_too(teacher, pixel, images, tmp_path):
+    """``qformer.features: teacher+pixel``: the pixel codec's code grid joins the teacher's patches as context
+    (one learned position per cell), so the ids follow the pixel codes; the tokens stay causal, the part
+    saves and loads with the codec, and a wrong value is refused by name."""
+    from dataclasses import replace
+
+    codec = pixel_reading_codec(teacher, pixel)
+    g = codec.latent_grid
+    assert codec.pixel_features.pos.shape == (g * g, teacher.config.image.dim)
+    codec.train()
+    codec(images)  # k-means initialises the codebook
+    codec.eval()
+    with torch.no_grad():
+        z, _ = codec._query_outputs(images[:4])
+        codec.pixel_features.pos.add_(1.0)  # only the pixel context moves
+        moved, _ = codec._query_outputs(images[:4])
+        codec.pixel_features.pos.sub_(1.0)
+    assert not torch.allclose(z, moved)
+    with torch.no_grad():  # still causal: query j moved leaves outputs < j alone
+        before, _ = codec._query_outputs(images[:2])
+        codec.qformer.queries[20].add_(1.0)
+        after, _ = codec._query_outputs(images[:2])
+        codec.qformer.queries[20].sub_(1.0)
+    assert torch.equal(before[:, :20], after[:, :20]) and not torch.allclose(before[:, 20:], after[:, 20:])
+    ids = codec.encode_tensor(images[:4])
+    codec.save(tmp_path / "codec")
+    loaded = load_codec(tmp_path / "codec")
+    assert loaded.config.qformer.features == "teacher+pixel"
+    assert torch.equal(loaded.encode_tensor(images[:4]), ids)
+    assert torch.equal(loaded.decode_tensor(ids), codec.decode_tensor(ids))
+    with pytest.raises(ValueError, match="qformer.features must be 'teacher' or 'teacher\\+pixel', got 'pixels'"):
+        replace(QFormerCodec.debug_config().qformer, features="pixels")
+
+
+def test_stage_one_can_name_each_cells_pixel_code(teacher, pixel, images, scenes):
+    """``grid_loss="ce"``: each cell of the map names its pixel code by negative squared distance to every
+    code; ``grid_acc`` is the share of cells whose nearest code is the image's; an unknown loss is refused."""
+    codec = pixel_reading_codec(teacher, pixel)
+    codec.train()
+    captions = [caption(s) for s in scenes]
+    with torch.no_grad():
+        texts = teacher.embed_texts(captions)
+    torch.manual_seed(0)
+    loss, metrics = qformer_loss(codec, images, texts, captions, grid_weight=1.0, grid_loss="ce")
+    with torch.no_grad():
+        cells = codec.detokenizer.grid_reader(codec(images).codes).flatten(2).transpose(1, 2)  # (B, N, C)
+        distance = torch.cdist(cells, codec.code_table()[None].expand(len(cells), -1, -1)).pow(2)
+        targets = codec.pixel.encode_tensor(images)
+        ce = torch.nn.functional.cross_entropy(-distance.flatten(0, 1), targets.flatten())
+        acc = (distance.argmin(-1) == targets).float().mean()
+    assert metrics["grid_ce"] == pytest.approx(ce.item(), rel=1e-3)
+    assert metrics["grid_acc"] == pytest.approx(acc.item(), abs=1e-6)
+    loss.backward()
+    assert codec.pixel_features.proj.weight.grad.abs().sum() > 0  # the grid's gradient reaches the pixel context
+    with pytest.raises(ValueError, match="grid_loss must be 'mse' or 'ce', got 'l1'"):
+        qformer_loss(codec, images, texts, captions, grid_weight=1.0, grid_loss="l1")

@@ -50,8 +50,14 @@ class QFormerConfig:
     n_layers: int = 2
     n_heads: int = 4
     ffn_dim: int = 384
+    # What the queries cross-attend to: the teacher's 8 x 8 patch features (SEED: its ViT's), or those and
+    # the frozen pixel codec's 8 x 8 codes (their latents, with a learned position per cell), so the ids
+    # can carry the exact layout that the small teacher's features hold only loosely (docs/codecs.md).
+    features: Literal["teacher", "teacher+pixel"] = "teacher"
 
     def __post_init__(self) -> None:
+        if self.features not in ("teacher", "teacher+pixel"):
+            raise ValueError(f"qformer.features must be 'teacher' or 'teacher+pixel', got {self.features!r}")
         if min(self.n_queries, self.dim, self.n_layers, self.n_heads, self.ffn_dim) < 1:
             raise ValueError(f"every Q-Former size must be >= 1, got {self}")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
@@ -219,6 +225,19 @@ class QFormerBlock(nn.Module):
         x = x + self.self_attention(self.self_norm(x), cos, sin, mask=None)  # mask=None: causal
         x = x + self.cross_attention(self.cross_norm(x), image)
         return x + self.feed_forward(self.ffn_norm(x))
+
+
+class PixelFeatures(nn.Module):
+    """The pixel codec's code grid in the detokenizer's latent space (B, N, C) -> context vectors (B, N, D)
+    with a learned position per cell (cross-attention has no positions of its own)."""
+
+    def __init__(self, latent_channels: int, n_cells: int, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(latent_channels, dim)
+        self.pos = nn.Parameter(torch.randn(n_cells, dim) * 0.02)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.proj(latents) + self.pos.to(latents.dtype)
 
 
 class CausalQFormer(nn.Module):
@@ -471,6 +490,11 @@ class QFormerCodec(ImageCodec):
         )
         self.pixel = PixelVQ(config.pixel)
         self.latent_grid = self.pixel.grid
+        self.pixel_features = (
+            PixelFeatures(config.latent_channels, self.latent_grid**2, teacher.image.dim)
+            if config.qformer.features == "teacher+pixel"
+            else None
+        )
         self.detokenizer = Detokenizer(
             config.detokenizer,
             config.latent_channels,
@@ -534,6 +558,9 @@ class QFormerCodec(ImageCodec):
         self.check_images(x)
         with torch.no_grad():
             grid, target = self.teacher(x)
+            latents = None if self.pixel_features is None else self.code_table()[self.pixel.encode_tensor(x)]
+        if latents is not None:  # (B, g * g, C): the pixel codes join the teacher's patches as context
+            grid = torch.cat([grid, self.pixel_features(latents.to(grid.dtype))], dim=1)
         return self.qformer(grid).float(), target
 
     def forward(self, x: torch.Tensor) -> QFormerOutput:
@@ -614,12 +641,16 @@ def qformer_loss(
     contrastive_weight: float = 1.0,
     embed_weight: float = 1.0,
     grid_weight: float = 0.0,
+    grid_loss: Literal["mse", "ce"] = "mse",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 1: contrastive alignment of the last query with the captions' embeddings (B, E) (pairs with
     equal ``keys`` are positives), cosine reconstruction of the teacher's image embedding from the
     quantized codes, and the commitment loss; with ``grid_weight`` > 0 (``condition: embedding+grid``),
-    also the mean squared error of the detokenizer's grid map against the image's clean latent, so that
-    the codes carry the layout and the map starts as a guess of the latent."""
+    also the grid map's error against the image's clean latent, so that the codes carry the layout and the
+    map starts as a guess of the latent: its mean squared error (``grid_loss="mse"``), or the cross-entropy
+    of naming each cell's pixel code by the map's negative squared distance to every code (``"ce"``: a
+    confident map near one code costs nothing, where the squared error pulls it to the mean of the likely
+    codes). ``grid_acc`` is the share of cells whose nearest code is right."""
     images = images.to(codec.device)
     out = codec(images)
     scale = torch.tensor(1.0 / temperature, device=codec.device)
@@ -637,10 +668,19 @@ def qformer_loss(
         if reader is None:
             raise ValueError("grid_weight > 0 needs the detokenizer's condition embedding+grid")
         with torch.no_grad():
-            latents = codec.pixel_latents(images)
-        grid = F.mse_loss(reader(out.codes).float(), latents.float())
+            targets = codec.pixel.encode_tensor(images)  # (B, g * g) pixel-codec ids
+            table = codec.code_table()  # (V, C)
+        cells = reader(out.codes).float().flatten(2).transpose(1, 2)  # (B, g * g, C)
+        distance = (cells.pow(2).sum(-1, keepdim=True) - 2 * cells @ table.t() + table.pow(2).sum(-1))
+        if grid_loss == "ce":
+            grid = F.cross_entropy(-distance.flatten(0, 1), targets.flatten())
+        elif grid_loss == "mse":
+            grid = F.mse_loss(cells, table[targets])
+        else:
+            raise ValueError(f"grid_loss must be 'mse' or 'ce', got {grid_loss!r}")
         loss = loss + grid_weight * grid
-        metrics["grid_mse"] = grid.item()
+        metrics[f"grid_{grid_loss}"] = grid.item()
+        metrics["grid_acc"] = (distance.argmin(dim=-1) == targets).float().mean().item()
     return loss, {"loss": loss.item(), **metrics}
 
 
