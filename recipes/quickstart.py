@@ -65,7 +65,8 @@ class Preset:
     caption_candidates: int = 8
     # The whole job's wall clock (None: none): the unified budget's re-fits stop training in time for the tuning
     # and evaluation after it, reckoned as ``reserve_steps`` unified steps (panglot.training.budget.Deadline), so
-    # the run ends in time on a machine slower than the one the budgets were set on. Not with --minutes. On the
+    # the run ends in time on a machine slower than the one the budgets were set on, down to half the unified budget
+    # (Deadline.min_share; below that it runs late rather than train a useless model). Not with --minutes. On the
     # quickstarts of 2026-12-03 the work after training took 362-560 steps' time (146-247 s at 0.40-0.47 s/step).
     deadline_minutes: float | None = None
     reserve_steps: float = 500.0

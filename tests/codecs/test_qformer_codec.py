@@ -317,7 +317,7 @@ def test_the_queries_can_read_the_pixel_codes_too(teacher, pixel, images, tmp_pa
     assert loaded.config.qformer.features == "teacher+pixel"
     assert torch.equal(loaded.encode_tensor(images[:4]), ids)
     assert torch.equal(loaded.decode_tensor(ids), codec.decode_tensor(ids))
-    with pytest.raises(ValueError, match="qformer.features must be 'teacher' or 'teacher\\+pixel', got 'pixels'"):
+    with pytest.raises(ValueError, match=r"qformer\.features must be 'teacher' or 'teacher\+pixel', got 'pixels'"):
         replace(QFormerCodec.debug_config().qformer, features="pixels")
 
 

@@ -115,7 +115,7 @@ def test_a_deadline_ends_the_refitted_steps_in_time_for_the_work_after_them(tmp_
     clock = FakeClock()
     t0 = clock.now
     cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
-    deadline = Deadline(end=t0 + 80.0, reserve_steps=60)
+    deadline = Deadline(end=t0 + 80.0, reserve_steps=60, min_share=0)
     assert deadline.seconds_left(0.25, now=t0 + 5.75) == pytest.approx(59.25)
     runs = {"deadline": StepRefit(tmp_path, cfg, 0, clock, deadline), "none": StepRefit(tmp_path / "none", cfg, 0, clock)}
     fitted = {name: {} for name in runs}
@@ -133,18 +133,27 @@ def test_a_deadline_ends_the_refitted_steps_in_time_for_the_work_after_them(tmp_
     ]  # rounded to 0.1 s
 
 
-def test_a_tight_deadline_cuts_the_budget(tmp_path):
+def test_a_tight_deadline_cuts_the_budget_down_to_its_floor(tmp_path):
     """A 10-minute budget in a job that ends 60 s after the stage starts, 20 steps of 0.5 s reserved: the first
-    re-fit (step 8, 4 s in) fits (60 - 4 - 10) / 0.5 = 92 more steps, not the budget's (600 - 4) / 0.5 = 1192."""
+    re-fit (step 8, 4 s in) fits (60 - 4 - 10) / 0.5 = 92 more steps, not the budget's (600 - 4) / 0.5 = 1192, when
+    the deadline may cut it to nothing (``min_share=0``); by default it keeps half the budget."""
     clock = FakeClock()
     cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=10.0, budget_cap=10_000)
-    refit = StepRefit(tmp_path, cfg, 0, clock, Deadline(end=clock.now + 60.0, reserve_steps=20))
+    refit = StepRefit(tmp_path, cfg, 0, clock, Deadline(end=clock.now + 60.0, reserve_steps=20, min_share=0))
     fits = {}
     for step in range(1, 9):
         clock.now += 0.5
         if (steps := refit.after_step(step, 40)) is not None:
             fits[step] = steps
     assert fits == {8: 8 + 92}
+    # With the default min_share of 0.5 the stage still trains half its budget: (300 - 4) / 0.5 = 592 more steps.
+    floored = StepRefit(tmp_path / "floor", cfg, 0, clock, Deadline(end=clock.now + 60.0, reserve_steps=20))
+    fits = {}
+    for step in range(1, 9):
+        clock.now += 0.5
+        if (steps := floored.after_step(step, 40)) is not None:
+            fits[step] = steps
+    assert fits == {8: 8 + 592}
 
 
 def test_a_refit_file_of_the_single_refit_format_still_reads(tmp_path):
@@ -177,7 +186,7 @@ def test_a_trainer_given_a_passed_deadline_stops_at_its_first_refit(tmp_path):
     """The same toy run with a job deadline already passed: the re-fit at step 8 gives one more step, not the cap."""
     import time
 
-    trainer = _budgeted_trainer(tmp_path, Deadline(end=time.perf_counter() - 1.0, reserve_steps=0))
+    trainer = _budgeted_trainer(tmp_path, Deadline(end=time.perf_counter() - 1.0, reserve_steps=0, min_share=0))
     assert trainer.train().steps == 9 and recorded_refits(tmp_path) == [(9, 8, 10)]
 
 
