@@ -122,7 +122,7 @@ def test_a_deadline_ends_the_refitted_steps_in_time_for_the_work_after_them(tmp_
     for step in range(1, 200):
         clock.now += 4.0 if step == 1 else 0.25 if step <= 8 else 0.5
         for name, refit in runs.items():
-            if (steps := refit.after_step(step, max(fitted[name].values(), default=40))) is not None:
+            if (steps := refit.after_step(step, [40, *fitted[name].values()][-1])) is not None:
                 fitted[name][step] = steps
     assert fitted["none"] == {8: 225, 112: 116}  # the budget alone (no third re-fit: 4/5 of 116 is passed)
     assert fitted["deadline"] == {8: 225, 112: 113}
@@ -131,6 +131,32 @@ def test_a_deadline_ends_the_refitted_steps_in_time_for_the_work_after_them(tmp_
         {"budget": 54.2, "deadline": 59.2},
         {"budget": 2.2, "deadline": -7.8},
     ]  # rounded to 0.1 s
+
+
+def test_a_run_that_slows_after_its_last_refit_is_shortened_by_a_late_one(tmp_path):
+    """1-minute budget at 0.25 s/step: the scheduled re-fits (steps 8, 112, 180) each find 225 steps. Then the
+    machine slows to 1 s/step; the first late look (5 % of the run later, step 191, 59.75 s in) finds 34 steps
+    left against 0.25 s and shortens the run to one more step, recorded as late. A run that stays on time is never
+    re-fitted late (the test above), and a late look never lengthens a run."""
+    clock = FakeClock()
+    cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
+    refit = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
+    max_steps, new = cfg.max_steps, {}
+    for step in range(1, 193):
+        clock.now += 4.0 if step == 1 else 0.25 if step <= 180 else 1.0
+        if (steps := refit.after_step(step, max_steps)) is not None:
+            new[step], max_steps = steps, steps
+    assert new == {8: 225, 112: 225, 180: 225, 191: 192}
+    late = json.loads((tmp_path / REFIT_FILE).read_text())["refits"][-1]
+    assert late["late"] is True and late["seconds_per_step"] == 1.0 and late["fitted_max_steps"] == 225
+    assert recorded_refits(tmp_path)[-1] == (192, 191, 225)  # a resumed run replays it like any other
+    fast = StepRefit(tmp_path / "fast", cfg, start_step=0, clock=clock)
+    max_steps, new = cfg.max_steps, {}
+    for step in range(1, 226):
+        clock.now += 4.0 if step == 1 else 0.25 if step <= 180 else 0.1  # faster after the last: no late re-fit
+        if (steps := fast.after_step(step, max_steps)) is not None:
+            new[step], max_steps = steps, steps
+    assert new == {8: 225, 112: 225, 180: 225}
 
 
 def test_a_tight_deadline_cuts_the_budget_down_to_its_floor(tmp_path):
