@@ -72,6 +72,16 @@ class FakeClock:
         return self.now
 
 
+def drive(refit: StepRefit, clock: FakeClock, seconds, last_step: int, max_steps: int = 40) -> dict[int, int]:
+    """Steps 1..last_step taking ``seconds(step)`` each on ``clock``; the re-fits made, {step: new max_steps}."""
+    new = {}
+    for step in range(1, last_step + 1):
+        clock.now += seconds(step)
+        if (steps := refit.after_step(step, max_steps)) is not None:
+            new[step], max_steps = steps, steps
+    return new
+
+
 def test_the_refits_time_a_fifth_of_the_run_then_the_steps_since_and_fit_the_budget_left(tmp_path):
     """1-minute budget, 40 fitted steps: the first re-fit at step 8 (a fifth), steps 2..8 timed at 0.25 s each (the
     first step paid 4 s of compilation); 60 - 5.75 s are left: 217 more steps, 225 in all. Then the machine speeds
@@ -81,11 +91,7 @@ def test_the_refits_time_a_fifth_of_the_run_then_the_steps_since_and_fit_the_bud
     clock = FakeClock()
     cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
     refit = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
-    max_steps, new = cfg.max_steps, {}
-    for step in range(1, 300):
-        clock.now += 4.0 if step == 1 else 0.25 if step <= 8 else 0.2
-        if (steps := refit.after_step(step, max_steps)) is not None:
-            new[step], max_steps = steps, steps
+    new = drive(refit, clock, lambda step: 4.0 if step == 1 else 0.25 if step <= 8 else 0.2, 299)
     assert new == {8: 8 + int((60 - 5.75) / 0.25), 112: 112 + int((60 - 26.55) / 0.2), 223: 223 + int(11.25 / 0.2)}
     record = json.loads((tmp_path / REFIT_FILE).read_text())
     assert record["refits"][0] == {"at_step": 8, "seconds_per_step": 0.25, "fitted_max_steps": 40, "max_steps": 225}
@@ -141,21 +147,13 @@ def test_a_run_that_slows_after_its_last_refit_is_shortened_by_a_late_one(tmp_pa
     clock = FakeClock()
     cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=1.0, budget_cap=10_000)
     refit = StepRefit(tmp_path, cfg, start_step=0, clock=clock)
-    max_steps, new = cfg.max_steps, {}
-    for step in range(1, 193):
-        clock.now += 4.0 if step == 1 else 0.25 if step <= 180 else 1.0
-        if (steps := refit.after_step(step, max_steps)) is not None:
-            new[step], max_steps = steps, steps
+    new = drive(refit, clock, lambda step: 4.0 if step == 1 else 0.25 if step <= 180 else 1.0, 192)
     assert new == {8: 225, 112: 225, 180: 225, 191: 192}
     late = json.loads((tmp_path / REFIT_FILE).read_text())["refits"][-1]
     assert late["late"] is True and late["seconds_per_step"] == 1.0 and late["fitted_max_steps"] == 225
     assert recorded_refits(tmp_path)[-1] == (192, 191, 225)  # a resumed run replays it like any other
-    fast = StepRefit(tmp_path / "fast", cfg, start_step=0, clock=clock)
-    max_steps, new = cfg.max_steps, {}
-    for step in range(1, 226):
-        clock.now += 4.0 if step == 1 else 0.25 if step <= 180 else 0.1  # faster after the last: no late re-fit
-        if (steps := fast.after_step(step, max_steps)) is not None:
-            new[step], max_steps = steps, steps
+    fast = StepRefit(tmp_path / "fast", cfg, start_step=0, clock=clock)  # faster after the last: no late re-fit
+    new = drive(fast, clock, lambda step: 4.0 if step == 1 else 0.25 if step <= 180 else 0.1, 225)
     assert new == {8: 225, 112: 225, 180: 225}
 
 
