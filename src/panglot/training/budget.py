@@ -9,7 +9,9 @@ probe renders its batches in the loop, the trainer's data comes ready; the first
 a 3-minute codec budget trained for 129 s, the unified model's 9.5 minutes for 8.4. So the trainer re-fits
 ``max_steps`` (`StepRefit`) from its own steps, a fifth, half and four fifths of the way in: the learning-rate cosine
 goes on from each re-fit over the new length (no jump, nothing already trained changes), and the re-fits are
-recorded (``train_budget_refit.json`` in the trainer's directory) for a resumed run to read.
+recorded (``train_budget_refit.json`` in the trainer's directory) for a resumed run to read. After those, late
+re-fits shorten a run whose steps slowed down, and a job's `Deadline` can shorten a stage to leave time for the work
+after it.
 """
 
 from __future__ import annotations
