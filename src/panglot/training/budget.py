@@ -227,6 +227,12 @@ class StepRefit:
             len(self.records), record["at_step"], " (late)" if record.get("late") else "", per_step, steps,
             max_steps, self.cap,
         )  # fmt: skip
+        if self.deadline is not None and record["seconds_left"]["deadline"] < record["seconds_left"]["budget"]:
+            logger.info(
+                "the deadline leaves %.0f s of the budget's %.0f (%.0f steps' time reserved after training; the stage "
+                "trains at least %.0f %% of its budget)", record["seconds_left"]["deadline"],
+                record["seconds_left"]["budget"], self.deadline.reserve_steps, 100 * self.deadline.min_share,
+            )  # fmt: skip
 
     def _left(self, step: int, max_steps: int, per_step: float, now: float) -> tuple[dict, float]:
         """The record of a re-fit at ``step`` and the seconds it may still train: what is left of the budget, or of
@@ -237,11 +243,5 @@ class StepRefit:
             by_deadline = self.deadline.seconds_left(per_step, now)
             floor = self.deadline.min_share * self.minutes * 60 - (now - self.start)
             record["seconds_left"] = {"budget": round(left, 1), "deadline": round(by_deadline, 1)}
-            if by_deadline < left:
-                logger.info(
-                    "the deadline leaves %.0f s of the budget's %.0f (%.0f steps reserved after training; at least "
-                    "%.0f s: %.0f %% of the budget)", by_deadline, left, self.deadline.reserve_steps, max(floor, 0),
-                    100 * self.deadline.min_share,
-                )  # fmt: skip
             left = min(left, max(by_deadline, floor))
         return record, left
