@@ -39,6 +39,7 @@ from panglot.training.budget import Deadline
 from recipes import stages, train_unified
 
 logger = logging.getLogger("panglot.quickstart")
+DEFAULT_CODEC = "pixel_vq"
 
 
 @dataclass
@@ -66,7 +67,8 @@ class Preset:
     # The whole job's wall clock (None: none): the unified budget's re-fits stop training in time for the tuning
     # and evaluation after it, reckoned as ``reserve_steps`` unified steps (panglot.training.budget.Deadline), so
     # the run ends in time on a machine slower than the one the budgets were set on, down to half the unified budget
-    # (Deadline.min_share; below that it runs late rather than train a useless model). Not with --minutes. On the
+    # (Deadline.min_share; below that it runs late rather than train a useless model). Not with --minutes, nor with
+    # another --codec (its teacher and codec stages come on top, and would eat the unified budget). On the
     # quickstarts of 2026-12-03 the work after training took 362-560 steps' time (146-247 s at 0.40-0.47 s/step).
     deadline_minutes: float | None = None
     reserve_steps: float = 500.0
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="runs/quickstart")
     parser.add_argument("--minutes", type=float, default=None, help="budget for the unified model's training")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
-    parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default="pixel_vq", help="the image codec")
+    parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default=DEFAULT_CODEC, help="the image codec")
     parser.add_argument("--eval-only", action="store_true", help="no training: tune and evaluate OUT's model again")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small)")
     args = parser.parse_args(argv)
@@ -202,8 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
         codec_dir = train_codec_stage(preset, out, args.codec, threads)
         lap("codec_s")
         minutes = args.minutes if args.minutes is not None else preset.unified_minutes
-        deadline = None
-        if args.minutes is None and preset.deadline_minutes is not None:
+        deadline = None  # the preset's time limit is the default codec's: the others train more stages first
+        if args.minutes is None and preset.deadline_minutes is not None and args.codec == DEFAULT_CODEC:
             deadline = Deadline(start + preset.deadline_minutes * 60, preset.reserve_steps)
         train_unified_stage(preset, out, codec_dir, minutes, args.overrides, deadline)
         lap("unified_s")
