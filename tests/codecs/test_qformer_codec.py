@@ -343,3 +343,49 @@ def test_stage_one_can_name_each_cells_pixel_code(teacher, pixel, images, scenes
     assert codec.pixel_features.proj.weight.grad.abs().sum() > 0  # the grid's gradient reaches the pixel context
     with pytest.raises(ValueError, match="grid_loss must be 'mse' or 'ce', got 'l1'"):
         qformer_loss(codec, images, texts, captions, grid_weight=1.0, grid_loss="l1")
+
+
+def test_locality_deals_the_cells_out_to_the_queries_in_raster_order(teacher, pixel):
+    """``qformer.locality``: a prior on the cross-attention logits, two cells to a query in raster order (in the
+    teacher's grid and the pixel grid alike) and each grid-reader cell back to its query. With a prior so strong it
+    is a hard mask, query i reads only its own cells: moving cell 60 (query 30's) leaves outputs 0..29 alone, where
+    without it every query reads every cell; and a grid cell reads only its own code. Not saved as a weight."""
+    from dataclasses import replace
+
+    from panglot.codecs.image_qformer.model import locality_bias
+
+    bias = locality_bias(32, 64, 4.0)
+    assert bias.shape == (32, 64) and bias.sum() == 4.0 * 64
+    assert bias[0, :2].tolist() == [4.0, 4.0] and bias[0, 2:].abs().sum() == 0 and bias[31, 62:].tolist() == [4.0, 4.0]
+    with pytest.raises(ValueError, match=r"qformer\.locality must be >= 0, got -1"):
+        replace(QFormerCodec.debug_config().qformer, locality=-1.0)
+
+    def outputs(locality: float) -> tuple[torch.Tensor, torch.Tensor, QFormerCodec]:
+        cfg = QFormerCodec.debug_config()
+        cfg = replace(
+            cfg,
+            qformer=replace(cfg.qformer, features="teacher+pixel", locality=locality),
+            detokenizer=replace(cfg.detokenizer, condition="embedding+grid", grid_dim=16),
+        )
+        torch.manual_seed(0)
+        codec = QFormerCodec(cfg).eval()
+        context = torch.randn(1, 128, teacher.config.image.dim)  # 64 teacher patches, then 64 pixel cells
+        moved = context.clone()
+        moved[0, 64 + 60] += 3.0  # pixel cell 60: query 30's
+        with torch.no_grad():
+            here = codec.qformer(context, codec.cross_bias)
+            there = codec.qformer(moved, codec.cross_bias)
+        return here, there, codec
+
+    here, there, codec = outputs(1e4)
+    assert codec.cross_bias.shape == (32, 128) and "cross_bias" not in codec.state_dict()
+    assert torch.allclose(here[:, :30], there[:, :30], atol=1e-5) and not torch.allclose(here[:, 30:], there[:, 30:])
+    here, there, _ = outputs(0.0)
+    assert not torch.allclose(here[:, :30], there[:, :30], atol=1e-5)  # without the prior query 0 reads cell 60
+    reader = codec.detokenizer.grid_reader
+    codes = torch.randn(1, 32, codec.config.qformer.dim)
+    moved = codes.clone()
+    moved[0, 5] += 3.0  # code 5: cells 10 and 11
+    with torch.no_grad():
+        changed = (reader(codes) - reader(moved)).abs().flatten(2).sum(1)[0] > 1e-5  # (64,) per cell
+    assert changed.nonzero().flatten().tolist() == [10, 11]

@@ -54,10 +54,18 @@ class QFormerConfig:
     # the frozen pixel codec's 8 x 8 codes (their latents, with a learned position per cell), so the ids
     # can carry the exact layout that the small teacher's features hold only loosely (docs/codecs.md).
     features: Literal["teacher", "teacher+pixel"] = "teacher"
+    # A fixed prior added to the cross-attention logits (0: none, SEED's Q-Former): the 8 x 8 cells are dealt out in
+    # raster order, two to each of the 32 queries, and query i's logits for its cells (in every grid it reads) get
+    # +locality; the detokenizer's grid reader, the way back, gives cell c's logit for its query the same. The ids
+    # stay causal and left to right, and each starts out a summary of its own stretch of the image (beyond SEED:
+    # learning that routing unaided took the codes hundreds of steps; docs/codecs.md).
+    locality: float = 0.0
 
     def __post_init__(self) -> None:
         if self.features not in ("teacher", "teacher+pixel"):
             raise ValueError(f"qformer.features must be 'teacher' or 'teacher+pixel', got {self.features!r}")
+        if self.locality < 0:
+            raise ValueError(f"qformer.locality must be >= 0, got {self.locality}")
         if min(self.n_queries, self.dim, self.n_layers, self.n_heads, self.ffn_dim) < 1:
             raise ValueError(f"every Q-Former size must be >= 1, got {self}")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
@@ -196,14 +204,25 @@ class CrossAttention(nn.Module):
         self.wv = nn.Linear(context_dim, dim, bias=False)
         self.wo = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``bias`` (T, S): added to every head's attention logits (a fixed prior), or None."""
         b, t, _ = x.shape
         s = context.shape[1]
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.wk(context).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
         v = self.wv(context).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        mask = None if bias is None else bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def locality_bias(n_queries: int, n_cells: int, strength: float) -> torch.Tensor:
+    """(n_queries, n_cells): ``strength`` where cell c (raster order) belongs to query ``c * n_queries // n_cells``,
+    else 0 (``QFormerConfig.locality``)."""
+    bias = torch.zeros(n_queries, n_cells)
+    cells = torch.arange(n_cells)
+    bias[cells * n_queries // n_cells, cells] = strength
+    return bias
 
 
 class QFormerBlock(nn.Module):
@@ -220,10 +239,15 @@ class QFormerBlock(nn.Module):
         self.feed_forward = SwiGLU(cfg.dim, cfg.ffn_dim)
 
     def forward(
-        self, x: torch.Tensor, image: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+        self,
+        x: torch.Tensor,
+        image: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         x = x + self.self_attention(self.self_norm(x), cos, sin, mask=None)  # mask=None: causal
-        x = x + self.cross_attention(self.cross_norm(x), image)
+        x = x + self.cross_attention(self.cross_norm(x), image, bias)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -251,14 +275,14 @@ class CausalQFormer(nn.Module):
         self.norm = RMSNorm(cfg.dim, eps)
         self.rope = RotaryEmbedding(cfg.dim // cfg.n_heads, cfg.n_queries)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """image features (B, N, C) -> query outputs (B, T, D)."""
+    def forward(self, image: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """image features (B, N, C) -> query outputs (B, T, D); ``bias`` (T, N) a prior on the cross-attention."""
         b, t = image.shape[0], self.queries.shape[0]
         cos, sin = self.rope(torch.arange(t, device=image.device)[None])
         image = self.image_norm(image)
         x = self.queries[None].expand(b, -1, -1).to(image.dtype)
         for block in self.layers:
-            x = block(x, image, cos, sin)
+            x = block(x, image, cos, sin, bias)
         return self.norm(x)
 
 
@@ -317,10 +341,20 @@ class GridReader(nn.Module):
     reverse direction of the Q-Former, laid out where the detokenizer draws."""
 
     def __init__(
-        self, code_dim: int, n_codes: int, grid: int, channels: int, cfg: DetokenizerConfig, eps: float = 1e-6
+        self,
+        code_dim: int,
+        n_codes: int,
+        grid: int,
+        channels: int,
+        cfg: DetokenizerConfig,
+        eps: float = 1e-6,
+        locality: float = 0.0,
     ):
         super().__init__()
         dim, self.grid = cfg.grid_dim, grid
+        # cell c's logit for the code of the query its cells belong to (QFormerConfig.locality); not a weight
+        bias = locality_bias(n_codes, grid * grid, locality).t() if locality > 0 else None
+        self.register_buffer("bias", bias, persistent=False)
         self.queries = nn.Parameter(torch.randn(grid * grid, dim) * 0.02)
         self.code_pos = nn.Parameter(torch.randn(n_codes, code_dim) * 0.02)  # which query a code came from
         self.code_norm = RMSNorm(code_dim, eps)
@@ -338,7 +372,7 @@ class GridReader(nn.Module):
         codes = self.code_norm(codes + self.code_pos.to(codes.dtype))
         x = self.queries[None].expand(b, -1, -1).to(codes.dtype)
         for cross_norm, cross, ffn_norm, ffn in zip(self.cross_norms, self.cross, self.ffn_norms, self.ffns):
-            x = x + cross(cross_norm(x), codes)
+            x = x + cross(cross_norm(x), codes, self.bias)
             x = x + ffn(ffn_norm(x))
         out = self.out(self.norm(x))  # (B, g * g, C)
         return out.transpose(1, 2).reshape(b, -1, self.grid, self.grid)
@@ -364,6 +398,7 @@ class Detokenizer(nn.Module):
         embed_dim: int,
         code_dim: int,
         n_codes: int = 32,
+        locality: float = 0.0,
     ):
         super().__init__()
         self.config = cfg
@@ -371,7 +406,9 @@ class Detokenizer(nn.Module):
         self.cond = nn.Linear(embed_dim, cfg.cond_tokens * cfg.cross_dim)
         self.code_proj = nn.Linear(code_dim, cfg.cross_dim) if cfg.condition == "embedding+codes" else None
         with_grid = cfg.condition == "embedding+grid"
-        self.grid_reader = GridReader(code_dim, n_codes, grid, latent_channels, cfg) if with_grid else None
+        self.grid_reader = (
+            GridReader(code_dim, n_codes, grid, latent_channels, cfg, locality=locality) if with_grid else None
+        )
         self.unet = UNet2DConditionModel(
             sample_size=grid,
             in_channels=latent_channels * (2 if with_grid else 1),
@@ -502,7 +539,13 @@ class QFormerCodec(ImageCodec):
             teacher.embed_dim,
             config.qformer.dim,
             config.qformer.n_queries,
+            locality=config.qformer.locality,
         )
+        # The Q-Former's prior over its context (the teacher's patches, then the pixel cells), not a weight.
+        n_queries, locality = config.qformer.n_queries, config.qformer.locality
+        grids = [teacher.grid_size**2] + ([self.latent_grid**2] if self.pixel_features is not None else [])
+        bias = torch.cat([locality_bias(n_queries, n, locality) for n in grids], dim=1) if locality > 0 else None
+        self.register_buffer("cross_bias", bias, persistent=False)
         # The detokenizer's latent space, fitted to the pixel codec's code table (saved with the weights).
         self.register_buffer("latent_mean", torch.zeros(config.pixel.code_dim))
         self.register_buffer("latent_basis", torch.zeros(config.pixel.code_dim, config.latent_channels))
@@ -561,7 +604,7 @@ class QFormerCodec(ImageCodec):
             latents = None if self.pixel_features is None else self.code_table()[self.pixel.encode_tensor(x)]
         if latents is not None:  # (B, g * g, C): the pixel codes join the teacher's patches as context
             grid = torch.cat([grid, self.pixel_features(latents.to(grid.dtype))], dim=1)
-        return self.qformer(grid).float(), target
+        return self.qformer(grid, self.cross_bias).float(), target
 
     def forward(self, x: torch.Tensor) -> QFormerOutput:
         """Stage-1 training path (updates the codebook in training mode)."""
