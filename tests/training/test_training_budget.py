@@ -164,20 +164,10 @@ def test_a_tight_deadline_cuts_the_budget_down_to_its_floor(tmp_path):
     clock = FakeClock()
     cfg = TrainConfig(optim=OptimConfig(warmup_steps=4), max_steps=40, budget_minutes=10.0, budget_cap=10_000)
     refit = StepRefit(tmp_path, cfg, 0, clock, Deadline(end=clock.now + 60.0, reserve_steps=20, min_share=0))
-    fits = {}
-    for step in range(1, 9):
-        clock.now += 0.5
-        if (steps := refit.after_step(step, 40)) is not None:
-            fits[step] = steps
-    assert fits == {8: 8 + 92}
+    assert drive(refit, clock, lambda step: 0.5, 8) == {8: 8 + 92}
     # With the default min_share of 0.5 the stage still trains half its budget: (300 - 4) / 0.5 = 592 more steps.
     floored = StepRefit(tmp_path / "floor", cfg, 0, clock, Deadline(end=clock.now + 60.0, reserve_steps=20))
-    fits = {}
-    for step in range(1, 9):
-        clock.now += 0.5
-        if (steps := floored.after_step(step, 40)) is not None:
-            fits[step] = steps
-    assert fits == {8: 8 + 592}
+    assert drive(floored, clock, lambda step: 0.5, 8) == {8: 8 + 592}
 
 
 def test_a_refit_file_of_the_single_refit_format_still_reads(tmp_path):
