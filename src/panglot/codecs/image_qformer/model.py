@@ -596,26 +596,31 @@ class QFormerCodec(ImageCodec):
         return self.config.qformer.n_queries
 
     # --- encoding -----------------------------------------------------------------------------------
-    def _query_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> Q-Former outputs (B, T, D) float32 and the teacher's image embedding (B, E)."""
+    def _query_outputs(
+        self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images -> Q-Former outputs (B, T, D) float32 and the teacher's image embedding (B, E). ``pixel_ids``: the
+        images' pixel-codec ids (B, g * g) when the caller has them (``features: teacher+pixel``), else encoded here."""
         self.check_images(x)
         with torch.no_grad():
             grid, target = self.teacher(x)
-            latents = None if self.pixel_features is None else self.code_table()[self.pixel.encode_tensor(x)]
-        if latents is not None:  # (B, g * g, C): the pixel codes join the teacher's patches as context
+            if self.pixel_features is not None and pixel_ids is None:
+                pixel_ids = self.pixel.encode_tensor(x)
+        if self.pixel_features is not None:  # (B, g * g, C): the pixel codes join the teacher's patches as context
+            latents = self.code_table()[pixel_ids]
             grid = torch.cat([grid, self.pixel_features(latents.to(grid.dtype))], dim=1)
         return self.qformer(grid, self.cross_bias).float(), target
 
-    def forward(self, x: torch.Tensor) -> QFormerOutput:
-        """Stage-1 training path (updates the codebook in training mode)."""
-        z, target = self._query_outputs(x)
+    def forward(self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None) -> QFormerOutput:
+        """Stage-1 training path (updates the codebook in training mode); ``pixel_ids`` as `_query_outputs`."""
+        z, target = self._query_outputs(x, pixel_ids)
         query_embedding = F.normalize(self.query_proj(z[:, -1]).float(), dim=-1)  # the last query sees all
         with torch.autocast(device_type=z.device.type, enabled=False):
             codes, ids, aux = self.codebook(z)
         return QFormerOutput(ids, query_embedding, self.embed_decoder(codes), target, aux, codes)
 
-    def encode_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        z, _ = self._query_outputs(x)
+    def encode_tensor(self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None) -> torch.Tensor:
+        z, _ = self._query_outputs(x, pixel_ids)
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.codebook.ids(z)
 
@@ -653,9 +658,10 @@ class QFormerCodec(ImageCodec):
         """Every pixel-codec code in the detokenizer's latent space (V, K), unit variance per channel."""
         return (self.pixel_code_table() - self.latent_mean) @ self.latent_basis
 
-    def pixel_latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> the pixel codec's quantized latents in the detokenizer's space (B, C, g, g)."""
-        ids = self.pixel.encode_tensor(x)  # (B, g * g)
+    def pixel_latents(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Images -> the pixel codec's quantized latents in the detokenizer's space (B, C, g, g); ``ids``: their
+        pixel-codec ids (B, g * g) when the caller has them."""
+        ids = self.pixel.encode_tensor(x) if ids is None else ids
         return self.table_to_grid(self.code_table()[ids])
 
     def table_to_grid(self, codes: torch.Tensor) -> torch.Tensor:
@@ -675,6 +681,22 @@ class QFormerCodec(ImageCodec):
 
 
 # --- training losses ------------------------------------------------------------------------------------
+def grid_error(
+    cells: torch.Tensor, targets: torch.Tensor, table: torch.Tensor, kind: Literal["mse", "ce"] = "mse"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The grid map's cells (B, N, C) against the images' pixel-codec ids (B, N), with the codes' latents (V, C):
+    the squared error to the target code (``"mse"``) or the cross-entropy of naming it by the negative squared
+    distance to every code (``"ce"``), and the share of cells whose nearest code is the target."""
+    distance = cells.pow(2).sum(-1, keepdim=True) - 2 * cells @ table.t() + table.pow(2).sum(-1)  # (B, N, V)
+    if kind == "ce":
+        loss = F.cross_entropy(-distance.flatten(0, 1), targets.flatten())
+    elif kind == "mse":
+        loss = F.mse_loss(cells, table[targets])
+    else:
+        raise ValueError(f"grid_loss must be 'mse' or 'ce', got {kind!r}")
+    return loss, (distance.argmin(dim=-1) == targets).float().mean()
+
+
 def qformer_loss(
     codec: QFormerCodec,
     images: torch.Tensor,
@@ -695,7 +717,14 @@ def qformer_loss(
     confident map near one code costs nothing, where the squared error pulls it to the mean of the likely
     codes). ``grid_acc`` is the share of cells whose nearest code is right."""
     images = images.to(codec.device)
-    out = codec(images)
+    reader = codec.detokenizer.grid_reader
+    if grid_weight > 0 and reader is None:
+        raise ValueError("grid_weight > 0 needs the detokenizer's condition embedding+grid")
+    targets = None  # the pixel-codec ids, encoded once for the Q-Former's context and the grid's targets
+    if grid_weight > 0 or codec.pixel_features is not None:
+        with torch.no_grad():
+            targets = codec.pixel.encode_tensor(images)  # (B, g * g)
+    out = codec(images, targets)
     scale = torch.tensor(1.0 / temperature, device=codec.device)
     contrastive, cm = contrastive_loss(out.query_embedding, text_embedding.to(codec.device), scale, keys)
     cosine = (out.embedding * out.target_embedding).sum(dim=-1).mean()
@@ -707,23 +736,13 @@ def qformer_loss(
         "commit": float(out.aux_loss.detach()),
     }
     if grid_weight > 0:
-        reader = codec.detokenizer.grid_reader
-        if reader is None:
-            raise ValueError("grid_weight > 0 needs the detokenizer's condition embedding+grid")
         with torch.no_grad():
-            targets = codec.pixel.encode_tensor(images)  # (B, g * g) pixel-codec ids
             table = codec.code_table()  # (V, C)
         cells = reader(out.codes).float().flatten(2).transpose(1, 2)  # (B, g * g, C)
-        distance = (cells.pow(2).sum(-1, keepdim=True) - 2 * cells @ table.t() + table.pow(2).sum(-1))
-        if grid_loss == "ce":
-            grid = F.cross_entropy(-distance.flatten(0, 1), targets.flatten())
-        elif grid_loss == "mse":
-            grid = F.mse_loss(cells, table[targets])
-        else:
-            raise ValueError(f"grid_loss must be 'mse' or 'ce', got {grid_loss!r}")
+        grid, accuracy = grid_error(cells, targets, table, grid_loss)
         loss = loss + grid_weight * grid
         metrics[f"grid_{grid_loss}"] = grid.item()
-        metrics["grid_acc"] = (distance.argmin(dim=-1) == targets).float().mean().item()
+        metrics["grid_acc"] = accuracy.item()
     return loss, {"loss": loss.item(), **metrics}
 
 
@@ -732,7 +751,8 @@ def detokenizer_loss(codec: QFormerCodec, images: torch.Tensor) -> tuple[torch.T
     stage-1 codec reconstructs from the image's ids (and those ids' codes)."""
     images = images.to(codec.device)
     with torch.no_grad():
-        embedding, codes = codec.condition(codec.encode_tensor(images))
-        latents = codec.pixel_latents(images)
+        ids = codec.pixel.encode_tensor(images)  # once, for the Q-Former's context (teacher+pixel) and the target
+        embedding, codes = codec.condition(codec.encode_tensor(images, ids))
+        latents = codec.pixel_latents(images, ids)
     loss = codec.detokenizer.loss(latents, embedding, codes)
     return loss, {"loss": loss.item()}
