@@ -9,6 +9,7 @@ from panglot.nn import (
     RMSNorm,
     RotaryEmbedding,
     apply_rotary,
+    attend,
     attention_mask,
     autocast_context,
     default_device,
@@ -118,3 +119,40 @@ def test_sdpa_causal_route_equals_explicit_mask():
     cos, sin = RotaryEmbedding(8, 16)(torch.arange(6)[None])
     mask = attention_mask(torch.ones(2, 6, dtype=torch.bool))
     torch.testing.assert_close(attn(x, cos, sin, None), attn(x, cos, sin, mask))
+
+
+@pytest.mark.parametrize("mask_kind", ["causal", "bool", "float", None])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_attend_explicit_path_equals_sdpa_values_and_gradients(mask_kind, kv_heads):
+    """The explicit products (training on CPU) and SDPA give the same outputs and gradients, for a causal mask,
+    a bool mask (True = attend), a float bias added to the logits, no mask, and grouped-query heads."""
+    gen = torch.Generator().manual_seed(0)
+    t, s = (7, 7) if mask_kind == "causal" else (5, 9)
+    q = torch.randn(2, 4, t, 8, generator=gen, requires_grad=True)
+    k, v = (torch.randn(2, kv_heads, s, 8, generator=gen, requires_grad=True) for _ in range(2))
+    mask = {"bool": torch.rand(2, 1, t, s, generator=gen) > 0.3, "float": torch.randn(t, s, generator=gen)}.get(mask_kind)
+    if mask_kind == "bool":
+        mask[..., 0] = True  # no query without a key
+    outs = [attend(q, k, v, mask, is_causal=mask_kind == "causal", explicit=e) for e in (True, False)]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v)) for out in outs]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_attend_takes_the_explicit_path_only_when_training_short_sequences_on_cpu(monkeypatch):
+    import panglot.nn.attention as module
+
+    calls = []
+    monkeypatch.setattr(module, "_explicit", lambda *args: calls.append("explicit") or module.F.scaled_dot_product_attention(*args[:3]))
+    q, k, v = (torch.randn(1, 2, 4, 8) for _ in range(3))
+    attend(q, k, v)  # no autograd: SDPA
+    assert calls == []
+    q.requires_grad_(True)
+    attend(q, k, v)
+    assert calls == ["explicit"]
+    with torch.no_grad():
+        attend(q, k, v)
+    long_k, long_v = (torch.randn(1, 2, module.MATMUL_ATTENTION_MAX_LENGTH + 1, 8) for _ in range(2))
+    attend(q, long_k, long_v)  # too many keys for the score matrix: SDPA
+    assert calls == ["explicit"]

@@ -389,3 +389,40 @@ def test_locality_deals_the_cells_out_to_the_queries_in_raster_order(teacher, pi
     with torch.no_grad():
         changed = (reader(codes) - reader(moved)).abs().flatten(2).sum(1)[0] > 1e-5  # (64,) per cell
     assert changed.nonzero().flatten().tolist() == [10, 11]
+
+
+def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
+    """``quantizer: fsq``: each query's output rounded channel by channel (vector-quantize-pytorch's FSQ), the
+    vocabulary the product of the levels; the ids decode back to the codes they came from, stage 1's loss reaches
+    the Q-Former through the rounding, the codec saves and loads, and bad levels are refused by name."""
+    from dataclasses import replace
+
+    cfg = replace(QFormerCodec.debug_config(), quantizer="fsq", fsq_levels=[5, 4, 3])
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    assert codec.vocab_size == codec.codebook_size == 60 and not hasattr(codec.codebook, "vq")
+    codec.train()
+    captions = [caption(s) for s in scenes]
+    with torch.no_grad():
+        texts = teacher.embed_texts(captions)
+    loss, metrics = qformer_loss(codec, images, texts, captions)
+    assert metrics["commit"] == 0.0  # nothing to commit to
+    loss.backward()
+    assert codec.qformer.queries.grad.abs().sum() > 0  # straight through the rounding
+    codec.eval()
+    ids = codec.encode_tensor(images)
+    assert ids.shape == (16, 32) and ids.min() >= 0 and ids.max() < 60
+    with torch.no_grad():
+        z, _ = codec._query_outputs(images)
+        codes, train_ids, _ = codec.codebook(z)
+    assert torch.equal(train_ids, ids)  # encoding and the training path name the same ids
+    torch.testing.assert_close(codec.codebook.codes(ids), codes)
+    codec.save(tmp_path / "codec")
+    loaded = load_codec(tmp_path / "codec")
+    assert loaded.config.quantizer == "fsq" and torch.equal(loaded.encode_tensor(images), ids)
+    assert torch.equal(loaded.decode_tensor(ids[:2]), codec.decode_tensor(ids[:2]))
+    with pytest.raises(ValueError, match=r"fsq_levels must be a non-empty list of levels >= 2, got \[5, 1\]"):
+        replace(QFormerCodec.debug_config(), quantizer="fsq", fsq_levels=[5, 1])
+    with pytest.raises(ValueError, match="quantizer must be 'vq' or 'fsq', got 'lfq'"):
+        replace(QFormerCodec.debug_config(), quantizer="lfq")

@@ -1,6 +1,6 @@
 """Small layers shared by the backbone and codecs: norms, RoPE, MLP, attention, KV cache, precision."""
 
-from panglot.nn.attention import Attention
+from panglot.nn.attention import Attention, attend
 from panglot.nn.kv_cache import KVCache, attention_mask
 from panglot.nn.mlp import SwiGLU
 from panglot.nn.norms import RMSNorm
@@ -14,6 +14,7 @@ __all__ = [
     "RotaryEmbedding",
     "SwiGLU",
     "apply_rotary",
+    "attend",
     "attention_mask",
     "autocast_context",
     "default_device",

@@ -13,7 +13,7 @@ from panglot.nn.rope import apply_rotary
 
 
 class Attention(nn.Module):
-    """Causal self-attention through `F.scaled_dot_product_attention`.
+    """Causal self-attention (`attend`: SDPA, or explicit products where that is faster).
 
     n_kv_heads < n_heads gives grouped-query attention (each key/value head serves
     n_heads / n_kv_heads query heads). `qkv_bias` adds biases to q/k/v (Qwen2).
@@ -59,33 +59,62 @@ class Attention(nn.Module):
         if isinstance(mask, DocumentBlocks):  # packed training rows, one attention block per document
             out = mask.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             return self.wo(out)
-        gqa = self.n_kv_heads != self.n_heads
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        out = attend(q, k, v, mask, is_causal=mask is None)
         return self.wo(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
-MATMUL_ATTENTION_MAX_LENGTH = 512  # longer blocks go through SDPA: the explicit path holds all L x L scores
+MATMUL_ATTENTION_MAX_LENGTH = 512  # longer key sequences go through SDPA: the explicit path holds all T x S scores
+
+
+def _explicit(q, k, v, mask, is_causal):
+    if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves a group of query heads
+        k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
+    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    if is_causal:  # top-left aligned, as SDPA's is_causal: query i sees keys 0..i
+        t, s = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(t, s, dtype=torch.bool, device=q.device).tril(), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+    return scores.softmax(-1).to(q.dtype) @ v
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    explicit: bool | None = None,
+) -> torch.Tensor:
+    """`F.scaled_dot_product_attention`'s contract: q (N, H, T, Dh) over k, v (N, H_kv, S, Dh) -> (N, H, T, Dh);
+    ``mask`` broadcastable to (N, H, T, S), bool (True = attend) or float (added to the logits); grouped-query
+    heads when H_kv < H.
+
+    On CPU, when autograd records (training) and there are at most ``MATMUL_ATTENTION_MAX_LENGTH`` keys, as explicit
+    matrix products and an fp32 softmax: SDPA's CPU backward is 1.8-13x slower at the short lengths of panglot's
+    training (packed documents of ~100 tokens, the Q-Former's 32 queries over 128 patches, the grid reader;
+    docs/benchmarks.md "Attention"). Its forward alone is as fast or faster (decoding, frozen encoders), so
+    those stay on SDPA. ``explicit`` forces either path (tests, benchmarks).
+    """
+    if explicit is None:
+        explicit = (
+            q.device.type == "cpu"
+            and k.shape[2] <= MATMUL_ATTENTION_MAX_LENGTH
+            and torch.is_grad_enabled()
+            and (q.requires_grad or k.requires_grad or v.requires_grad)
+        )
+    if explicit:
+        return _explicit(q, k, v, mask, is_causal)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Plain causal attention of q (N, H, L, Dh) over k, v (N, H_kv, L, Dh) -> (N, H, L, Dh).
+    """Plain causal attention of q (N, H, L, Dh) over k, v (N, H_kv, L, Dh) -> (N, H, L, Dh), as `attend`.
 
-    On CPU, for blocks of up to ``MATMUL_ATTENTION_MAX_LENGTH`` tokens, as explicit matrix products and an fp32
-    softmax: for the short blocks of packed training (one document, ~100 tokens) this runs 2-3x faster than
-    the CPU flash kernel, forward + backward, compiled or not (docs/benchmarks.md "Unified training step").
-    Elsewhere through SDPA's causal path, which never holds the whole score matrix.
+    Packed training blocks (one document, ~100 tokens) run 2-3x faster, forward + backward, compiled or not,
+    than through the CPU flash kernel (docs/benchmarks.md "Unified training step").
     """
-    if q.device.type != "cpu" or q.shape[2] > MATMUL_ATTENTION_MAX_LENGTH:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.shape[1] != q.shape[1])
-    if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves a group of query heads
-        k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
-    length = q.shape[2]
-    scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
-    causal = torch.ones(length, length, dtype=torch.bool, device=q.device).tril()
-    return scores.masked_fill(~causal, float("-inf")).softmax(-1).to(q.dtype) @ v
+    return attend(q, k, v, is_causal=True)
 
 
 class _Regroup(torch.autograd.Function):

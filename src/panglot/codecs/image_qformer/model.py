@@ -23,6 +23,7 @@ codec's ``codec.safetensors`` with their configs nested in ``codec.json``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -30,13 +31,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import nn
-from vector_quantize_pytorch import VectorQuantize
+from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from panglot.codecs.base import ImageCodec, register_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
 from panglot.encoders import DualEncoder, DualEncoderConfig, ImageTower, TowerConfig, contrastive_loss
 from panglot.encoders.dual import Tower
-from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU, attend
 
 
 # --- config ---------------------------------------------------------------------------------------------
@@ -139,11 +140,17 @@ class QFormerCodecConfig:
     teacher: DualEncoderConfig = field(default_factory=DualEncoderConfig)  # frozen image tower inside
     pixel: PixelVQConfig = field(default_factory=PixelVQConfig)  # frozen pixel codec (detokenizer space)
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
-    codebook_size: int = 1024
-    codebook_dim: int = 32  # codes are looked up in this smaller space (better usage, as SEED)
-    ema_decay: float = 0.95
-    dead_code_threshold: float = 1.0  # codes whose EMA count falls below this are re-seeded
-    commitment_weight: float = 0.25
+    # How each query's output becomes an id: "vq", a learned codebook (SEED's; the settings below), or "fsq",
+    # finite scalar quantization (each of len(fsq_levels) projected channels rounded to its levels; nothing to
+    # learn but the projections). Through the raster prior (qformer.locality) the grid path learns several times
+    # faster through FSQ than through the codebook (docs/codecs.md "The quantizer").
+    quantizer: Literal["vq", "fsq"] = "vq"
+    codebook_size: int = 1024  # vq
+    codebook_dim: int = 32  # vq: codes are looked up in this smaller space (better usage, as SEED)
+    ema_decay: float = 0.95  # vq
+    dead_code_threshold: float = 1.0  # vq: codes whose EMA count falls below this are re-seeded
+    commitment_weight: float = 0.25  # vq
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: ids = their product (1000)
     embed_decoder: TowerConfig = field(
         default_factory=lambda: TowerConfig(dim=128, n_layers=2, n_heads=4, ffn_dim=384)
     )
@@ -164,6 +171,10 @@ class QFormerCodecConfig:
                 f"detokenizer.latent_channels {channels} is below the {rank} directions the pixel codec's codes "
                 f"span (some of its codes would become one latent); use {rank} or null"
             )
+        if self.quantizer not in ("vq", "fsq"):
+            problems.append(f"quantizer must be 'vq' or 'fsq', got {self.quantizer!r}")
+        if self.quantizer == "fsq" and (not self.fsq_levels or min(self.fsq_levels) < 2):
+            problems.append(f"fsq_levels must be a non-empty list of levels >= 2, got {self.fsq_levels}")
         if self.codebook_size < 2 or self.codebook_dim < 1:
             problems.append(
                 f"codebook_size must be >= 2 and codebook_dim >= 1, got {self.codebook_size}, {self.codebook_dim}"
@@ -211,8 +222,7 @@ class CrossAttention(nn.Module):
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
         k = self.wk(context).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, S, Dh)
         v = self.wv(context).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
-        mask = None if bias is None else bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, None if bias is None else bias.to(q.dtype))
         return self.wo(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -288,10 +298,15 @@ class CausalQFormer(nn.Module):
 
 # --- codebook and embedding decoder ---------------------------------------------------------------------
 class Codebook(nn.Module):
-    """Cosine-similarity VQ (k-means init, EMA updates, dead-code expiry) from ``vector-quantize-pytorch``."""
+    """The ids' quantizer, from ``vector-quantize-pytorch``: cosine-similarity VQ (k-means init, EMA updates,
+    dead-code expiry), or FSQ (``QFormerCodecConfig.quantizer``)."""
 
     def __init__(self, cfg: QFormerCodecConfig):
         super().__init__()
+        self.size = math.prod(cfg.fsq_levels) if cfg.quantizer == "fsq" else cfg.codebook_size
+        if cfg.quantizer == "fsq":
+            self.fsq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.qformer.dim)
+            return
         self.vq = VectorQuantize(
             dim=cfg.qformer.dim,
             codebook_size=cfg.codebook_size,
@@ -306,15 +321,22 @@ class Codebook(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z (B, T, D) float32 -> codes (B, T, D) (straight-through), ids (B, T), commitment loss.
         In training mode this initialises (k-means) and updates (EMA) the codebook."""
+        if hasattr(self, "fsq"):
+            codes, ids = self.fsq(z)
+            return codes, ids.long(), z.new_zeros(())
         codes, ids, aux = self.vq(z)
         return codes, ids.long(), aux
 
     def ids(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest code by cosine similarity, computed here so encoding never touches codebook state."""
+        """Nearest code (VQ: by cosine similarity, computed here so encoding never touches codebook state)."""
+        if hasattr(self, "fsq"):
+            return self.fsq(z)[1].long()
         z = F.normalize(self.vq.project_in(z), dim=-1)  # (B, T, d)
         return (z @ F.normalize(self.vq.codebook, dim=-1).t()).argmax(dim=-1)
 
     def codes(self, ids: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "fsq"):
+            return self.fsq.indices_to_codes(ids)
         return self.vq.get_output_from_indices(ids)  # (B, T, D)
 
 
@@ -589,7 +611,7 @@ class QFormerCodec(ImageCodec):
 
     @property
     def vocab_size(self) -> int:
-        return self.config.codebook_size
+        return self.codebook.size
 
     @property
     def tokens_per_item(self) -> int:
