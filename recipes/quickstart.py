@@ -2,8 +2,8 @@
 
     panglot quickstart [--out runs/quickstart] [--minutes M] [--preset quickstart|long] [--codec pixel_vq] [--eval-only]
 
-1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` with the
-   dual encoder and pixel codec they need; recipes/stages.py),
+1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` /
+   ``qformer_layout`` with the dual encoder and pixel codec they need; recipes/stages.py),
 2. trains the unified model on text-to-image + captioning + VQA (recipes/train_unified.py),
 3. tunes the default classifier-free guidance scale and sampling temperature on ``val`` (seen prompts only) and
    sets the run to draw each image as the best of ``candidates`` by its own reading of them,
@@ -81,7 +81,7 @@ PRESETS = {
     # evaluation) 2.5-4 min (it grows on a slower machine; the guards cap the two trainings at 3.3 + 8.3). With best-of-K
     # decoding and 16 caption candidates: 9 minutes took 922 s (2026-12-03 06:32: codec 189, unified 568, tuning 42,
     # evaluation 124), 8 minutes 964 s (06:54: 196, 521, 45, 202 on a slower stretch).
-    # (with --codec semantic_vq or qformer, the dual encoder and that codec's stages come on top).
+    # (with --codec semantic_vq, qformer or qformer_layout, the dual encoder and that codec's stages come on top).
     # Tuned over 3 x 3 (scale, temperature) pairs, not the library's 4 x 4: scale 3 and temperature 1 were picked
     # in none of the 3 quickstarts of 2026-12-03 that tuned over them (picks: (2, 0.35), (1.5, 0.35) twice), and
     # the 7 sweeps saved are ~30 s of the 15 minutes.

@@ -7,6 +7,7 @@ A stage is a recipe (the ``recipes.<module>.main(argv)`` the CLI's ``panglot tra
     pixel_vq     pixel VQ (64 ids)                       needs nothing
     semantic_vq  ILLUME semantic VQ (64 ids)             needs the dual encoder (teacher)
     qformer      SEED causal Q-Former (32 ids) + DDIM    needs the dual encoder and the pixel VQ codec
+    qformer_layout  the same reading the pixel codes too, with a raster prior (beyond SEED; docs/codecs.md)
 
 ``build(name, root, overrides)`` trains a stage and everything it needs under ``root/<stage>/``, reusing
 any stage whose output is already complete, so an interrupted pipeline continues where it stopped.
@@ -46,8 +47,14 @@ STAGES: dict[str, Stage] = {
         "codec.json",
         {"teacher_dir": "dual_encoder", "pixel_codec_dir": "pixel_vq"},
     ),
+    "qformer_layout": Stage(
+        "recipes.train_qformer_codec",
+        "codec_qformer_layout.yaml",
+        "codec.json",
+        {"teacher_dir": "dual_encoder", "pixel_codec_dir": "pixel_vq"},
+    ),
 }
-IMAGE_CODECS = ("pixel_vq", "semantic_vq", "qformer")
+IMAGE_CODECS = ("pixel_vq", "semantic_vq", "qformer", "qformer_layout")
 
 
 def config_path(name: str) -> str:

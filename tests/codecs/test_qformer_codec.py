@@ -426,3 +426,38 @@ def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
         replace(QFormerCodec.debug_config(), quantizer="fsq", fsq_levels=[5, 1])
     with pytest.raises(ValueError, match="quantizer must be 'vq' or 'fsq', got 'lfq'"):
         replace(QFormerCodec.debug_config(), quantizer="lfq")
+
+
+def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
+    """configs/codec_qformer_layout.yaml (the stage ``qformer_layout``) is configs/codec_qformer.yaml with the pixel
+    codes read, the raster prior, 8192 codes, the grid condition and term, and small batches: nothing else moves."""
+    from dataclasses import asdict
+
+    from recipes import stages
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    seed, layout = (
+        flat(asdict(train_qformer_codec.load_config(train_qformer_codec.QFormerRecipe, stages.config_path(name), [])))
+        for name in ("codec_qformer.yaml", "codec_qformer_layout.yaml")
+    )
+    changed = {key: layout[key] for key in seed if seed[key] != layout[key]}
+    assert changed == {
+        "out_dir": "runs/codec_qformer_layout",
+        "codec.qformer.features": "teacher+pixel",
+        "codec.qformer.locality": 8.0,
+        "codec.codebook_size": 8192,
+        "codec.detokenizer.condition": "embedding+grid",
+        "loss.grid_weight": 1.0,
+        "loss.grid_loss": "ce",
+        "qformer_train.optim.lr": 4e-3,
+        "qformer_train.max_minutes": 3.0,
+        "qformer_train.batch_size": 16,
+        "detokenizer_train.max_minutes": 2.0,
+        "detokenizer_train.batch_size": 16,
+    }
+    assert stages.STAGES["qformer_layout"].config == "codec_qformer_layout.yaml"

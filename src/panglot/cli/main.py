@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
     p.add_argument("--preset", choices=["quickstart", "long", "ci"], default="quickstart", help="recipe size")
     p.add_argument(
-        "--codec", choices=["pixel_vq", "semantic_vq", "qformer"], default="pixel_vq", help="the image codec"
+        "--codec", choices=["pixel_vq", "semantic_vq", "qformer", "qformer_layout"], default="pixel_vq", help="the image codec"
     )
     p.add_argument(
         "--eval-only", action="store_true",
