@@ -66,7 +66,9 @@ class Attention(nn.Module):
 MATMUL_ATTENTION_MAX_LENGTH = 512  # longer key sequences go through SDPA: the explicit path holds all T x S scores
 
 
-def _explicit(q, k, v, mask, is_causal):
+def _explicit(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+) -> torch.Tensor:
     if k.shape[1] != q.shape[1]:  # grouped-query heads: each key/value head serves a group of query heads
         k, v = (x.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for x in (k, v))
     scores = (q @ k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
@@ -91,9 +93,9 @@ def attend(
     heads when H_kv < H.
 
     On CPU, when autograd records (training) and there are at most ``MATMUL_ATTENTION_MAX_LENGTH`` keys, as explicit
-    matrix products and an fp32 softmax: SDPA's CPU backward is 1.8-13x slower at the short lengths of panglot's
+    matrix products and an fp32 softmax: SDPA's CPU backward is 2-6x slower at the short lengths of panglot's
     training (packed documents of ~100 tokens, the Q-Former's 32 queries over 128 patches, the grid reader;
-    docs/benchmarks.md "Attention"). Its forward alone is as fast or faster (decoding, frozen encoders), so
+    docs/benchmarks.md "Attention at short lengths", benchmarks/attention.py). Its forward alone is as fast or faster (decoding, frozen encoders), so
     those stay on SDPA. ``explicit`` forces either path (tests, benchmarks).
     """
     if explicit is None:
