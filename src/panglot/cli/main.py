@@ -173,9 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
     p.add_argument("--preset", choices=["quickstart", "long", "ci"], default="quickstart", help="recipe size")
-    p.add_argument(
-        "--codec", choices=["pixel_vq", "semantic_vq", "qformer", "qformer_layout"], default="pixel_vq", help="the image codec"
-    )
+    codecs = importlib.import_module("recipes.stages").IMAGE_CODECS  # the stage table's names (a light import)
+    p.add_argument("--codec", choices=codecs, default="pixel_vq", help="the image codec")
     p.add_argument(
         "--eval-only", action="store_true",
         help="no training: tune and evaluate the model already trained in OUT again (with this version's decoding)",
