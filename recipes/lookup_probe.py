@@ -4,6 +4,7 @@
     python recipes/lookup_probe.py --out runs/probe_lr3e-4 --steps 1500 --lr 3e-4 --weight-decay 0
     python recipes/lookup_probe.py --out runs/probe_8h --steps 1500 n_heads=8 n_kv_heads=8   # backbone overrides
     python recipes/lookup_probe.py --out runs/probe_q1 --steps 1500 --lr 3e-4 --weight-decay 0 --question-weight 1
+    python recipes/lookup_probe.py --out runs/probe_marks --steps 1000 --optimizer muon --muon-lr-scale 4 --marks
 
 The unified model answers questions that name an object by position or count (``shape_at``, ``count``) but not
 the ones that name it by colour and shape (``exists``, ``where``, ``color``), even when the scene's caption is in
@@ -16,6 +17,14 @@ over training-split scenes, with the world tokenizer, trained by the foundation 
 held-out (``val``) questions, ``exists`` half yes and half no, and logs accuracy per kind; ``OUT/results.json``
 holds the curve. It runs in seconds per hundred steps, so learning rates, sizes and schedules can be compared on
 the lookup alone before a full quickstart is spent on them (docs/quickstart_results.md "The lookup probe").
+
+``--marks``: the question comes first and the caption follows it with ``yes`` / ``no`` after each object phrase
+(whether the question is about that object; ``panglot.world.vqa.marked_caption``), then the answer:
+
+    <bos> <vqa> question <assistant> phrase mark and phrase mark ... <assistant> answer <eos>
+
+(loss on the marks, the second ``<assistant>``, the answer and ``<eos>``; the caption's words are given, as a
+model that captions well would write them). Evaluation writes the marks itself, greedily, phrase by phrase.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ from panglot.model.unified import collate
 from panglot.multimodal.layout import TaskSequence
 from panglot.training import OptimConfig, TrainConfig, Trainer
 from panglot.world.dataset import make_example
-from panglot.world.vqa import KINDS, QA
+from panglot.world.language import object_phrase
+from panglot.world.scene import POSITIONS, Scene
+from panglot.world.vqa import KINDS, QA, refers
 
 logger = logging.getLogger("panglot.recipes.lookup_probe")
 
@@ -69,6 +80,7 @@ class ProbeConfig:
     question_weight: float = 0.0  # loss weight on the question's tokens (`document`); the answer's is 1
     optimizer: str = "adamw"  # or "muon" (`OptimConfig.algorithm`)
     muon_lr_scale: float = 1.0  # `OptimConfig.muon_lr_scale`
+    marks: bool = False  # question first, then the caption with a yes / no mark per object (`marked_document`)
 
 
 class Questions:
@@ -105,6 +117,28 @@ def document(
     return TaskSequence("vqa", context + question + target, weights)
 
 
+def marked_parts(tok: TextTokenizer, scene: Scene, qa: QA) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+    """(prompt ``<bos> <vqa> question <assistant>``, each phrase's ids (``and`` before all but the first), each
+    phrase's mark id, answer ids)."""
+    prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(qa.question), tok.token_to_id(sp.ASSISTANT)]
+    objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+    phrases = [(tok.encode("and") if i else []) + tok.encode(object_phrase(o)) for i, o in enumerate(objects)]
+    marks = [tok.encode("yes" if refers(qa, o) else "no")[0] for o in objects]
+    return prompt, phrases, marks, tok.encode(qa.answer)
+
+
+def marked_document(tok: TextTokenizer, scene: Scene, qa: QA) -> TaskSequence:
+    """``<bos> <vqa> question <assistant> phrase mark and phrase mark ... <assistant> answer <eos>``, loss on the
+    marks, the closing ``<assistant>``, the answer and ``<eos>``."""
+    prompt, phrases, marks, answer = marked_parts(tok, scene, qa)
+    tokens, weights = list(prompt), [0.0] * len(prompt)
+    for phrase, mark in zip(phrases, marks):
+        tokens += [*phrase, mark]
+        weights += [0.0] * len(phrase) + [1.0]
+    target = [tok.token_to_id(sp.ASSISTANT), *answer, tok.token_to_id(sp.EOS)]
+    return TaskSequence("vqa", tokens + target, weights + [1.0] * len(target))
+
+
 class ProbeBatches:
     """Batches of probe documents about random training scenes; batch ``i`` depends only on (seed, i), so the
     position is the whole state (the trainer's ``StatefulData``)."""
@@ -122,10 +156,13 @@ class ProbeBatches:
         rng = np.random.default_rng([self.cfg.seed, 11, self.position])
         self.position += 1
         picked = [self.scenes[i] for i in rng.integers(len(self.scenes), size=self.cfg.batch_size)]
-        docs = [
-            document(self.tok, ex.caption, self.questions.pick(ex.questions, rng), self.cfg.separator, self.cfg.question_weight)
-            for ex in picked
-        ]
+        docs = []
+        for ex in picked:
+            qa = self.questions.pick(ex.questions, rng)
+            if self.cfg.marks:
+                docs.append(marked_document(self.tok, ex.scene, qa))
+            else:
+                docs.append(document(self.tok, ex.caption, qa, self.cfg.separator, self.cfg.question_weight))
         return collate(docs, self.pad)
 
     def state_dict(self) -> dict:
@@ -143,19 +180,34 @@ def answer_loss(model: Transformer, batch: dict[str, torch.Tensor]) -> tuple[tor
     return (nll * weights).sum() / weights.sum(), {}
 
 
-def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list[tuple[str, list[int], int]]:
-    """(kind, prompt, answer id) for held-out questions with one-token answers, fixed by the seed."""
+def eval_set(cfg: ProbeConfig, tok: TextTokenizer, questions: Questions) -> list[tuple]:
+    """(kind, prompt, answer id) for held-out questions with one-token answers, fixed by the seed; with
+    ``cfg.marks``, (kind, prompt, phrases, marks, answer id) (``marked_parts``)."""
     items = []
     for i in range(cfg.eval_scenes):
         ex = make_example("val", cfg.seed, i)
         rng = np.random.default_rng([cfg.seed, 7, i])
         for _ in range(cfg.eval_per_scene):
             qa = questions.pick(ex.questions, rng)
+            if cfg.marks:
+                prompt, phrases, marks, answer = marked_parts(tok, ex.scene, qa)
+                if len(answer) == 1:
+                    items.append((qa.kind, prompt, phrases, marks, answer[0]))
+                continue
             doc = document(tok, ex.caption, qa, cfg.separator)
             n_prompt = doc.tokens.index(tok.token_to_id(sp.ASSISTANT)) + 1
             if len(doc) - n_prompt == 2:  # one answer token and <eos>
                 items.append((qa.kind, doc.tokens[:n_prompt], doc.tokens[n_prompt]))
     return items
+
+
+def _last_logits(model: Transformer, rows: list[list[int]], pad: int) -> torch.Tensor:
+    """(B, V) logits at each row's last token (rows right-padded with ``pad``)."""
+    lengths = torch.tensor([len(r) for r in rows])
+    tokens = torch.full((len(rows), int(lengths.max())), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = torch.tensor(r)
+    return model(tokens)[torch.arange(len(rows)), lengths - 1]
 
 
 @torch.no_grad()
@@ -165,15 +217,38 @@ def accuracy(model: Transformer, items, pad: int, batch: int = 256) -> dict[str,
     hits = defaultdict(list)
     for start in range(0, len(items), batch):
         chunk = items[start : start + batch]
-        lengths = torch.tensor([len(p) for _, p, _ in chunk])
-        tokens = torch.full((len(chunk), int(lengths.max())), pad, dtype=torch.long)
-        for row, (_, prompt, _) in enumerate(chunk):
-            tokens[row, : len(prompt)] = torch.tensor(prompt)
-        logits = model(tokens)[torch.arange(len(chunk)), lengths - 1]  # (B, V) at each prompt's last token
+        logits = _last_logits(model, [prompt for _, prompt, _ in chunk], pad)
         for (kind, _, answer), guess in zip(chunk, logits.argmax(-1).tolist()):
             hits[kind].append(guess == answer)
     model.train()
     return {kind: float(np.mean(h)) for kind, h in sorted(hits.items())}
+
+
+@torch.no_grad()
+def accuracy_marked(model: Transformer, items, pad: int, assistant: int, batch: int = 256) -> dict[str, float]:
+    """Per kind, answer accuracy when the model writes every mark itself (greedy, phrase by phrase) and then the
+    answer; ``marks_<kind>``: share of documents whose marks were all right."""
+    model.eval()
+    hits, marks_right = defaultdict(list), defaultdict(list)
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        rows = [list(prompt) for _, prompt, _, _, _ in chunk]
+        right = [True] * len(chunk)
+        for j in range(max(len(phrases) for _, _, phrases, _, _ in chunk)):
+            live = [i for i, item in enumerate(chunk) if len(item[2]) > j]
+            for i in live:
+                rows[i] += chunk[i][2][j]
+            guesses = _last_logits(model, [rows[i] for i in live], pad).argmax(-1).tolist()
+            for i, guess in zip(live, guesses):
+                rows[i].append(guess)
+                right[i] &= guess == chunk[i][3][j]
+        answers = _last_logits(model, [[*r, assistant] for r in rows], pad).argmax(-1).tolist()
+        for (kind, _, _, _, answer), guess, ok in zip(chunk, answers, right):
+            hits[kind].append(guess == answer)
+            marks_right[kind].append(ok)
+    model.train()
+    out = {kind: float(np.mean(h)) for kind, h in sorted(hits.items())}
+    return out | {f"marks_{kind}": float(np.mean(h)) for kind, h in sorted(marks_right.items())}
 
 
 def run(cfg: ProbeConfig) -> dict:
@@ -204,7 +279,10 @@ def run(cfg: ProbeConfig) -> dict:
     def evaluate(trainer: Trainer, metrics: dict[str, float]) -> dict[str, float] | None:
         if trainer.step % cfg.eval_every and trainer.step != cfg.steps:
             return None
-        acc = accuracy(model, items, pad)
+        if cfg.marks:
+            acc = accuracy_marked(model, items, pad, tok.token_to_id(sp.ASSISTANT))
+        else:
+            acc = accuracy(model, items, pad)
         curve.append({"step": trainer.step, "loss": metrics["loss"], "wall_s": time.perf_counter() - started,
                       "cpu_s": time.process_time() - cpu_started, "accuracy": acc})  # fmt: skip
         logger.info("step %d loss %.3f %s", trainer.step, metrics["loss"], " ".join(f"{k} {v:.1%}" for k, v in acc.items()))
@@ -231,6 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--question-weight", type=float, default=0.0, help="loss weight on the question's tokens")
     parser.add_argument("--optimizer", choices=["adamw", "muon"], default=ProbeConfig.optimizer)
     parser.add_argument("--muon-lr-scale", type=float, default=ProbeConfig.muon_lr_scale)
+    parser.add_argument("--marks", action="store_true", help="question first, then the caption marked yes / no per object")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("overrides", nargs="*", help="backbone overrides, e.g. n_heads=8 n_layers=6")
     args = parser.parse_args(argv)
@@ -242,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         weight_decay=args.weight_decay, batch_size=args.batch_size, kinds=tuple(args.kinds),
         eval_every=args.eval_every, seed=args.seed, separator=args.separator, question_weight=args.question_weight,
         optimizer=args.optimizer,
-        muon_lr_scale=args.muon_lr_scale,
+        muon_lr_scale=args.muon_lr_scale, marks=args.marks,
     )
     return run(cfg)
 

@@ -95,3 +95,37 @@ def test_a_describing_layout_gets_each_scenes_caption_before_the_first_answer(pa
         text = doc.tokens[doc.tokens.index(layout.eoi) + 1 :]
         first, second = [j for j, t in enumerate(text) if t == layout.assistant][:2]
         assert tokenizer.decode(text[first + 1 : second]) == caption(scenes[i % len(scenes)])
+
+
+def test_a_marked_description_says_which_objects_the_question_is_about(parts):
+    tokenizer, layout, scenes, codes = parts
+    describing = SequenceLayout(layout.vocab, vqa_describe=True)
+    cfg = MixtureConfig(n_scenes=len(scenes), task_probs={"vqa": 1.0}, vqa_description="marked")
+    mixture = WorldMixture(cfg, describing, tokenizer, scenes, codes)
+    seen_yes = seen_no = 0
+    for i in range(40):
+        doc = mixture[i]
+        scene = scenes[i % len(scenes)]
+        text = doc.tokens[doc.tokens.index(layout.eoi) + 1 :]
+        first, second = [j for j, t in enumerate(text) if t == layout.assistant][:2]
+        question = tokenizer.decode(text[:first])
+        (qa,) = [qa for qa in vqa.all_questions(scene) if qa.question == question]
+        words = tokenizer.decode(text[first + 1 : second]).split()
+        assert tokenizer.decode(text[second + 1 :]).removesuffix("<eos>").strip() == qa.answer
+        marks = [w for w in words if w in ("yes", "no")]
+        assert " ".join(w for w in words if w not in ("yes", "no")) == caption(scene)  # the caption, marks aside
+        assert len(marks) == len(scene)
+        if qa.kind == "exists":
+            assert marks.count("yes") == (qa.answer == "yes")
+        seen_yes, seen_no = seen_yes + marks.count("yes"), seen_no + marks.count("no")
+    assert seen_yes and seen_no
+
+
+def test_marked_descriptions_need_a_describing_layout_and_one_question(parts):
+    tokenizer, layout, scenes, codes = parts
+    with pytest.raises(ValueError, match=r"set model\.vqa_describe"):
+        WorldMixture(MixtureConfig(n_scenes=len(scenes), vqa_description="marked"), layout, tokenizer, scenes, codes)
+    with pytest.raises(ValueError, match="vqa_questions must be 1, got 2"):
+        MixtureConfig(vqa_description="marked", vqa_questions=2)
+    with pytest.raises(ValueError, match="vqa_description must be one of"):
+        MixtureConfig(vqa_description="both")

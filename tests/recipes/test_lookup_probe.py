@@ -13,6 +13,8 @@ from panglot.data.mixture import world_texts
 from panglot.model.unified import collate
 from panglot.multimodal.layout import TaskSequence
 from panglot.world.dataset import make_example
+from panglot.world.scene import POSITIONS
+from panglot.world.vqa import marked_caption, refers
 from recipes import lookup_probe
 from recipes.lookup_probe import ProbeConfig, Questions
 
@@ -52,6 +54,11 @@ def test_document_puts_loss_on_the_answer_only():
     assert asked.weights[n_prompt - 1 - len(question) : n_prompt - 1] == [0.5] * len(question)  # then <assistant>: 0
     assert sum(asked.weights[: n_prompt - 1 - len(question)]) == 0 and asked.weights[n_prompt - 1] == 0
 
+
+def _reading(obj) -> int:
+    return POSITIONS.index(obj.position)
+
+
 def test_probe_learns_to_count(tmp_path):
     cfg = ProbeConfig(
         out=str(tmp_path), steps=150, size="debug", lr=3e-3, kinds=("count",), train_scenes=600,
@@ -61,3 +68,26 @@ def test_probe_learns_to_count(tmp_path):
     curve = json.loads((tmp_path / "results.json").read_text())["curve"]
     assert [p["step"] for p in curve] == [75, 150]
     assert curve[-1]["accuracy"]["count"] > 0.8  # chance: one of three words
+
+
+def test_marked_document_weighs_the_marks_and_the_answer():
+    world_tokenizer = train_world_tokenizer(world_texts("train", 200, 0))
+    ex = make_example("train", 0, 7)
+    qa = next(qa for qa in ex.questions if qa.kind == "exists" and qa.answer == "yes")
+    doc = lookup_probe.marked_document(world_tokenizer, ex.scene, qa)
+    assistant = world_tokenizer.token_to_id(sp.ASSISTANT)
+    first, second = [i for i, t in enumerate(doc.tokens) if t == assistant]
+    assert world_tokenizer.decode(doc.tokens[2:first]) == qa.question
+    assert world_tokenizer.decode(doc.tokens[first + 1 : second]) == marked_caption(ex.scene, qa)
+    weighted = world_tokenizer.decode([t for t, w in zip(doc.tokens, doc.weights) if w]).split()
+    assert weighted == ["yes" if refers(qa, o) else "no" for o in sorted(ex.scene.objects, key=_reading)] + ["yes"]
+
+
+def test_probe_writes_its_own_marks_when_it_evaluates(tmp_path):
+    cfg = ProbeConfig(
+        out=str(tmp_path), steps=150, size="debug", lr=3e-3, kinds=("count",), train_scenes=600, marks=True,
+        eval_scenes=60, eval_per_scene=1, eval_every=150, tokenizer_scenes=200, batch_size=32,
+    )
+    lookup_probe.run(cfg)
+    accuracy = json.loads((tmp_path / "results.json").read_text())["curve"][-1]["accuracy"]
+    assert accuracy["marks_count"] > 0.8 and accuracy["count"] > 0.8  # count marks every object "yes"

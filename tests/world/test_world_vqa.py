@@ -2,10 +2,11 @@ import re
 from collections import Counter
 
 import numpy as np
+import pytest
 
 from panglot.world.scene import HELD_OUT, POSITIONS, Obj, Scene, make_scene
 from panglot.world.splits import SPLITS, sample_scene
-from panglot.world.vqa import KINDS, QA, all_questions, questions
+from panglot.world.vqa import KINDS, QA, all_questions, marked_caption, named, questions, refers
 
 # The spec's question table, as patterns, to check answers independently of the generator.
 PATTERNS = {
@@ -81,3 +82,23 @@ def test_sampled_questions_are_deterministic_kind_balanced_and_a_subset():
     assert sorted(exists[:2]) == ["no", "yes"]  # exists alternates yes / no
     assert questions(scene, np.random.default_rng(0)) == full
     assert sorted(questions(scene, np.random.default_rng(0), k=10_000)) == sorted(full)
+
+
+def test_named_fields_are_the_spec_patterns_slots_and_marks_follow_them():
+    rng = np.random.default_rng(1)
+    for i in range(200):
+        scene = sample_scene(rng, SPLITS[i % 4])
+        ordered = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+        for qa in all_questions(scene, SPLITS[i % 4]):
+            slots = re.fullmatch(PATTERNS[qa.kind], qa.question).groupdict()
+            assert named(qa) == slots
+            marks = [w for w in marked_caption(scene, qa).split() if w in ("yes", "no")]
+            assert marks == ["yes" if all(getattr(o, f) == v for f, v in slots.items()) else "no" for o in ordered]
+            if qa.kind in ("exists", "where", "size", "color"):
+                assert marks.count("yes") == (qa.answer != "no")  # the named object, once, or none
+    scene = make_scene([Obj("triangle", "blue", "large", "top left"), Obj("cross", "red", "small", "top")])
+    qa = QA("exists", "is there a red cross?", "yes")
+    assert marked_caption(scene, qa) == "a large blue triangle at the top left no and a small red cross at the top yes"
+    assert refers(QA("count", "how many objects are there?", "two"), scene.objects[0])
+    with pytest.raises(ValueError, match="not a canonical 'where' question"):
+        named(QA("where", "where's the red cross?", "top"))

@@ -21,6 +21,8 @@ from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 from panglot.world.scene import Scene
 
+VQA_DESCRIPTIONS = ("caption", "marked")
+
 
 @dataclass
 class MixtureConfig:
@@ -38,6 +40,10 @@ class MixtureConfig:
     # "is there a yellow [circle]" about an image that holds one asks for the lookup the answer needs
     # (recipes/lookup_probe.py --question-weight). 0 = answers only.
     vqa_question_weight: float = 0.0
+    # What a describing run (``model.vqa_describe``) writes before its answer: ``caption``, the scene's caption, or
+    # ``marked``, the caption with ``yes`` / ``no`` after each object phrase, whether the question is about it
+    # (``panglot.world.vqa.marked_caption``): the lookup becomes a comparison beside the phrase just written.
+    vqa_description: str = "caption"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,6 +54,12 @@ class MixtureConfig:
             problems.append(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
         if self.vqa_questions < 1:
             problems.append(f"vqa_questions must be >= 1, got {self.vqa_questions}")
+        if self.vqa_description not in VQA_DESCRIPTIONS:
+            problems.append(f"vqa_description must be one of {list(VQA_DESCRIPTIONS)}, got {self.vqa_description!r}")
+        elif self.vqa_description == "marked" and self.vqa_questions != 1:
+            problems.append(
+                f"vqa_description 'marked' marks the objects of one question: vqa_questions must be 1, got {self.vqa_questions}"
+            )
         if self.vqa_question_weight < 0:
             problems.append(f"vqa_question_weight must be >= 0, got {self.vqa_question_weight}")
         if problems:
@@ -78,6 +90,8 @@ class WorldMixture:
     ):
         if len(scenes) != len(codes):
             raise ValueError(f"{len(scenes)} scenes but {len(codes)} code rows")
+        if cfg.vqa_description != "caption" and not layout.vqa_describe:
+            raise ValueError(f"vqa_description {cfg.vqa_description!r} is what a describing run writes: set model.vqa_describe")
         self.cfg, self.layout, self.tok = cfg, layout, tokenizer
         self.scenes, self.codes = list(scenes), codes
         self.docs_per_scene = docs_per_scene
@@ -99,7 +113,10 @@ class WorldMixture:
         if task == "vqa":  # kinds round-robin from a random first one, so rare kinds (count) are learnt too
             picks = vqa.questions(scene, rng, k=self.cfg.vqa_questions)
             turns = [(self.tok.encode(qa.question), self.tok.encode(qa.answer)) for qa in picks]
-            description = self.tok.encode(language.caption(scene)) if self.layout.vqa_describe else None
+            description = None
+            if self.layout.vqa_describe:
+                marked = self.cfg.vqa_description == "marked"
+                description = self.tok.encode(vqa.marked_caption(scene, picks[0]) if marked else language.caption(scene))
             return self.layout.vqa_dialogue(codes, turns, weight, description, self.cfg.vqa_question_weight)
         if task == "caption":  # answers are always in the canonical language
             return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
 import numpy as np
 
-from panglot.world.language import count_word, question
-from panglot.world.scene import POSITIONS, Scene
+from panglot.world.language import QUESTIONS, count_word, object_phrase, question
+from panglot.world.scene import POSITIONS, Obj, Scene
 from panglot.world.splits import allowed_pairs
 
 KINDS = ("color", "shape_at", "count", "exists", "where", "size")
@@ -69,6 +70,39 @@ def questions(scene: Scene, rng: np.random.Generator, k: int | None = None, spli
             if pool and len(chosen) < k:
                 chosen.append(pool.pop(0))
     return chosen
+
+
+_SLOT = {"color": r"(?P<color>[a-z]+)", "shape": r"(?P<shape>[a-z]+)", "position": r"(?P<position>[a-z ]+)"}
+_PATTERNS = {
+    kind: re.compile(re.escape(template).replace(r"\{", "{").replace(r"\}", "}").replace(r"\ ", " ").format(**_SLOT))
+    for kind, template in QUESTIONS.items()
+}
+
+
+def named(qa: QA) -> dict[str, str]:
+    """The object fields a question names: ``{"color": "red", "shape": "cross"}`` for "is there a red cross?",
+    ``{"position": "top left"}`` for ``shape_at``, ``{}`` for ``count`` (it is about every object)."""
+    match = _PATTERNS[qa.kind].fullmatch(qa.question)
+    if match is None:
+        raise ValueError(f"{qa.question!r} is not a canonical {qa.kind!r} question ({QUESTIONS[qa.kind]!r})")
+    return match.groupdict()
+
+
+def refers(qa: QA, obj: Obj) -> bool:
+    """Whether ``obj`` has every field the question names (``count`` refers to every object)."""
+    return all(getattr(obj, field) == value for field, value in named(qa).items())
+
+
+def marked_caption(scene: Scene, qa: QA) -> str:
+    """The caption with ``yes`` or ``no`` after each object phrase: whether the question is about that object.
+
+    "is there a red cross?" about a large blue triangle at the top left and a small red cross at the top reads
+    ``a large blue triangle at the top left no and a small red cross at the top yes``. A model that writes this
+    before it answers (``SequenceLayout.vqa_marks``) turns each lookup into a comparison next to the phrase it
+    has just written, and the answer into a read of the ``yes`` phrase (or of there being none).
+    """
+    objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+    return " and ".join(f"{object_phrase(o)} {'yes' if refers(qa, o) else 'no'}" for o in objects)
 
 
 def _interleave_yes_no(pool: list[QA], rng: np.random.Generator) -> list[QA]:
