@@ -129,3 +129,24 @@ def test_marked_descriptions_need_a_describing_layout_and_one_question(parts):
         MixtureConfig(vqa_description="marked", vqa_questions=2)
     with pytest.raises(ValueError, match="vqa_description must be one of"):
         MixtureConfig(vqa_description="both")
+
+
+def test_mark_weight_scales_the_marks_alone(parts):
+    tokenizer, layout, scenes, codes = parts
+    describing = SequenceLayout(layout.vocab, vqa_describe=True)
+    plain, heavy = (
+        WorldMixture(MixtureConfig(n_scenes=len(scenes), task_probs={"vqa": 1.0}, vqa_description="marked", vqa_mark_weight=w),
+                     describing, tokenizer, scenes, codes)
+        for w in (1.0, 3.0)
+    )  # fmt: skip
+    marks = {tokenizer.encode("yes")[0], tokenizer.encode("no")[0]}
+    for i in range(0, 40, 7):
+        a, b = plain[i], heavy[i]
+        assert a.tokens == b.tokens
+        first = a.tokens.index(layout.assistant)
+        second = a.tokens.index(layout.assistant, first + 1)
+        changed = [j for j, (x, y) in enumerate(zip(a.weights, b.weights)) if x != y]
+        assert changed and all(first < j < second and a.tokens[j] in marks and b.weights[j] == 3 * a.weights[j] for j in changed)
+        assert len(changed) == sum(t in marks for t in a.tokens[first + 1 : second])
+    with pytest.raises(ValueError, match="vqa_mark_weight must be >= 0"):
+        MixtureConfig(vqa_mark_weight=-1)

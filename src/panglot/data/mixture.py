@@ -44,6 +44,8 @@ class MixtureConfig:
     # ``marked``, the caption with ``yes`` / ``no`` after each object phrase, whether the question is about it
     # (``panglot.world.vqa.marked_caption``): the lookup becomes a comparison beside the phrase just written.
     vqa_description: str = "caption"
+    # Loss weight of a marked description's ``yes`` / ``no`` marks, relative to its other tokens (1 = as a word).
+    vqa_mark_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +62,8 @@ class MixtureConfig:
             problems.append(
                 f"vqa_description 'marked' marks the objects of one question: vqa_questions must be 1, got {self.vqa_questions}"
             )
+        if self.vqa_mark_weight < 0:
+            problems.append(f"vqa_mark_weight must be >= 0, got {self.vqa_mark_weight}")
         if self.vqa_question_weight < 0:
             problems.append(f"vqa_question_weight must be >= 0, got {self.vqa_question_weight}")
         if problems:
@@ -98,6 +102,7 @@ class WorldMixture:
         self._tasks = [t for t in TASKS if cfg.task_probs.get(t, 0) > 0]
         probs = np.array([cfg.task_probs[t] for t in self._tasks], dtype=np.float64)
         self._cum = np.cumsum(probs / probs.sum())
+        self._marks = {tokenizer.encode(word)[0] for word in ("yes", "no")}  # the marks of marked descriptions (one id each)
 
     def __len__(self) -> int:
         return len(self.scenes) * self.docs_per_scene
@@ -113,16 +118,29 @@ class WorldMixture:
         if task == "vqa":  # kinds round-robin from a random first one, so rare kinds (count) are learnt too
             picks = vqa.questions(scene, rng, k=self.cfg.vqa_questions)
             turns = [(self.tok.encode(qa.question), self.tok.encode(qa.answer)) for qa in picks]
-            description = None
-            if self.layout.vqa_describe:
-                marked = self.cfg.vqa_description == "marked"
-                description = self.tok.encode(vqa.marked_caption(scene, picks[0]) if marked else language.caption(scene))
+            if self.cfg.vqa_description == "marked":
+                return self._marked_vqa(codes, scene, picks[0], turns[0], weight)
+            description = self.tok.encode(language.caption(scene)) if self.layout.vqa_describe else None
             return self.layout.vqa_dialogue(codes, turns, weight, description, self.cfg.vqa_question_weight)
         if task == "caption":  # answers are always in the canonical language
             return self.layout.caption(codes, self.tok.encode(language.caption(scene)), weight)
         text = language.paraphrase(scene, rng) if rng.random() < self.cfg.paraphrase_prob else language.caption(scene)
         ids = self.tok.encode(text)
         return self.layout.t2i(ids, codes, drop_condition=rng.random() < self.cfg.cond_dropout, weight=weight)
+
+
+    def _marked_vqa(self, codes, scene: Scene, qa, turn: tuple[list[int], list[int]], weight: float) -> TaskSequence:
+        """One question, answered after the marked caption, its marks weighted by ``vqa_mark_weight``."""
+        description = self.tok.encode(vqa.marked_caption(scene, qa))
+        doc = self.layout.vqa_dialogue(codes, [turn], weight, description, self.cfg.vqa_question_weight)
+        if self.cfg.vqa_mark_weight == 1.0:
+            return doc
+        start = len(doc) - len(description) - len(turn[1]) - 2  # ... description <assistant> answer <eos>
+        weights = list(doc.weights)
+        for j, token in enumerate(description):
+            if token in self._marks:
+                weights[start + j] *= self.cfg.vqa_mark_weight
+        return TaskSequence(doc.task, doc.tokens, weights)
 
 
 def world_texts(split: str, n: int, seed: int) -> list[str]:
