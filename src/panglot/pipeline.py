@@ -244,23 +244,27 @@ class Panglot:
 
     def ask(self, images: Sequence[ImageLike], questions: Sequence[str], max_tokens: int = 8) -> list[str]:
         """Answer one question per image (greedy, single word or canonical phrase)."""
+        return [answer for _, answer in self.explain(images, questions, max_tokens)]
+
+    def explain(
+        self, images: Sequence[ImageLike], questions: Sequence[str], max_tokens: int = 8
+    ) -> list[tuple[str, str]]:
+        """``(description, answer)`` per question: what a describing run (``model.vqa_describe``) writes before its
+        answer (the scene's caption, or with ``data.vqa_description=marked`` the caption marked ``yes`` / ``no``
+        per object), and the answer ``ask`` returns; the description is ``""`` for a run that answers at once."""
         q_ids = self._encode_texts(questions, "question")
         if len(q_ids) != len(images):
             raise ValueError(f"ask needs one question per image: got {len(images)} images and {len(q_ids)} questions")
         codes = self._image_codes(images)
         prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
-        if self.layout.vqa_describe:  # the run describes the scene first: the answer is what follows
-            return self._answer(prompts, max_tokens + DESCRIPTION_TOKENS, after=self.layout.assistant)
-        return self._answer(prompts, max_tokens)
-
-    def _answer(self, prompts: list[list[int]], max_tokens: int, after: int | None = None) -> list[str]:
-        """Greedy text for each prompt up to <eos>; with ``after``, only what follows the last ``after`` id."""
-        answers = []
-        for row in self._generate_text(prompts, max_tokens):
-            if after is not None and after in row:
-                row = row[len(row) - row[::-1].index(after) :]
-            answers.append(self.tokenizer.decode(row).strip())
-        return answers
+        describe = self.layout.vqa_describe  # the run describes the scene first: the answer is what follows
+        rows = self._generate_text(prompts, max_tokens + DESCRIPTION_TOKENS if describe else max_tokens)
+        out = []
+        for row in rows:
+            cut = len(row) - row[::-1].index(self.layout.assistant) if describe and self.layout.assistant in row else 0
+            description = self.tokenizer.decode(row[: max(cut - 1, 0)]).strip()
+            out.append((description, self.tokenizer.decode(row[cut:]).strip()))
+        return out
 
     def _generate_text(
         self,

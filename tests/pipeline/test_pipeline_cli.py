@@ -27,6 +27,9 @@ def test_draw_caption_ask_round_trip(debug_run, tmp_path, capsys):
     assert main(["caption", str(debug_run), str(out), "--candidates", "3", "--direct-weight", "0.5"]) == 0
     assert capsys.readouterr().out.endswith("\n")
     assert main(["ask", str(debug_run), str(out), "how many objects are there?"]) == 0
+    answer = capsys.readouterr().out
+    assert main(["ask", str(debug_run), str(out), "how many objects are there?", "--explain"]) == 0
+    assert capsys.readouterr().out == answer  # a run that answers at once has nothing to explain
 
 
 def test_user_mistakes_exit_2_with_one_line(debug_run, tmp_path, capsys):

@@ -17,14 +17,14 @@ from panglot.world.render import render_batch
 from recipes import train_unified
 
 
-def _train_vqa_run(tmp_path, monkeypatch, run_unified, switch: str):
-    """A few steps of a debug run on VQA documents only, with one layout ``switch``; returns (model, loader)."""
+def _train_vqa_run(tmp_path, monkeypatch, run_unified, *switches: str):
+    """A few steps of a debug run on VQA documents only, with layout ``switches``; returns (model, loader)."""
     torch.manual_seed(0)
     PixelVQ(PixelVQConfig(channels=[16, 32], latent_dim=16)).save(tmp_path / "codec")
     cfg = load_config(
         train_unified.UnifiedRecipe,
         None,
-        [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug", switch,
+        [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug", *switches,
          "data.task_probs={vqa: 1.0}", "data.n_scenes=32", "tokenizer_scenes=100", "batch_size=4",
          "train.max_steps=3", "train.ckpt_every=0"],
     )  # fmt: skip
@@ -67,3 +67,23 @@ def test_a_describing_run_writes_the_caption_first_and_ask_returns_only_the_answ
     written = [*text.encode("a small red circle at the top"), run.layout.assistant, *text.encode("yes"), run.layout.eos]
     monkeypatch.setattr(pipeline, "generate", lambda *a, **k: [written])  # what the model would write
     assert run.ask(list(render_batch(split_scenes("val", 1, 0))), ["is there a red circle?"]) == ["yes"]
+    explained = run.explain(list(render_batch(split_scenes("val", 1, 0))), ["is there a red circle?"])
+    assert explained == [("a small red circle at the top", "yes")]
+
+
+def test_a_marked_run_trains_on_marked_descriptions(tmp_path, monkeypatch, run_unified):
+    model, loader = _train_vqa_run(
+        tmp_path, monkeypatch, run_unified, "model.vqa_describe=true", "data.vqa_description=marked", "data.vqa_mark_weight=4"
+    )
+    layout, text = model.layout, model.vocab.text
+    doc = loader.dataset[0]
+    after_image = doc.tokens[doc.tokens.index(layout.eoi) + 1 :]
+    first, second = (i for i, t in enumerate(after_image) if t == layout.assistant)
+    words = text.decode(after_image[first + 1 : second]).split()
+    assert words.count("yes") + words.count("no") == words.count("a")  # one mark per object phrase
+    marks = {text.encode("yes")[0], text.encode("no")[0]}
+    weights = doc.weights[len(doc.tokens) - len(after_image) :]
+    assert {weights[i] for i in range(first + 1, second) if after_image[i] in marks} == {4.0}
+    run = panglot.load(tmp_path / "run")
+    (description, answer), = run.explain(list(render_batch(split_scenes("val", 1, 0))), ["how many objects are there?"])
+    assert isinstance(description, str) and isinstance(answer, str)

@@ -79,7 +79,10 @@ def cmd_caption(args: argparse.Namespace) -> None:
 def cmd_ask(args: argparse.Namespace) -> None:
     import panglot
 
-    print(panglot.load(args.run).ask([args.image], [args.question])[0])
+    ((description, answer),) = panglot.load(args.run).explain([args.image], [args.question])
+    if args.explain and description:
+        print(description)
+    print(answer)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -213,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("image")
     p.add_argument("question")
+    p.add_argument("--explain", action="store_true", help="also print what a describing run writes before its answer")
     p.set_defaults(fn=cmd_ask)
 
     p = sub.add_parser("eval", help="evaluate a run on the test suite; writes metrics.json and a report")
