@@ -150,3 +150,23 @@ def test_mark_weight_scales_the_marks_alone(parts):
         assert len(changed) == sum(t in marks for t in a.tokens[first + 1 : second])
     with pytest.raises(ValueError, match="vqa_mark_weight must be >= 0"):
         MixtureConfig(vqa_mark_weight=-1)
+
+
+def test_marks_can_take_their_weight_from_their_own_document(parts):
+    tokenizer, layout, scenes, codes = parts
+    describing = SequenceLayout(layout.vocab, vqa_describe=True)
+    kept, plain = (
+        WorldMixture(MixtureConfig(n_scenes=len(scenes), task_probs={"vqa": 1.0}, vqa_description="marked",
+                                   vqa_mark_weight=w, vqa_mark_keep_total=keep), describing, tokenizer, scenes, codes)
+        for w, keep in ((10.0, True), (1.0, False))
+    )  # fmt: skip
+    marks = {tokenizer.encode("yes")[0], tokenizer.encode("no")[0]}
+    for i in range(0, 40, 7):
+        a, b = plain[i], kept[i]
+        assert sum(b.weights) == pytest.approx(sum(a.weights))  # the document's share of the batch is unchanged
+        first = a.tokens.index(layout.assistant)
+        second = a.tokens.index(layout.assistant, first + 1)
+        is_mark = [first < j < second and t in marks for j, t in enumerate(a.tokens)]  # an exists answer is no mark
+        ratios = {round(y / x, 6) for x, y, m in zip(a.weights, b.weights, is_mark) if x and m}
+        others = {round(y / x, 6) for x, y, m in zip(a.weights, b.weights, is_mark) if x and not m}
+        assert len(ratios) == len(others) == 1 and ratios.pop() == pytest.approx(10 * others.pop())

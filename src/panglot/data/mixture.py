@@ -46,6 +46,10 @@ class MixtureConfig:
     vqa_description: str = "caption"
     # Loss weight of a marked description's ``yes`` / ``no`` marks, relative to its other tokens (1 = as a word).
     vqa_mark_weight: float = 1.0
+    # With a mark weight: scale the document's weights back to their sum before the marks were weighted, so the
+    # marks take their share from the description's words, not from the other documents of the batch (the loss is
+    # a mean over weighted tokens).
+    vqa_mark_keep_total: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -140,6 +144,9 @@ class WorldMixture:
         for j, token in enumerate(description):
             if token in self._marks:
                 weights[start + j] *= self.cfg.vqa_mark_weight
+        if self.cfg.vqa_mark_keep_total and sum(weights) > 0:
+            scale = sum(doc.weights) / sum(weights)
+            weights = [w * scale for w in weights]
         return TaskSequence(doc.task, doc.tokens, weights)
 
 
