@@ -106,7 +106,7 @@ class WorldMixture:
         self._tasks = [t for t in TASKS if cfg.task_probs.get(t, 0) > 0]
         probs = np.array([cfg.task_probs[t] for t in self._tasks], dtype=np.float64)
         self._cum = np.cumsum(probs / probs.sum())
-        self._marks = {tokenizer.encode(word)[0] for word in ("yes", "no")}  # the marks of marked descriptions (one id each)
+        self._marks = {tokenizer.encode(word)[0] for word in ("yes", "no")}  # a marked description's marks
 
     def __len__(self) -> int:
         return len(self.scenes) * self.docs_per_scene
@@ -131,7 +131,6 @@ class WorldMixture:
         text = language.paraphrase(scene, rng) if rng.random() < self.cfg.paraphrase_prob else language.caption(scene)
         ids = self.tok.encode(text)
         return self.layout.t2i(ids, codes, drop_condition=rng.random() < self.cfg.cond_dropout, weight=weight)
-
 
     def _marked_vqa(self, codes, scene: Scene, qa, turn: tuple[list[int], list[int]], weight: float) -> TaskSequence:
         """One question, answered after the marked caption, its marks weighted by ``vqa_mark_weight``."""

@@ -98,7 +98,7 @@ def marked_caption(scene: Scene, qa: QA) -> str:
 
     "is there a red cross?" about a large blue triangle at the top left and a small red cross at the top reads
     ``a large blue triangle at the top left no and a small red cross at the top yes``. A model that writes this
-    before it answers (``SequenceLayout.vqa_marks``) turns each lookup into a comparison next to the phrase it
+    before it answers (``data.vqa_description: marked``) turns each lookup into a comparison next to the phrase it
     has just written, and the answer into a read of the ``yes`` phrase (or of there being none).
     """
     objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
