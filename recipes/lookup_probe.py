@@ -52,8 +52,8 @@ from panglot.multimodal.layout import TaskSequence
 from panglot.training import OptimConfig, TrainConfig, Trainer
 from panglot.world.dataset import make_example
 from panglot.world.language import object_phrase
-from panglot.world.scene import POSITIONS, Scene
-from panglot.world.vqa import KINDS, QA, refers
+from panglot.world.scene import Scene
+from panglot.world.vqa import KINDS, MARKS, QA, refers
 
 logger = logging.getLogger("panglot.recipes.lookup_probe")
 
@@ -121,9 +121,9 @@ def marked_parts(tok: TextTokenizer, scene: Scene, qa: QA) -> tuple[list[int], l
     """(prompt ``<bos> <vqa> question <assistant>``, each phrase's ids (``and`` before all but the first), each
     phrase's mark id, answer ids)."""
     prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(qa.question), tok.token_to_id(sp.ASSISTANT)]
-    objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
+    objects = scene.objects  # in reading order, as the caption reads them (``Scene``)
     phrases = [(tok.encode("and") if i else []) + tok.encode(object_phrase(o)) for i, o in enumerate(objects)]
-    marks = [tok.encode("yes" if refers(qa, o) else "no")[0] for o in objects]
+    marks = [tok.encode(MARKS[0] if refers(qa, o) else MARKS[1])[0] for o in objects]
     return prompt, phrases, marks, tok.encode(qa.answer)
 
 

@@ -22,9 +22,7 @@ import panglot
 from panglot.evaluation.metrics import vqa_correct
 from panglot.files import atomic_write_json
 from panglot.world.dataset import make_example
-from panglot.world.vqa import KINDS, marked_caption, questions
-
-MARKS = ("yes", "no")
+from panglot.world.vqa import KINDS, MARKS, marked_caption, questions
 
 
 def _words(text: str, keep_marks: bool) -> list[str]:

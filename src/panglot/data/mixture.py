@@ -106,7 +106,7 @@ class WorldMixture:
         self._tasks = [t for t in TASKS if cfg.task_probs.get(t, 0) > 0]
         probs = np.array([cfg.task_probs[t] for t in self._tasks], dtype=np.float64)
         self._cum = np.cumsum(probs / probs.sum())
-        self._marks = {tokenizer.encode(word)[0] for word in ("yes", "no")}  # a marked description's marks
+        self._marks = {tokenizer.encode(word)[0] for word in vqa.MARKS}  # a marked description's marks (one id each)
 
     def __len__(self) -> int:
         return len(self.scenes) * self.docs_per_scene

@@ -12,6 +12,7 @@ from panglot.world.scene import POSITIONS, Obj, Scene
 from panglot.world.splits import allowed_pairs
 
 KINDS = ("color", "shape_at", "count", "exists", "where", "size")
+MARKS = ("yes", "no")  # what ``marked_caption`` writes after an object phrase the question is / is not about
 
 
 class QA(NamedTuple):
@@ -101,8 +102,7 @@ def marked_caption(scene: Scene, qa: QA) -> str:
     before it answers (``data.vqa_description: marked``) turns each lookup into a comparison next to the phrase it
     has just written, and the answer into a read of the ``yes`` phrase (or of there being none).
     """
-    objects = sorted(scene.objects, key=lambda o: POSITIONS.index(o.position))
-    return " and ".join(f"{object_phrase(o)} {'yes' if refers(qa, o) else 'no'}" for o in objects)
+    return " and ".join(f"{object_phrase(o)} {MARKS[0] if refers(qa, o) else MARKS[1]}" for o in scene.objects)
 
 
 def _interleave_yes_no(pool: list[QA], rng: np.random.Generator) -> list[QA]:
