@@ -393,7 +393,7 @@ def test_locality_deals_the_cells_out_to_the_queries_in_raster_order(teacher, pi
 
 def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
     """``quantizer: fsq``: each query's output rounded channel by channel (vector-quantize-pytorch's FSQ), the
-    vocabulary the product of the levels; the ids decode back to the codes they came from, stage 1's loss reaches
+    vocabulary the product of the levels, whose digits are the ids' factors; the ids decode back to the codes they came from, stage 1's loss reaches
     the Q-Former through the rounding, the codec saves and loads, and bad levels are refused by name."""
     from dataclasses import replace
 
@@ -418,6 +418,13 @@ def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
         codes, train_ids, _ = codec.codebook(z)
     assert torch.equal(train_ids, ids)  # encoding and the training path name the same ids
     torch.testing.assert_close(codec.codebook.codes(ids), codes)
+    # a reading model shares rows by FSQ digit: the factors are the levels FSQ itself rounds each channel to
+    factors = codec.id_factors()
+    assert [n for _, n in factors] == [5, 4, 3]
+    digits = codec.codebook.fsq.indices_to_level_indices(torch.arange(60))  # (60, 3)
+    for k, (values, _) in enumerate(factors):
+        assert torch.equal(values, digits[:, k].long())
+    assert QFormerCodec(QFormerCodec.debug_config()).id_factors() == []  # VQ ids are unrelated
     codec.save(tmp_path / "codec")
     loaded = load_codec(tmp_path / "codec")
     assert loaded.config.quantizer == "fsq" and torch.equal(loaded.encode_tensor(images), ids)

@@ -35,6 +35,7 @@ from vector_quantize_pytorch import FSQ, VectorQuantize
 
 from panglot.codecs.base import ImageCodec, register_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
+from panglot.codecs.image_vq.model import split_factors
 from panglot.encoders import DualEncoder, DualEncoderConfig, ImageTower, TowerConfig, contrastive_loss
 from panglot.encoders.dual import Tower
 from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU, attend
@@ -616,6 +617,11 @@ class QFormerCodec(ImageCodec):
     @property
     def tokens_per_item(self) -> int:
         return self.config.qformer.n_queries
+
+    def id_factors(self) -> list[tuple[torch.Tensor, int]]:
+        """With FSQ ids, each digit (ids that share a digit share its embedding row in a model that reads them);
+        a VQ's ids are unrelated."""
+        return split_factors(self.vocab_size, 1, self.config.fsq_levels) if self.config.quantizer == "fsq" else []
 
     # --- encoding -----------------------------------------------------------------------------------
     def _query_outputs(
