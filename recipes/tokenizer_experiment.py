@@ -14,6 +14,9 @@ of unified training on this machine, fitted to steps before training (``panglot.
 number of optimizer steps (``--steps``: the same documents for every codec, whatever else the machine is
 running); each run records the tokens it trained on and its measured wall and CPU time, so the curves can
 be read either way.
+``--seeds 0 1 2`` repeats every run with other training and data seeds (the model's initialisation, the scenes and
+the order they come in; the codecs stay as trained): the table gets a row per seed and a mean over seeds, and the
+curves draw the mean with the seeds' range.
 Finished runs are reused, so an interrupted experiment continues.
 """
 
@@ -114,27 +117,57 @@ def detail_table(results: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
     for r, attrs, kinds in rows:
         cells = [f"{100 * v:.0f}" for v in [*attrs, *(kinds.get(k, float("nan")) for k in kind_names)]]
-        lines.append(f"| {r['codec']} | {r['budget']} | " + " | ".join(cells) + " |")
+        budget = r["budget"] + (f", seed {r['seed']}" if r.get("seed") else "")
+        lines.append(f"| {r['codec']} | {budget} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def seed_groups(results: list[dict]) -> list[list[dict]]:
+    """The runs grouped by (codec, budget), in first-seen order: one group per point of the curves."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["codec"], r["budget"]), []).append(r)
+    return list(groups.values())
+
+
+def mean_table(results: list[dict]) -> list[str]:
+    """Mean over seeds of each (codec, budget) and the seeds' range, for experiments run with several seeds."""
+    groups = [g for g in seed_groups(results) if len(g) > 1]
+    if not groups:
+        return []
+    lines = [
+        "| codec | budget | seeds | " + " | ".join(label for label, _ in FIGURES) + " |",
+        "| --- " * (3 + len(FIGURES)) + "|",
+    ]
+    for group in groups:
+        cells = []
+        for _, path in FIGURES:
+            values = [100 * figure(r["summary"], path) for r in group]
+            cells.append(f"{sum(values) / len(values):.1f} ({min(values):.0f}-{max(values):.0f})")
+        lines.append(f"| {group[0]['codec']} | {group[0]['budget']} | {len(group)} | " + " | ".join(cells) + " |")
     return lines
 
 
 def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
     """``results.json``, ``tokenizers.md`` (table) and the curves: ``tokenizers.png`` against training tokens,
-    ``tokenizers_cpu.png`` against training CPU seconds (wall time depends on what else the machine runs)."""
+    ``tokenizers_cpu.png`` against training CPU seconds (wall time depends on what else the machine runs); with
+    several seeds, the table's mean over seeds and curves of the mean with the seeds' range."""
     atomic_write_json(out / "results.json", {"codecs": codecs_info, "runs": results}, indent=2)
     lines = [
-        "| codec | tokens/image | budget | steps | train tokens | wall s | CPU s | "
+        "| codec | tokens/image | budget | seed | steps | train tokens | wall s | CPU s | "
         + " | ".join(label for label, _ in FIGURES)
         + " |",
-        "| --- " * (7 + len(FIGURES)) + "|",
+        "| --- " * (8 + len(FIGURES)) + "|",
     ]
     for r in results:
         cells = [f"{100 * figure(r['summary'], p):.1f}" for _, p in FIGURES]
         lines.append(
-            f"| {r['codec']} | {codecs_info[r['codec']]['tokens_per_item']} | {r['budget']} | {r['steps']} | "
-            f"{r['tokens'] / 1e6:.2f} M | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | " + " | ".join(cells) + " |"
+            f"| {r['codec']} | {codecs_info[r['codec']]['tokens_per_item']} | {r['budget']} | {r.get('seed', 0)} | "
+            f"{r['steps']} | {r['tokens'] / 1e6:.2f} M | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | "
+            + " | ".join(cells) + " |"
         )
-    lines += ["", *detail_table(results)]
+    means = mean_table(results)
+    lines += ["", *means, *([""] if means else []), *detail_table(results)]
     atomic_write_text(out / "tokenizers.md", "\n".join(lines) + "\n")
     for name, key, scale, xlabel in (
         ("tokenizers.png", "tokens", 1e-6, "unified training tokens (M)"),
@@ -144,8 +177,12 @@ def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
         axes = fig.subplots(2, 3, sharex=True).flatten()
         for ax, (label, path) in zip(axes, FIGURES):
             for codec in dict.fromkeys(r["codec"] for r in results):
-                runs = sorted((r for r in results if r["codec"] == codec), key=lambda r: r[key])
-                ax.plot([r[key] * scale for r in runs], [100 * figure(r["summary"], path) for r in runs], "o-", label=codec)
+                groups = sorted((g for g in seed_groups(results) if g[0]["codec"] == codec), key=lambda g: g[0][key])
+                x = [sum(r[key] for r in g) / len(g) * scale for g in groups]
+                ys = [[100 * figure(r["summary"], path) for r in g] for g in groups]
+                mean = [sum(v) / len(v) for v in ys]
+                err = [[m - min(v) for m, v in zip(mean, ys)], [max(v) - m for m, v in zip(mean, ys)]]
+                ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=3, label=codec)
             ax.set_title(label)
             ax.set_ylim(0, 100)
             ax.grid(alpha=0.3)
@@ -166,6 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--cfg", type=float, default=3.0, help="one CFG scale for every run")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the unified recipe, e.g. model.size=small")
     parser.add_argument("--stage-dir", default=None, help="where codecs are trained (default OUT/stages)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="training and data seeds of every run")
     args = parser.parse_args(argv)
     out = Path(args.out)
     stage_root = Path(args.stage_dir) if args.stage_dir else out / "stages"
@@ -178,12 +216,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               "metrics": {k: v for k, v in meta.get("metrics", {}).items() if k != "train"}}  # fmt: skip
         budgets = [("steps", n) for n in args.steps] if args.steps else [("minutes", m) for m in args.budgets]
         for budget in budgets:
-            run_dir = out / "runs" / f"{codec}-{budget[1]:g}{'steps' if budget[0] == 'steps' else 'min'}"
-            train = train_run(codec_dir, run_dir, budget, unified)
-            metrics = eval_run(run_dir, args.test_per_cell, args.cfg)
-            results.append({"codec": codec, **train, "run": str(run_dir), "summary": metrics["summary"]})
-            logger.info("%s %s: %s", codec, train["budget"], json.dumps(metrics["summary"]))
-            write_outputs(out, results, codecs_info)
+            for seed in args.seeds:
+                name = f"{codec}-{budget[1]:g}{'steps' if budget[0] == 'steps' else 'min'}"
+                run_dir = out / "runs" / (name if seed == 0 else f"{name}-seed{seed}")
+                seeded = merge_dicts(unified, {"train": {"seed": seed}, "data": {"seed": seed}}) if seed else unified
+                train = train_run(codec_dir, run_dir, budget, seeded)
+                metrics = eval_run(run_dir, args.test_per_cell, args.cfg)
+                results.append({"codec": codec, "seed": seed, **train, "run": str(run_dir), "summary": metrics["summary"]})
+                logger.info("%s %s seed %d: %s", codec, train["budget"], seed, json.dumps(metrics["summary"]))
+                write_outputs(out, results, codecs_info)
     return results
 
 
