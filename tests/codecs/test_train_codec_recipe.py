@@ -61,6 +61,11 @@ def test_training_beats_an_untrained_codec(tiny_run):
     # 250 tiny steps: far from the recipe's figures, but clearly past an untrained codec.
     assert untrained["oracle_preserved"] == 0 and untrained["object_recall"] < 0.01
     assert trained["oracle_preserved"] > 0.005 and trained["object_recall"] > 0.03, (trained, untrained)
+    # which attributes the reconstructions keep (the text-to-image figures): shares, and past the untrained codec
+    attrs = trained["attributes"]
+    assert set(attrs) == {"shape", "color", "size", "position", "object", "count"}
+    assert all(0.0 <= v <= 1.0 for v in attrs.values())
+    assert attrs["object"] > untrained["attributes"]["object"] and attrs["color"] > untrained["attributes"]["color"]
     # an untrained mask head decodes almost all background (~18 dB on these images): 3 dB over it is real
     assert trained["psnr_db"] > untrained["psnr_db"] + 3
 
