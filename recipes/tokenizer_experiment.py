@@ -122,6 +122,12 @@ def detail_table(results: list[dict]) -> list[str]:
     return lines
 
 
+def spread(group: list[dict], path: tuple[str, str]) -> tuple[float, float, float]:
+    """Mean, minimum and maximum (%) of one figure over a group's runs (its seeds)."""
+    values = [100 * figure(r["summary"], path) for r in group]
+    return sum(values) / len(values), min(values), max(values)
+
+
 def seed_groups(results: list[dict]) -> list[list[dict]]:
     """The runs grouped by (codec, budget), in first-seen order: one group per point of the curves."""
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -140,10 +146,7 @@ def mean_table(results: list[dict]) -> list[str]:
         "| --- " * (3 + len(FIGURES)) + "|",
     ]
     for group in groups:
-        cells = []
-        for _, path in FIGURES:
-            values = [100 * figure(r["summary"], path) for r in group]
-            cells.append(f"{sum(values) / len(values):.1f} ({min(values):.0f}-{max(values):.0f})")
+        cells = [f"{mean:.1f} ({lo:.0f}-{hi:.0f})" for mean, lo, hi in (spread(group, path) for _, path in FIGURES)]
         lines.append(f"| {group[0]['codec']} | {group[0]['budget']} | {len(group)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -179,9 +182,8 @@ def write_outputs(out: Path, results: list[dict], codecs_info: dict) -> None:
             for codec in dict.fromkeys(r["codec"] for r in results):
                 groups = sorted((g for g in seed_groups(results) if g[0]["codec"] == codec), key=lambda g: g[0][key])
                 x = [sum(r[key] for r in g) / len(g) * scale for g in groups]
-                ys = [[100 * figure(r["summary"], path) for r in g] for g in groups]
-                mean = [sum(v) / len(v) for v in ys]
-                err = [[m - min(v) for m, v in zip(mean, ys)], [max(v) - m for m, v in zip(mean, ys)]]
+                mean, lo, hi = zip(*(spread(g, path) for g in groups))
+                err = [[m - low for m, low in zip(mean, lo)], [high - m for m, high in zip(mean, hi)]]
                 ax.errorbar(x, mean, yerr=err, fmt="o-", capsize=3, label=codec)
             ax.set_title(label)
             ax.set_ylim(0, 100)
@@ -216,8 +218,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                               "metrics": {k: v for k, v in meta.get("metrics", {}).items() if k != "train"}}  # fmt: skip
         budgets = [("steps", n) for n in args.steps] if args.steps else [("minutes", m) for m in args.budgets]
         for budget in budgets:
+            name = f"{codec}-{budget[1]:g}{'steps' if budget[0] == 'steps' else 'min'}"
             for seed in args.seeds:
-                name = f"{codec}-{budget[1]:g}{'steps' if budget[0] == 'steps' else 'min'}"
                 run_dir = out / "runs" / (name if seed == 0 else f"{name}-seed{seed}")
                 seeded = merge_dicts(unified, {"train": {"seed": seed}, "data": {"seed": seed}}) if seed else unified
                 train = train_run(codec_dir, run_dir, budget, seeded)

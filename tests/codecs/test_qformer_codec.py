@@ -393,8 +393,9 @@ def test_locality_deals_the_cells_out_to_the_queries_in_raster_order(teacher, pi
 
 def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
     """``quantizer: fsq``: each query's output rounded channel by channel (vector-quantize-pytorch's FSQ), the
-    vocabulary the product of the levels, whose digits are the ids' factors; the ids decode back to the codes they came from, stage 1's loss reaches
-    the Q-Former through the rounding, the codec saves and loads, and bad levels are refused by name."""
+    vocabulary the product of the levels, whose digits are the ids' factors; the ids decode back to the codes they
+    came from, stage 1's loss reaches the Q-Former through the rounding, the codec saves and loads, and bad levels
+    are refused by name."""
     from dataclasses import replace
 
     cfg = replace(QFormerCodec.debug_config(), quantizer="fsq", fsq_levels=[5, 4, 3])

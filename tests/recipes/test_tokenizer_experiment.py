@@ -13,12 +13,17 @@ from panglot.world import render, split_scenes
 from recipes import tokenizer_experiment
 
 
-def test_step_budgets_table_and_reuse(tmp_path):
+def finished_pixel_stage(stage_dir):
+    """A debug pixel codec saved as a finished stage: the driver reuses it, it trains nothing."""
     torch.manual_seed(0)
     codec = PixelVQ(PixelVQ.debug_config())
     codec.train()
     codec(codec.items_to_tensor([render(s) for s in split_scenes("train", 8, seed=0)]))
-    codec.eval().save(tmp_path / "stages" / "pixel_vq")  # a finished stage: reused, not trained
+    codec.eval().save(stage_dir / "pixel_vq")
+
+
+def test_step_budgets_table_and_reuse(tmp_path):
+    finished_pixel_stage(tmp_path / "stages")
     argv = [
         "--out", str(tmp_path / "exp"), "--stage-dir", str(tmp_path / "stages"), "--codecs", "pixel_vq",
         "--steps", "2", "3", "--test-per-cell", "1", "--cfg", "2.0",
@@ -50,11 +55,7 @@ def test_step_budgets_table_and_reuse(tmp_path):
 def test_seeds_repeat_every_run_and_the_table_gives_their_mean(tmp_path):
     """``--seeds 0 1``: each budget trained twice with other training and data seeds (seed 0 keeps the run's own
     directory, so earlier single-seed runs are reused), a row per seed, and a mean over seeds with its range."""
-    torch.manual_seed(0)
-    codec = PixelVQ(PixelVQ.debug_config())
-    codec.train()
-    codec(codec.items_to_tensor([render(s) for s in split_scenes("train", 8, seed=0)]))
-    codec.eval().save(tmp_path / "stages" / "pixel_vq")
+    finished_pixel_stage(tmp_path / "stages")
     argv = [
         "--out", str(tmp_path / "exp"), "--stage-dir", str(tmp_path / "stages"), "--codecs", "pixel_vq",
         "--steps", "2", "--seeds", "0", "1", "--test-per-cell", "1", "--cfg", "2.0",
