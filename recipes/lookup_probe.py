@@ -50,10 +50,11 @@ from panglot.files import atomic_write_json
 from panglot.model.unified import collate
 from panglot.multimodal.layout import TaskSequence
 from panglot.training import OptimConfig, TrainConfig, Trainer
+from panglot.world import vqa
 from panglot.world.dataset import make_example
 from panglot.world.language import object_phrase
 from panglot.world.scene import Scene
-from panglot.world.vqa import KINDS, MARKS, QA, refers
+from panglot.world.vqa import KINDS, QA
 
 logger = logging.getLogger("panglot.recipes.lookup_probe")
 
@@ -123,7 +124,7 @@ def marked_parts(tok: TextTokenizer, scene: Scene, qa: QA) -> tuple[list[int], l
     prompt = [tok.token_to_id(sp.BOS), tok.token_to_id(sp.VQA), *tok.encode(qa.question), tok.token_to_id(sp.ASSISTANT)]
     objects = scene.objects  # in reading order, as the caption reads them (``Scene``)
     phrases = [(tok.encode("and") if i else []) + tok.encode(object_phrase(o)) for i, o in enumerate(objects)]
-    marks = [tok.encode(MARKS[0] if refers(qa, o) else MARKS[1])[0] for o in objects]
+    marks = [tok.encode(vqa.mark(qa, o))[0] for o in objects]
     return prompt, phrases, marks, tok.encode(qa.answer)
 
 

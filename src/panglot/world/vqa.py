@@ -94,6 +94,11 @@ def refers(qa: QA, obj: Obj) -> bool:
     return all(getattr(obj, field) == value for field, value in named(qa).items())
 
 
+def mark(qa: QA, obj: Obj) -> str:
+    """The mark a marked caption writes after ``obj``'s phrase: ``MARKS[0]`` if the question is about it."""
+    return MARKS[0] if refers(qa, obj) else MARKS[1]
+
+
 def marked_caption(scene: Scene, qa: QA) -> str:
     """The caption with ``yes`` or ``no`` after each object phrase: whether the question is about that object.
 
@@ -102,7 +107,7 @@ def marked_caption(scene: Scene, qa: QA) -> str:
     before it answers (``data.vqa_description: marked``) turns each lookup into a comparison next to the phrase it
     has just written, and the answer into a read of the ``yes`` phrase (or of there being none).
     """
-    return " and ".join(f"{object_phrase(o)} {MARKS[0] if refers(qa, o) else MARKS[1]}" for o in scene.objects)
+    return " and ".join(f"{object_phrase(o)} {mark(qa, o)}" for o in scene.objects)
 
 
 def _interleave_yes_no(pool: list[QA], rng: np.random.Generator) -> list[QA]:
