@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,9 +29,9 @@ from panglot.data.packing import DocumentPacker, PackingConfig, packed_shape
 from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.model.unified import code_looks, span_positions
-from panglot.multimodal import SequenceLayout, UnifiedVocab
+from panglot.multimodal import TASKS, SequenceLayout, UnifiedVocab
 from panglot.nn.precision import autocast_context
-from panglot.training import TrainConfig, Trainer
+from panglot.training import TrainConfig, Trainer, distributed
 from panglot.training.budget import Deadline, budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
@@ -46,12 +47,36 @@ class UnifiedRecipe:
     tokenizer_scenes: int = 3000  # train-split scenes whose texts train the BPE tokenizer
     batch_size: int = 32  # documents per batch (packed: about as many, see packing.rows)
     cfg_scale: float = 3.0  # default guidance scale saved with the model (the quickstart tunes it on val)
-    threads: int | None = None  # torch intra-op threads; None = torch's default
+    threads: int | None = None  # torch intra-op threads (per process); None = torch's default (shared by processes)
+    # Data-parallel training processes on this machine's CPU (panglot.training.distributed): each steps over
+    # batch_size / processes documents of its own shard, the gradients averaged. On 2 cores, 2 processes of one
+    # thread took the quickstart's steps 1.08x as fast as one of two threads, 1.17x the tokens a second
+    # (docs/benchmarks.md "Data-parallel processes"); it pays where more cores scale threads worse.
+    processes: int = 1
+    # Each task's share of the loss (UnifiedModel.loss's task_shares), e.g. {t2i: 0.7, caption: 0.15, vqa: 0.15};
+    # None: every weighted target token counts alike (the drawings' image tokens then make ~80 % of the loss).
+    task_loss_shares: dict[str, float] | None = None
     compile: bool = False  # torch.compile the backbone's blocks for training (1.27x per step on CPU)
     model: UnifiedModelConfig = field(default_factory=UnifiedModelConfig)
     data: MixtureConfig = field(default_factory=MixtureConfig)
     packing: PackingConfig = field(default_factory=PackingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.processes < 1:
+            problems.append(f"processes must be >= 1, got {self.processes}")
+        if self.task_loss_shares is not None:
+            shares = self.task_loss_shares
+            problems += [f"task_loss_shares: unknown task {t!r} (tasks: {list(TASKS)})" for t in shares if t not in TASKS]
+            if any(v < 0 for v in shares.values()) or sum(shares.values()) <= 0:
+                problems.append(f"task_loss_shares must be >= 0 with a positive sum, got {shares}")
+            problems += [
+                f"task_loss_shares gives task {t!r} no share, but data.task_probs draws it"
+                for t, p in self.data.task_probs.items() if p > 0 and shares.get(t, 0) <= 0
+            ]  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def build_tokenizer(cfg: UnifiedRecipe, out: Path) -> TextTokenizer:
@@ -68,6 +93,8 @@ LOOK_SCENES = 2000  # training scenes whose patches give each image id its look 
 
 
 def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, StatefulLoader | DocumentPacker]:
+    """The model and this process's data: in a process group (`panglot.training.distributed`) its shard of the
+    documents, ``batch_size / processes`` of them a batch."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     codec = load_codec(cfg.codec_dir, map_location=device)
@@ -93,22 +120,26 @@ def build(cfg: UnifiedRecipe, device: str = "cpu") -> tuple[UnifiedModel, Statef
     logger.info("encoding %d training scenes with the %s codec", len(scenes), codec.kind)
     dataset = WorldMixture(cfg.data, model.layout, tokenizer, scenes, encode_scenes(codec, scenes))
     pad_id = vocab.special("<pad>")
+    shard = (distributed.rank(), distributed.world_size())
+    documents = math.ceil(cfg.batch_size / shard[1])  # per process
     if cfg.packing.enabled:  # rows of whole documents, attention and positions kept inside each
-        pack_len, rows = packed_shape(dataset, cfg.packing, cfg.batch_size)
-        logger.info("packing documents into batches of %d rows of %d tokens", rows, pack_len)
+        pack_len, rows = packed_shape(dataset, cfg.packing, documents)
+        logger.info("packing documents into batches of %d rows of %d tokens%s", rows, pack_len,
+                    f" in each of {shard[1]} processes" if shard[1] > 1 else "")  # fmt: skip
         loader = DocumentPacker(
-            dataset, pack_len, rows, pad_id=pad_id, seed=cfg.train.seed, lookahead=cfg.packing.lookahead
+            dataset, pack_len, rows, pad_id=pad_id, seed=cfg.train.seed, lookahead=cfg.packing.lookahead, shard=shard
         )
     else:
-        loader = StatefulLoader(
-            dataset, cfg.batch_size, seed=cfg.train.seed, collate_fn=partial(collate, pad_id=pad_id)
-        )
+        collate_fn = partial(collate, pad_id=pad_id)
+        loader = StatefulLoader(dataset, documents, seed=cfg.train.seed, collate_fn=collate_fn, shard=shard)
     return model, loader
 
 
-def loss_fn(model: UnifiedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def loss_fn(
+    model: UnifiedModel, batch: dict[str, torch.Tensor], task_shares: dict[str, float] | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    loss, metrics = model.loss(batch)
+    loss, metrics = model.loss(batch, task_shares)
     metrics["tokens"] = float((batch["tokens"] != model.vocab.special("<pad>")).sum())  # document tokens only
     return loss, metrics
 
@@ -123,7 +154,7 @@ def seconds_per_step(
 
     def step() -> None:
         with autocast_context(model.device, cfg.train.precision):
-            loss, _ = loss_fn(model, next(loader))
+            loss, _ = loss_fn(model, next(loader), cfg.task_loss_shares)
         loss.backward()
 
     per_step = median_step_seconds(step) * cfg.train.grad_accum
@@ -140,18 +171,40 @@ def run(
     deadline: Deadline | None = None,
 ) -> Path:
     """Train and export; returns the run directory. ``minutes`` fits ``train.max_steps`` to a time budget; with a
-    job's ``deadline`` the budget's re-fits also leave its reserve (`panglot.training.budget.Deadline`)."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    job's ``deadline`` the budget's re-fits also leave its reserve (`panglot.training.budget.Deadline`; its clock,
+    ``time.perf_counter``, is the system's monotonic clock, the same in the training processes). With
+    ``cfg.processes > 1`` the training runs in that many new processes (`panglot.training.distributed.launch`),
+    each on ``cfg.threads`` threads (default: this process's threads shared out)."""
+    if cfg.processes == 1:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        _train(cfg, resume, device, minutes, deadline)
+        return Path(cfg.out_dir)
+    if device != "cpu":
+        raise ValueError(f"processes: {cfg.processes} is data parallelism over CPU processes; on {device} use 1")
+    build_tokenizer(cfg, Path(cfg.out_dir))  # once, before the processes that read it
+    threads = cfg.threads or max(1, torch.get_num_threads() // cfg.processes)
+    logger.info("training in %d processes of %d thread(s) each", cfg.processes, threads)
+    distributed.launch(_train, cfg.processes, cfg, resume, device, minutes, deadline, threads=threads)
+    return Path(cfg.out_dir)
+
+
+def _train(
+    cfg: UnifiedRecipe, resume: bool, device: str, minutes: float | None, deadline: Deadline | None
+) -> None:  # fmt: skip
+    """`run`'s training, in each process of a group (or the only one); rank 0 exports the model."""
     model, loader = build(cfg, device)
     if cfg.compile:  # before the budget probe, whose warm-up steps pay the compilation
         model.backbone.compile_layers()
-    cfg.train = budgeted(cfg.train, cfg.out_dir, minutes, lambda: seconds_per_step(model, loader, cfg))
-    trainer = Trainer(cfg.train, model, loss_fn, loader, Path(cfg.out_dir) / "train", deadline=deadline)
+    distributed.barrier()  # every process sees whether a budget was fitted before any writes one
+    probe = lambda: distributed.slowest(seconds_per_step(model, loader, cfg))  # noqa: E731
+    cfg.train = budgeted(cfg.train, cfg.out_dir, minutes, probe)
+    loss = partial(loss_fn, task_shares=cfg.task_loss_shares)
+    trainer = Trainer(cfg.train, model, loss, loader, Path(cfg.out_dir) / "train", deadline=deadline)
     summary = trainer.train(resume=resume)
-    logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))
-    save_model(cfg.out_dir, model, extra={"generation": {"cfg_scale": cfg.cfg_scale}, "recipe": to_dict(cfg)})
-    return Path(cfg.out_dir)
+    if distributed.is_main():
+        logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))
+        save_model(cfg.out_dir, model, extra={"generation": {"cfg_scale": cfg.cfg_scale}, "recipe": to_dict(cfg)})
 
 
 def main(argv: list[str] | None = None) -> Path:

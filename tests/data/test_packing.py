@@ -190,6 +190,32 @@ def test_loss_is_the_weighted_mean_over_every_position(unified):
     unified.zero_grad()
 
 
+@torch.no_grad()
+def test_task_shares_weigh_each_tasks_mean_not_its_token_count(unified):
+    """With ``task_shares`` the loss is the shares' weighted mean of each task's weighted mean nll (a brute-force
+    reference from per-position nll), padded and packed alike; a task left out of the batch drops out."""
+    docs = _world_docs(unified, 9, seed=4)
+    batch = collate(docs, PAD)
+    tokens, w = batch["tokens"], batch["weights"][:, 1:]
+    nll = F.cross_entropy(unified(tokens[:, :-1]).transpose(1, 2), tokens[:, 1:], reduction="none")
+    shares = {"t2i": 0.5, "caption": 0.3, "vqa": 0.2}
+    means = {}
+    for i, name in enumerate(TASKS):
+        rows = batch["task"] == i
+        means[name] = (nll[rows] * w[rows]).sum() / w[rows].sum()
+    reference = sum(shares[t] * means[t] for t in TASKS)
+    loss, _ = unified.loss(batch, task_shares=shares)
+    torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(loss, unified.loss(batch)[0])  # not the token mean
+    packed = collate_packed([docs[:3], docs[3:6], docs[6:]], 160, PAD)
+    torch.testing.assert_close(unified.loss(packed, task_shares=shares)[0], reference, atol=1e-5, rtol=1e-5)
+    without_vqa = [d for d in docs if d.task != "vqa"]  # the other two keep their shares' ratio
+    expected = (0.5 * means["t2i"] + 0.3 * means["caption"]) / 0.8
+    torch.testing.assert_close(unified.loss(collate(without_vqa, PAD), task_shares=shares)[0], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"unknown tasks \['edit'\]"):
+        unified.loss(batch, task_shares={"edit": 1.0})
+
+
 def test_counted_rows_are_the_counted_positions_then_padding_to_the_multiple():
     counted = torch.zeros(3, 50, dtype=torch.bool)
     counted[0, 5:20] = counted[2, :37] = True  # 52 positions

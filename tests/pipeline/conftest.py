@@ -10,12 +10,11 @@ from panglot.config import load_config
 from recipes import train_unified
 
 
-@pytest.fixture(scope="session")
-def debug_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("debug_run")
+def debug_recipe(root, *overrides: str) -> train_unified.UnifiedRecipe:
+    """The debug run's recipe (``root/run``) over a small untrained pixel VQ codec it saves in ``root/codec``."""
     torch.manual_seed(0)
     PixelVQ(PixelVQConfig(channels=[16, 32], latent_dim=16, codebook_size=64)).save(root / "codec")
-    cfg = load_config(
+    return load_config(
         train_unified.UnifiedRecipe,
         None,
         [
@@ -29,9 +28,15 @@ def debug_run(tmp_path_factory):
             "train.log_every=5",
             "train.ckpt_every=0",
             "train.optim.lr=3e-3",
+            *overrides,
         ],
     )
-    run_on_one_thread(cfg)
+
+
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("debug_run")
+    run_on_one_thread(debug_recipe(root))
     return root / "run"
 
 
@@ -49,3 +54,9 @@ def run_on_one_thread(cfg: train_unified.UnifiedRecipe) -> None:
 def run_unified():
     """``run_unified(cfg)``: a unified recipe trained on one torch thread."""
     return run_on_one_thread
+
+
+@pytest.fixture
+def debug_config():
+    """``debug_config(root, *overrides)``: the debug run's recipe (`debug_recipe`)."""
+    return debug_recipe

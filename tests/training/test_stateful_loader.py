@@ -59,3 +59,24 @@ def test_bad_arguments():
         StatefulLoader([], batch_size=1)
     with pytest.raises(ValueError, match="smaller than one batch"):
         StatefulLoader([1, 2], batch_size=3)
+
+
+def test_shards_split_each_epoch_between_processes_with_none_seen_twice():
+    data = list(range(11))
+    single = StatefulLoader(data, batch_size=4, seed=3, drop_last=False)
+    shards = [StatefulLoader(data, batch_size=2, seed=3, drop_last=False, shard=(r, 2)) for r in range(2)]
+    assert [len(s) for s in shards] == [3, 3]  # 5 items each: the 11th is left out so both take as many steps
+    for _ in range(2):  # two epochs
+        items = [torch.cat(_take(s, 3)).tolist() for s in shards]
+        assert len(items[0]) == len(items[1]) == 5 and not set(items[0]) & set(items[1])
+        order = torch.cat(_take(single, 3)).tolist()
+        assert items[0] + items[1] != order and sorted(items[0] + items[1]) == sorted(order[:10])
+    # a shard's position is its own: restoring it into another shard fails, naming the shard
+    with pytest.raises(ValueError, match=r"shard: expected \[1, 2\], found \[0, 2\]"):
+        shards[1].load_state_dict(shards[0].state_dict())
+    state = {k: v for k, v in single.state_dict().items() if k != "shard"}  # a position saved before shards
+    StatefulLoader(data, batch_size=4, seed=3, drop_last=False).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"shard must be \(rank, processes\)"):
+        StatefulLoader(data, batch_size=1, shard=(2, 2))
+    with pytest.raises(ValueError, match="per process"):
+        StatefulLoader(data, batch_size=6, shard=(0, 2))

@@ -72,3 +72,39 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[
     targets = tokens[:, 1:]
     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     return loss, {"tokens": float(targets.numel())}
+
+
+def data_parallel_mlp(
+    out_dir, cfg, batch_size: int, dropout: float = 0.0, resume: bool = False, crash_at_call: int | None = None
+) -> None:
+    """One process's part of a data-parallel TinyMLP run (``panglot.training.distributed.launch`` target): its
+    shard of ``regression_data``, ``batch_size / processes`` items a batch; writes its final weights and step
+    count to ``out_dir/rank{r}.safetensors`` / ``.json``. ``crash_at_call``: every process raises at that call
+    of the loss (the same step on each)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from panglot.data.loader import StatefulLoader
+    from panglot.training import Trainer, distributed, seed_everything
+
+    rank, world = distributed.rank(), distributed.world_size()
+    seed_everything(0)
+    model = TinyMLP(dropout=dropout)
+    data = StatefulLoader(regression_data(n=64), batch_size=batch_size // world, seed=1, shard=(rank, world))
+    calls = 0
+
+    def loss(model, batch):
+        nonlocal calls
+        calls += 1
+        if calls == crash_at_call:
+            raise RuntimeError(f"crash at call {calls}")
+        return mse_loss(model, batch)
+
+    trainer = Trainer(cfg, model, loss, data, out_dir)
+    summary = trainer.train(resume=resume)
+    out = Path(out_dir)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / f"rank{rank}.safetensors")
+    record = {"steps": summary.steps, "max_steps": trainer.cfg.max_steps, "resumed_from": summary.resumed_from}
+    (out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -69,7 +69,8 @@ class DocumentPacker:
 
     The state is the index loader's position plus the indices of the kept documents, so a resumed
     packer yields exactly the batches the uninterrupted one would have. ``dataset[i]`` must be a pure
-    function of ``i`` (``WorldMixture`` is).
+    function of ``i`` (``WorldMixture`` is). ``shard=(rank, processes)``: one data-parallel process's packer, over
+    its share of each epoch's documents (`StatefulLoader`'s ``shard``).
     """
 
     def __init__(
@@ -83,12 +84,13 @@ class DocumentPacker:
         shuffle: bool = True,
         epochs: int | None = None,
         lookahead: int = 8,
+        shard: tuple[int, int] = (0, 1),
     ):
         PackingConfig(enabled=True, pack_len=pack_len, rows=rows, lookahead=lookahead)  # validates
         self.dataset = dataset
         self.pack_len, self.rows, self.lookahead, self.pad_id = pack_len, rows, lookahead, pad_id
         self.order = StatefulLoader(
-            range(len(dataset)), 1, seed=seed, shuffle=shuffle, epochs=epochs, collate_fn=_only
+            range(len(dataset)), 1, seed=seed, shuffle=shuffle, epochs=epochs, collate_fn=_only, shard=shard
         )
         self.kept: list[int] = []  # indices drawn but not yet packed, oldest first
 

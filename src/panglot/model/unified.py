@@ -3,7 +3,7 @@ answers questions and draws (the CM3Leon / Chameleon core)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -124,7 +124,9 @@ class UnifiedModel(nn.Module):
     def forward(self, tokens: torch.Tensor, **kwargs) -> torch.Tensor:  # (B, T) -> (B, T, V)
         return self.backbone(tokens, **kwargs)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, batch: dict[str, torch.Tensor], task_shares: Mapping[str, float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted next-token cross-entropy over a padded or a packed batch; metrics per task.
 
         Padded (``collate``): ``tokens``/``weights`` (B, T), ``task`` (B,). Packed
@@ -133,6 +135,11 @@ class UnifiedModel(nn.Module):
         numbers for the same documents: the loss is ``sum(weight * nll) / sum(weight)`` over every target
         token, and ``loss_<task>`` is the mean over that task's documents of each document's mean nll
         over its weighted tokens.
+
+        ``task_shares`` (task -> share): the loss is instead ``sum_t share_t * mean_t / sum_t share_t`` over the
+        tasks in the batch, ``mean_t`` the weighted mean over task ``t``'s target tokens, so each task's share of
+        the gradient is set, not its count of tokens (a drawing's 65 targets against an answer's 2: by token, VQA
+        gets ~2 % of the quickstart's loss). Tasks it does not name count for nothing.
         """
         tokens, weights = batch["tokens"], batch["weights"]
         b, t = tokens.shape
@@ -155,7 +162,10 @@ class UnifiedModel(nn.Module):
         n = int(counted.sum())
         logits = self.backbone.logits(hidden.flatten(0, 1)[rows])  # (N + padding, V)
         nll = F.cross_entropy(logits.float(), targets.flatten()[rows], reduction="none")[:n]  # (N,)
-        loss = (nll * w[counted]).sum() / w.sum().clamp_min(1.0)
+        if task_shares is None:
+            loss = (nll * w[counted]).sum() / w.sum().clamp_min(1.0)
+        else:
+            loss = shared_loss(nll * w[counted], w[counted], task[counted], task_shares)
         with torch.no_grad():
             metrics = task_losses(nll, document[counted], task[counted], n_documents=b * t)
         return loss, metrics
@@ -204,6 +214,25 @@ def counted_rows(counted: torch.Tensor, multiple: int = LOGIT_ROWS_MULTIPLE) -> 
     rows = counted.flatten().nonzero().squeeze(1)
     padding = -len(rows) % multiple
     return torch.cat([rows, rows.new_zeros(padding)]) if padding else rows
+
+
+def shared_loss(
+    weighted_nll: torch.Tensor, weights: torch.Tensor, task: torch.Tensor, shares: Mapping[str, float]
+) -> torch.Tensor:
+    """``sum_t share_t * mean_t / sum_t share_t`` over the tasks present, ``mean_t = sum(w * nll) / sum(w)`` over task
+    ``t``'s target tokens (all (N,); ``task`` indexes ``TASKS``). The shares of tasks absent from the batch are
+    left out, so the loss keeps its scale."""
+    unknown = sorted(set(shares) - set(TASKS))
+    if unknown:
+        raise ValueError(f"task_shares names unknown tasks {unknown}; tasks are {list(TASKS)}")
+    share = torch.tensor([float(shares.get(name, 0.0)) for name in TASKS], device=task.device)
+    sums = weighted_nll.new_zeros(len(TASKS)).index_add_(0, task, weighted_nll)
+    totals = weights.new_zeros(len(TASKS)).index_add_(0, task, weights)
+    present = (totals > 0) & (share > 0)
+    if not present.any():
+        return weighted_nll.sum() * 0.0
+    means = sums[present] / totals[present]
+    return (share[present] * means).sum() / share[present].sum()
 
 
 def task_losses(nll: torch.Tensor, document: torch.Tensor, task: torch.Tensor, n_documents: int) -> dict[str, float]:

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from panglot.nn.precision import autocast_context
+from panglot.training import distributed
 from panglot.training.budget import Deadline, StepRefit, recorded_refits
 from panglot.training.checkpoint import (
     latest_checkpoint,
@@ -26,6 +27,7 @@ from panglot.training.checkpoint import (
     prune_checkpoints,
     remove_stale_temporaries,
     save_checkpoint,
+    step_dir_name,
 )
 from panglot.training.config import TrainConfig
 from panglot.training.freeze import FreezeReport, freeze
@@ -82,6 +84,13 @@ class Trainer:
 
     The caller seeds and builds the model (on its device) and the data; the trainer freezes the parameters
     named by ``cfg.freeze``, builds the optimizer over the rest, and owns the loop.
+
+    Data parallel inside a process group (`panglot.training.distributed.launch`): every process builds the same
+    model and its own shard of the data; the trainer starts them from rank 0's weights, averages the gradients
+    (and the logged loss and token count) after each backward pass, so every process takes the same update, and
+    lets rank 0 alone decide the steps (budget re-fits, the wall-clock guard), log, run the callbacks and write
+    checkpoints, which hold every process's data position and RNG state: a resumed group trains exactly as the
+    uninterrupted one, and must have as many processes. Other metrics than loss and tokens are rank 0's own.
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class Trainer:
         self.freeze_report: FreezeReport = freeze(model, cfg.freeze)
         self.optimizer = build_optimizer(model, cfg.optim)
         self.step = 0
+        self.main = distributed.is_main()
         self.resized: list[tuple[int, int]] = []  # (update, max_steps before) of each of a budget's re-fits, for lr_at
         self._trainable = [p for p in model.parameters() if p.requires_grad]
 
@@ -112,15 +122,20 @@ class Trainer:
         """Train up to ``cfg.max_steps``; with ``resume``, continue from ``out_dir``'s latest checkpoint
         (starting fresh when there is none)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.out_dir)
+        if self.main:
+            remove_stale_temporaries(self.out_dir)
         budgeted = self.cfg.budget_minutes is not None  # max_steps is re-fitted as the run goes (StepRefit)
         if budgeted and (recorded := recorded_refits(self.out_dir)):  # before _resume compares configs
             self.cfg = dataclasses.replace(self.cfg, max_steps=recorded[-1][0])
             self.resized = [(at, fitted) for _, at, fitted in recorded]
         resumed_from = self._resume() if resume else None
-        refit = StepRefit(self.out_dir, self.cfg, resumed_from or 0, deadline=self.deadline) if budgeted else None
+        distributed.barrier()  # every process has read the files rank 0 is about to write
+        refit = None
+        if budgeted and self.main:
+            refit = StepRefit(self.out_dir, self.cfg, resumed_from or 0, deadline=self.deadline)
         if resumed_from is None:
-            seed_everything(self.cfg.seed)
+            seed_everything(self.cfg.seed + 1000 * distributed.rank())  # rank 0: as a single process
+            distributed.broadcast_module(self.model)
         report = self.freeze_report
         logger.info(
             "training %d trainable params (%d tensors), %d frozen (%d tensors), from step %d to %d",
@@ -128,11 +143,12 @@ class Trainer:
             self.step, self.cfg.max_steps,
         )  # fmt: skip
         start = time.perf_counter()
-        log = MetricsLog(self.out_dir, tensorboard=self.cfg.tensorboard)
+        log = MetricsLog(self.out_dir, tensorboard=self.cfg.tensorboard) if self.main else None
         window = _Window()
         last_loss, tokens, saved_at, exhausted, out_of_time = None, 0.0, self.step, False, False
         deadline = None if self.cfg.max_wall_minutes is None else start + 60 * self.cfg.max_wall_minutes
-        bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not sys.stderr.isatty(), unit="step")
+        quiet = not self.main or not sys.stderr.isatty()
+        bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=quiet, unit="step")
         try:
             while self.step < self.cfg.max_steps:
                 try:
@@ -143,34 +159,41 @@ class Trainer:
                     break
                 self.step += 1
                 bar.update(1)
-                if refit is not None and (steps := refit.after_step(self.step, self.cfg.max_steps)) is not None:
+                steps = refit.after_step(self.step, self.cfg.max_steps) if refit is not None else None
+                late = deadline is not None and self.step < self.cfg.max_steps and time.perf_counter() > deadline
+                if distributed.world_size() > 1:  # rank 0 decides for all
+                    steps, late = distributed.from_main([-1 if steps is None else steps, int(late)])
+                    steps = None if steps < 0 else steps
+                if steps is not None:
                     self.resized.append((self.step, self.cfg.max_steps))
                     self.cfg = dataclasses.replace(self.cfg, max_steps=steps)
                     bar.total = steps
                 last_loss, tokens = metrics["loss"], tokens + metrics.get("tokens", 0.0)
                 window.add(metrics)
-                if self.step % self.cfg.log_every == 0:
+                if log is not None and self.step % self.cfg.log_every == 0:
                     self._write_record(log, window.flush(), bar)
-                for callback in self.callbacks:
+                for callback in self.callbacks if self.main else ():
                     if extra := callback(self, metrics):
                         log.write(self.step, extra)
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
-                if deadline is not None and self.step < self.cfg.max_steps and time.perf_counter() > deadline:
+                if late:
                     out_of_time = True
                     logger.warning(
                         "stopping at step %d of %d: the %.1f-minute wall-clock guard (max_wall_minutes) has passed",
                         self.step, self.cfg.max_steps, self.cfg.max_wall_minutes,
                     )  # fmt: skip
                     break
-            if window.steps:  # the last, partial logging window
+            if log is not None and window.steps:  # the last, partial logging window
                 self._write_record(log, window.flush(), bar)
             if self.step != saved_at:
                 self.save_checkpoint()
+            distributed.barrier()  # the last checkpoint is written before any process goes on
         finally:
             bar.close()
-            log.close()
+            if log is not None:
+                log.close()
         return TrainSummary(
             steps=self.step,
             resumed_from=resumed_from,
@@ -205,6 +228,14 @@ class Trainer:
             loss_sum += loss.detach().float()
             for name, value in metrics.items():
                 sums[name] += float(value)
+        if distributed.world_size() > 1:  # every process takes the group's mean gradient
+            counted = "tokens" in sums
+            loss_mean, tokens = distributed.average_gradients(self._trainable, [loss_sum.item(), sums["tokens"]])
+            loss_sum = torch.tensor(loss_mean)
+            if counted:
+                sums["tokens"] = tokens * distributed.world_size()  # the group's tokens: summed, not averaged
+            else:
+                del sums["tokens"]
         grad_norm = clip_gradients(self._trainable, cfg.optim.grad_clip)
         loss_value = loss_sum.item() / cfg.grad_accum
         if not math.isfinite(loss_value):
@@ -214,15 +245,17 @@ class Trainer:
         return {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), **means}
 
     def save_checkpoint(self) -> Path:
-        """Checkpoint the current step (weights, optimizer, data position, RNG) and prune old ones."""
-        state = {
-            "config": asdict(self.cfg),
-            "data": self.data.state_dict(),
-            "rng": capture_rng_state(),
-        }
-        path = save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, state)
-        if self.cfg.keep_last is not None:
-            prune_checkpoints(self.out_dir, self.cfg.keep_last)
+        """Checkpoint the current step (weights, optimizer, data position, RNG) and prune old ones. In a process
+        group every process calls it; rank 0 writes every process's data position and RNG state (``ranks``)."""
+        own = {"data": self.data.state_dict(), "rng": capture_rng_state()}
+        state = {"config": asdict(self.cfg), **own}
+        if distributed.world_size() > 1:
+            state["ranks"] = distributed.gather(own)
+        path = self.out_dir / step_dir_name(self.step)
+        if self.main:
+            path = save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, state)
+            if self.cfg.keep_last is not None:
+                prune_checkpoints(self.out_dir, self.cfg.keep_last)
         return path
 
     def _resume(self) -> int | None:
@@ -231,11 +264,19 @@ class Trainer:
             logger.info("no checkpoint in %s; starting from scratch", self.out_dir)
             return None
         state = load_checkpoint(ckpt, self.model, self.optimizer)
-        self.data.load_state_dict(state["data"])
-        restore_rng_state(state["rng"])
+        ranks = state.get("ranks", [{"data": state["data"], "rng": state["rng"]}])
+        if len(ranks) != distributed.world_size():
+            raise ValueError(
+                f"{ckpt} was written by {len(ranks)} training process(es), this run has {distributed.world_size()}: "
+                "resume with as many (the data shards and RNG states are per process)"
+            )
+        own = ranks[distributed.rank()]
+        self.data.load_state_dict(own["data"])
+        restore_rng_state(own["rng"])
         self.step = state["step"]
         _warn_config_changes(state["config"], asdict(self.cfg), ckpt)
-        truncate_after(self.out_dir, self.step)
+        if self.main:
+            truncate_after(self.out_dir, self.step)
         logger.info("resumed from %s (step %d)", ckpt, self.step)
         return self.step
 
