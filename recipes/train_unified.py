@@ -33,6 +33,7 @@ from panglot.multimodal import TASKS, SequenceLayout, UnifiedVocab
 from panglot.nn.precision import autocast_context
 from panglot.training import TrainConfig, Trainer, distributed
 from panglot.training.budget import Deadline, budgeted, median_step_seconds
+from panglot.training.checkpoint import latest_checkpoint, load_checkpoint
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 
@@ -56,6 +57,10 @@ class UnifiedRecipe:
     # Each task's share of the loss (UnifiedModel.loss's task_shares), e.g. {t2i: 0.7, caption: 0.15, vqa: 0.15};
     # None: every weighted target token counts alike (the drawings' image tokens then make ~80 % of the loss).
     task_loss_shares: dict[str, float] | None = None
+    # A unified run (its directory) whose last training checkpoint gives this run's starting weights: a stage that
+    # continues another with other data (same codec, tokenizer, size and layout; a mismatch names the tensors).
+    # The optimizer and schedule start afresh; a resumed run continues from its own checkpoint instead.
+    init_from: str | None = None
     compile: bool = False  # torch.compile the backbone's blocks for training (1.27x per step on CPU)
     model: UnifiedModelConfig = field(default_factory=UnifiedModelConfig)
     data: MixtureConfig = field(default_factory=MixtureConfig)
@@ -189,18 +194,30 @@ def run(
     return Path(cfg.out_dir)
 
 
+def init_weights(model: UnifiedModel, run_dir: Path) -> None:
+    """Load the weights of ``run_dir``'s last training checkpoint (``RUN/train``) into ``model``, strictly."""
+    ckpt = latest_checkpoint(run_dir / "train")
+    if ckpt is None:
+        raise FileNotFoundError(f"init_from: {run_dir / 'train'} holds no training checkpoint")
+    step = load_checkpoint(ckpt, model)["step"]
+    logger.info("starting from the weights of %s (step %d)", ckpt, step)
+
+
 def _train(
     cfg: UnifiedRecipe, resume: bool, device: str, minutes: float | None, deadline: Deadline | None
 ) -> None:  # fmt: skip
     """`run`'s training, in each process of a group (or the only one); rank 0 exports the model."""
     model, loader = build(cfg, device)
+    train_dir = Path(cfg.out_dir) / "train"
+    if cfg.init_from and not (resume and latest_checkpoint(train_dir)):
+        init_weights(model, Path(cfg.init_from))
     if cfg.compile:  # before the budget probe, whose warm-up steps pay the compilation
         model.backbone.compile_layers()
     distributed.barrier()  # every process sees whether a budget was fitted before any writes one
     probe = lambda: distributed.slowest(seconds_per_step(model, loader, cfg))  # noqa: E731
     cfg.train = budgeted(cfg.train, cfg.out_dir, minutes, probe)
     loss = partial(loss_fn, task_shares=cfg.task_loss_shares)
-    trainer = Trainer(cfg.train, model, loss, loader, Path(cfg.out_dir) / "train", deadline=deadline)
+    trainer = Trainer(cfg.train, model, loss, loader, train_dir, deadline=deadline)
     summary = trainer.train(resume=resume)
     if distributed.is_main():
         logger.info("trained %d steps, final loss %.4f", summary.steps, summary.final_loss or float("nan"))

@@ -27,6 +27,7 @@ class Recipe:
     name: str
     train: Train = field(default_factory=Train)
     note: str | None = None
+    probs: dict[str, float] = field(default_factory=dict)
 
 
 def test_yaml_and_dotted_overrides(tmp_path):
@@ -38,6 +39,16 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert cfg.train.freeze == ["enc.*"]
     assert cfg.note == "hi"
     assert to_dict(cfg)["train"]["optim"]["betas"] == (0.9, 0.95)
+
+
+def test_a_mapping_given_whole_replaces_the_yamls_and_a_dotted_key_merges(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("name: demo\nprobs: {a: 0.4, b: 0.6}\n")
+    assert load_config(Recipe, path, ["probs={b: 1.0}"]).probs == {"b": 1.0}
+    assert load_config(Recipe, path, ["probs.b=1.0"]).probs == {"a": 0.4, "b": 1.0}
+    assert load_config(Recipe, path, ["probs={c: 1.0}", "probs.d=2"]).probs == {"c": 1.0, "d": 2}
+    # a whole section given as a mapping replaces it too: its other fields take their defaults
+    assert load_config(Recipe, path, ["train={steps: 3}"]).train == Train(steps=3)
 
 
 def test_unknown_key_names_it_and_valid_keys():

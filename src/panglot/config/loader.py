@@ -142,8 +142,15 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+class Whole(dict):
+    """A mapping given whole on the command line (``data.task_probs={vqa: 1.0}``): it replaces the config's
+    mapping instead of being merged into it, so keys it leaves out are gone (``data.task_probs.vqa=1.0`` sets one
+    key and keeps the others)."""
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
-    """``["train.optim.lr=3e-4", "model.size=small"]`` -> nested dict; values are parsed as YAML scalars."""
+    """``["train.optim.lr=3e-4", "model.size=small"]`` -> nested dict; values are parsed as YAML. A mapping value
+    (``key={a: 1}``) is a `Whole`: `merge_dicts` puts it in place of the mapping it overrides."""
     out: dict = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -155,15 +162,19 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError([f"override {item!r} sets a field inside a non-mapping value"])
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node[parts[-1]] = Whole(value) if isinstance(value, dict) else value
     return out
 
 
 def merge_dicts(base: dict, extra: dict) -> dict:
-    """``base`` with ``extra`` merged in, recursively for nested mappings (neither input is changed)."""
+    """``base`` with ``extra`` merged in, recursively for nested mappings (neither input is changed); a `Whole`
+    mapping of ``extra`` replaces ``base``'s."""
     out = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, Whole):
+            out[key] = dict(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
