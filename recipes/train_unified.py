@@ -51,7 +51,7 @@ class UnifiedRecipe:
     threads: int | None = None  # torch intra-op threads (per process); None = torch's default (shared by processes)
     # Data-parallel training processes on this machine's CPU (panglot.training.distributed): each steps over
     # batch_size / processes documents of its own shard, the gradients averaged. On 2 cores, 2 processes of one
-    # thread took the quickstart's steps 1.08x as fast as one of two threads, 1.17x the tokens a second
+    # thread took the quickstart's steps 1.09x as fast as one of two threads, 1.18x the tokens a second
     # (docs/benchmarks.md "Data-parallel processes"); it pays where more cores scale threads worse.
     processes: int = 1
     # Each task's share of the loss (UnifiedModel.loss's task_shares), e.g. {t2i: 0.7, caption: 0.15, vqa: 0.15};

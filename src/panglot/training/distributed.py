@@ -19,7 +19,6 @@ to overlap the communication with).
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
@@ -131,7 +130,6 @@ def _entry(
 ) -> None:  # fmt: skip
     logging.basicConfig(level=level if rank_ == 0 else max(level, logging.WARNING), format=fmt)
     torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank_, world_size=world, timeout=timedelta(seconds=timeout_s)
     )

@@ -229,13 +229,11 @@ class Trainer:
             for name, value in metrics.items():
                 sums[name] += float(value)
         if distributed.world_size() > 1:  # every process takes the group's mean gradient
-            counted = "tokens" in sums
-            loss_mean, tokens = distributed.average_gradients(self._trainable, [loss_sum.item(), sums["tokens"]])
+            extra = [loss_sum.item(), sums.get("tokens", 0.0)]
+            loss_mean, tokens = distributed.average_gradients(self._trainable, extra)
             loss_sum = torch.tensor(loss_mean)
-            if counted:
+            if "tokens" in sums:
                 sums["tokens"] = tokens * distributed.world_size()  # the group's tokens: summed, not averaged
-            else:
-                del sums["tokens"]
         grad_norm = clip_gradients(self._trainable, cfg.optim.grad_clip)
         loss_value = loss_sum.item() / cfg.grad_accum
         if not math.isfinite(loss_value):
