@@ -4,7 +4,9 @@
 
 1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` /
    ``qformer_layout`` with the dual encoder and pixel codec they need; recipes/stages.py),
-2. trains the unified model on text-to-image + captioning + VQA (recipes/train_unified.py),
+2. trains the unified model: first a short *lookup* stage on question answering alone (``OUT/stages/lookup``;
+   ``--lookup-minutes 0`` leaves it out), then text-to-image + captioning + VQA from its weights
+   (recipes/train_unified.py),
 3. tunes the default classifier-free guidance scale and sampling temperature on ``val`` (seen prompts only) and
    sets the run to draw each image as the best of ``candidates`` by its own reading of them,
 4. evaluates on the test suite (seen/unseen x 1/2/3 objects; drawings also one sample per prompt) and writes
@@ -32,6 +34,7 @@ import yaml
 import configs
 import panglot
 from panglot.config import from_dict, merge_dicts, parse_overrides
+from panglot.config.loader import Whole
 from panglot.evaluation import EvalSuite, eval_caption, evaluate_model, tqdm_progress
 from panglot.evaluation.runner import TUNE_SCALES, TUNE_TEMPERATURES, headline, tune_sampling
 from panglot.files import atomic_write_json
@@ -72,7 +75,21 @@ class Preset:
     # quickstarts of 2026-12-03 the work after training took 362-560 steps' time (146-247 s at 0.40-0.47 s/step).
     deadline_minutes: float | None = None
     reserve_steps: float = 500.0
+    # A first unified stage whose last weights the unified training starts from (its ``init_from``): these
+    # overrides on top of the unified config (and the user's overrides) for a run in OUT/stages/lookup, fitted to
+    # ``lookup_minutes`` (at most its ``train.max_steps``). None: no such stage. The quickstart's trains question
+    # answering alone (docs/quickstart_results.md "The lookup stage"): in the mixture from the start, the
+    # comparison of a question's names with the scene's description formed in one run of two (session 19).
+    lookup: dict | None = None
+    lookup_minutes: float | None = None
 
+
+# The quickstart's lookup stage: VQA documents alone, twice the documents a step (their rows are shorter), 500
+# steps at most (0.34 s a step, 2.9 minutes, on 2026-12-03's machine; 250 steps then 1643 of the mixture answered
+# VQA 76 %, `exists` 58 %: docs/quickstart_results.md "The lookup stage").
+LOOKUP = {"batch_size": 64, "data": {"task_probs": Whole({"vqa": 1.0})}, "train": {"max_steps": 500}}
+LOOKUP_MINUTES = 3.0
+LOOKUP_DIR = "lookup"  # under OUT/stages/
 
 PRESETS = {
     # <= 15 minutes on 2 CPU cores: 3 min codec, 7.5 min unified model (each stage's steps re-fitted to its minutes
@@ -87,10 +104,12 @@ PRESETS = {
     # the 7 sweeps saved are ~30 s of the 15 minutes.
     "quickstart": Preset(
         "unified_quickstart.yaml",
-        unified_minutes=7.5,
+        unified_minutes=7.0,
         scales=(1.0, 1.5, 2.0),
         temperatures=(0.7, 0.5, 0.35),
         deadline_minutes=15.0,
+        lookup=LOOKUP,
+        lookup_minutes=LOOKUP_MINUTES,
     ),
     # A reduced run for CI: minutes, not a quarter of an hour; checks that learning happens at all.
     "ci": Preset(
@@ -103,6 +122,7 @@ PRESETS = {
         temperatures=(1.0, 0.7),
         candidates=2,
         caption_candidates=2,
+        lookup={**LOOKUP, "train": {"max_steps": 40, "optim": {"warmup_steps": 10}}},
     ),
     "long": Preset(
         "unified_long.yaml",
@@ -131,6 +151,47 @@ def train_codec_stage(preset: Preset, out: Path, codec: str, threads: int = 1) -
     return codec_dir
 
 
+def unified_recipe(
+    preset: Preset, out: Path, codec_dir: Path, overrides: list[str] = (), *stage: dict
+) -> train_unified.UnifiedRecipe:
+    """The unified recipe of ``preset`` writing ``out``: its YAML, the preset's overrides, the user's, then a
+    stage's own, in order (merged one by one, so a `Whole` mapping among them replaces what came before it)."""
+    data = merge_dicts(_config_dict(preset.unified_config), preset.unified)
+    for extra in (parse_overrides(overrides), *stage):
+        data = merge_dicts(data, extra)
+    data = merge_dicts(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
+    return from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
+
+
+LOOKUP_PREFIX = "lookup."  # overrides of the lookup stage alone: lookup.train.max_steps=300
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """The user's overrides for both unified stages, and those for the lookup stage alone (prefix removed)."""
+    shared = [item for item in overrides if not item.startswith(LOOKUP_PREFIX)]
+    return shared, [item.removeprefix(LOOKUP_PREFIX) for item in overrides if item.startswith(LOOKUP_PREFIX)]
+
+
+def train_lookup_stage(
+    preset: Preset, out: Path, codec_dir: Path, minutes: float | None, overrides: list[str] = ()
+) -> Path | None:
+    """The preset's lookup stage in ``OUT/stages/lookup`` (reused once its model is exported, resumed from its last
+    checkpoint if interrupted); its directory, or None where the preset has none or ``minutes`` is 0. ``overrides``
+    apply to it, those prefixed ``lookup.`` to it alone."""
+    shared, own = split_overrides(list(overrides))
+    if preset.lookup is None or minutes == 0:
+        if own:
+            raise ValueError(f"no lookup stage to apply {' '.join(LOOKUP_PREFIX + item for item in own)} to")
+        return None
+    run_dir = out / "stages" / LOOKUP_DIR
+    if (run_dir / "model" / "run.json").is_file():
+        logger.info("lookup stage: reusing %s", run_dir)
+        return run_dir
+    cfg = unified_recipe(preset, run_dir, codec_dir, shared, preset.lookup, parse_overrides(own))
+    train_unified.run(cfg, resume=True, minutes=minutes)
+    return run_dir
+
+
 def train_unified_stage(
     preset: Preset,
     out: Path,
@@ -138,11 +199,10 @@ def train_unified_stage(
     minutes: float | None,
     overrides: list[str] = (),
     deadline: Deadline | None = None,
+    init_from: Path | None = None,
 ) -> None:
-    data = merge_dicts(_config_dict(preset.unified_config), preset.unified)
-    data = merge_dicts(data, parse_overrides(overrides))
-    data = merge_dicts(data, {"out_dir": str(out), "codec_dir": str(codec_dir)})
-    cfg = from_dict(train_unified.UnifiedRecipe, data, source=preset.unified_config)
+    stage = [{"init_from": str(init_from)}] if init_from is not None else []
+    cfg = unified_recipe(preset, out, codec_dir, split_overrides(list(overrides))[0], *stage)
     train_unified.run(cfg, resume=True, minutes=minutes, deadline=deadline)
 
 
@@ -182,15 +242,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="train, tune and evaluate a unified model on ShapesWorld")
     parser.add_argument("--out", default="runs/quickstart")
     parser.add_argument("--minutes", type=float, default=None, help="budget for the unified model's training")
+    parser.add_argument(
+        "--lookup-minutes", type=float, default=None, help="budget for the lookup stage before it (0: none)"
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quickstart")
     parser.add_argument("--codec", choices=stages.IMAGE_CODECS, default=DEFAULT_CODEC, help="the image codec")
     parser.add_argument("--eval-only", action="store_true", help="no training: tune and evaluate OUT's model again")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small)")
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides of the unified recipe (model.size=small; lookup.* its first stage's)"
+    )
     args = parser.parse_args(argv)
     preset, out = PRESETS[args.preset], Path(args.out)
-    if args.eval_only and (args.overrides or args.minutes is not None):
-        given = " ".join(args.overrides) if args.overrides else f"--minutes {args.minutes:g}"
-        raise ValueError(f"--eval-only trains nothing, so training options do not apply: {given}")
+    if args.eval_only and (args.overrides or args.minutes is not None or args.lookup_minutes is not None):
+        given = args.overrides or [
+            f"--{name.replace('_', '-')} {value:g}"
+            for name, value in (("minutes", args.minutes), ("lookup_minutes", args.lookup_minutes))
+            if value is not None
+        ]
+        raise ValueError(f"--eval-only trains nothing, so training options do not apply: {' '.join(given)}")
+    if args.lookup_minutes is not None and args.lookup_minutes < 0:
+        raise ValueError(f"--lookup-minutes must be >= 0, got {args.lookup_minutes:g}")
     if not args.eval_only:
         out.mkdir(parents=True, exist_ok=True)
     threads = max(1, torch.get_num_threads())  # OMP_NUM_THREADS, else the cores torch sees
@@ -203,11 +274,15 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.eval_only:
         codec_dir = train_codec_stage(preset, out, args.codec, threads)
         lap("codec_s")
+        lookup_minutes = args.lookup_minutes if args.lookup_minutes is not None else preset.lookup_minutes
+        lookup_dir = train_lookup_stage(preset, out, codec_dir, lookup_minutes, args.overrides)
+        if lookup_dir is not None:
+            lap("lookup_s")
         minutes = args.minutes if args.minutes is not None else preset.unified_minutes
         deadline = None  # the preset's time limit is the default codec's: the others train more stages first
         if args.minutes is None and preset.deadline_minutes is not None and args.codec == DEFAULT_CODEC:
             deadline = Deadline(start + preset.deadline_minutes * 60, preset.reserve_steps)
-        train_unified_stage(preset, out, codec_dir, minutes, args.overrides, deadline)
+        train_unified_stage(preset, out, codec_dir, minutes, args.overrides, deadline, lookup_dir)
         lap("unified_s")
     m = panglot.load(out)
     metrics = tune_and_evaluate(m, out, preset, f"panglot quickstart ({args.preset}, {args.codec})", lap)

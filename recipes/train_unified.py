@@ -85,11 +85,16 @@ class UnifiedRecipe:
 
 
 def build_tokenizer(cfg: UnifiedRecipe, out: Path) -> TextTokenizer:
-    """The run's tokenizer: trained on train-split text once, then reloaded (so a resume reuses it)."""
+    """The run's tokenizer: trained on train-split text once, then reloaded (so a resume reuses it). A run with
+    ``init_from`` takes that run's tokenizer: the weights it starts from were trained on those token ids."""
     path = out / "tokenizer"
     if (path / "tokenizer.json").is_file():
         return TextTokenizer.load(path)
-    tok = train_world_tokenizer(world_texts("train", cfg.tokenizer_scenes, cfg.data.seed))
+    source = Path(cfg.init_from) / "tokenizer" if cfg.init_from else None
+    if source is not None and (source / "tokenizer.json").is_file():
+        tok = TextTokenizer.load(source)
+    else:
+        tok = train_world_tokenizer(world_texts("train", cfg.tokenizer_scenes, cfg.data.seed))
     tok.save(path)
     return tok
 

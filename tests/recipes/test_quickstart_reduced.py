@@ -72,6 +72,88 @@ def test_overrides_reach_the_unified_recipe(tmp_path, monkeypatch, overrides):
         quickstart.train_unified_stage(preset, tmp_path, tmp_path / "codec", 2.0, ["model.code_factorz=true"])
 
 
+def test_the_lookup_stage_trains_question_answering_first(tmp_path, monkeypatch):
+    """The quickstart's lookup stage: VQA documents alone in OUT/stages/lookup, the user's overrides applied (the
+    weights must fit), fitted to its own minutes; the unified training then starts from its weights."""
+    runs = []
+    monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: runs.append((cfg, kwargs)))
+    preset, codec = quickstart.PRESETS["quickstart"], tmp_path / "codec"
+    lookup_dir = quickstart.train_lookup_stage(preset, tmp_path, codec, preset.lookup_minutes, ["model.size=small"])
+    assert lookup_dir == tmp_path / "stages" / "lookup"
+    quickstart.train_unified_stage(preset, tmp_path, codec, 5.0, ["model.size=small"], init_from=lookup_dir)
+    (lookup, lookup_kwargs), (unified, unified_kwargs) = runs
+    assert lookup.out_dir == str(lookup_dir) and lookup.codec_dir == str(codec) and lookup.init_from is None
+    assert lookup.data.task_probs == {"vqa": 1.0} and lookup.batch_size == 64 and lookup.model.size == "small"
+    assert lookup_kwargs["minutes"] == preset.lookup_minutes == 3.0
+    assert unified.init_from == str(lookup_dir) and unified.out_dir == str(tmp_path) and unified.model.size == "small"
+    assert set(unified.data.task_probs) == {"t2i", "caption", "vqa"} and unified.batch_size == 32
+    assert unified_kwargs["minutes"] == 5.0
+    # an exported stage is reused, not trained again; no minutes, or a preset without the stage, trains none
+    (lookup_dir / "model").mkdir(parents=True)
+    (lookup_dir / "model" / "run.json").write_text("{}")
+    assert quickstart.train_lookup_stage(preset, tmp_path, codec, 2.0) == lookup_dir and len(runs) == 2
+    assert quickstart.train_lookup_stage(preset, tmp_path / "other", codec, 0) is None
+    assert quickstart.train_lookup_stage(quickstart.PRESETS["long"], tmp_path / "other", codec, 2.0) is None
+    assert len(runs) == 2
+
+
+@pytest.mark.parametrize("argv, minutes", [([], 3.0), (["--lookup-minutes", "1.5"], 1.5), (["--lookup-minutes", "0"], None)])
+def test_the_quickstart_runs_its_lookup_stage_first(tmp_path, monkeypatch, argv, minutes):
+    seen = []
+    monkeypatch.setattr(quickstart, "train_codec_stage", lambda *args, **kwargs: tmp_path / "codec")
+    monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: seen.append((cfg, kwargs)))
+
+    class Stop(Exception):
+        pass
+
+    def load(out):
+        raise Stop  # training is all this test looks at
+
+    monkeypatch.setattr(quickstart.panglot, "load", load)
+    with pytest.raises(Stop):
+        quickstart.main(["--out", str(tmp_path), *argv])
+    if minutes is None:  # no stage: the unified training alone, from fresh weights
+        [(unified, _)] = seen
+        assert unified.init_from is None
+        return
+    (lookup, kwargs), (unified, _) = seen
+    assert kwargs["minutes"] == minutes and unified.init_from == lookup.out_dir == str(tmp_path / "stages" / "lookup")
+
+
+def test_lookup_overrides_reach_the_lookup_stage_alone(tmp_path, monkeypatch):
+    runs = []
+    monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: runs.append(cfg))
+    preset, codec = quickstart.PRESETS["quickstart"], tmp_path / "codec"
+    overrides = ["lookup.data.task_probs={vqa: 0.75, caption: 0.25}", "lookup.train.max_steps=300", "train.seed=3"]
+    lookup_dir = quickstart.train_lookup_stage(preset, tmp_path, codec, 1.0, overrides)
+    quickstart.train_unified_stage(preset, tmp_path, codec, 5.0, overrides, init_from=lookup_dir)
+    lookup, unified = runs
+    assert lookup.data.task_probs == {"vqa": 0.75, "caption": 0.25} and lookup.train.max_steps == 300
+    assert lookup.batch_size == 64 and lookup.train.seed == unified.train.seed == 3  # the rest of the stage stays
+    assert set(unified.data.task_probs) == {"t2i", "caption", "vqa"} and unified.train.max_steps == 3000
+    with pytest.raises(ValueError, match=r"no lookup stage to apply lookup\.data\.task_probs=.* lookup\.train\.max_steps=300 to"):
+        quickstart.train_lookup_stage(preset, tmp_path / "other", codec, 0, overrides)
+
+
+def test_lookup_minutes_are_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"--lookup-minutes must be >= 0, got -1"):
+        quickstart.main(["--out", str(tmp_path), "--lookup-minutes", "-1"])
+    with pytest.raises(ValueError, match=r"training options do not apply: --lookup-minutes 1"):
+        quickstart.main(["--out", str(tmp_path), "--eval-only", "--lookup-minutes", "1"])
+
+
+def test_the_cli_passes_its_budgets_on(monkeypatch):
+    from panglot.cli.main import main as cli
+
+    seen = []
+    monkeypatch.setattr(quickstart, "main", seen.append)
+    assert cli(["quickstart", "--out", "q", "--minutes", "5", "--lookup-minutes", "0", "model.size=small"]) == 0
+    argv = seen[0]
+    assert argv[argv.index("--minutes") + 1] == "5.0" and argv[argv.index("--lookup-minutes") + 1] == "0.0"
+    assert argv[-1] == "model.size=small"
+    assert cli(["quickstart"]) == 0 and "--lookup-minutes" not in seen[1]  # the preset's own
+
+
 def test_codec_stages_train_on_the_quickstarts_threads(tmp_path, monkeypatch):
     """The stage recipes default to 1 thread (a machine shared with other jobs); the quickstart runs its stages
     one at a time, so every stage gets the threads the unified stage gets (the preset's overrides stay)."""

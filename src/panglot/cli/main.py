@@ -37,6 +37,8 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     argv = ["--out", args.out, "--preset", args.preset, "--codec", args.codec]
     if args.minutes is not None:
         argv += ["--minutes", str(args.minutes)]
+    if args.lookup_minutes is not None:
+        argv += ["--lookup-minutes", str(args.lookup_minutes)]
     if args.eval_only:
         argv.append("--eval-only")
     quickstart.main(argv + list(args.overrides))
@@ -175,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="train and evaluate a unified model on ShapesWorld, from scratch")
     p.add_argument("--out", default="runs/quickstart", help="output directory (default: runs/quickstart)")
     p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
+    p.add_argument(
+        "--lookup-minutes", type=float, default=None,
+        help="time budget for the question-answering stage before it (0: none; default: the preset's)",
+    )  # fmt: skip
     p.add_argument("--preset", choices=["quickstart", "long", "ci"], default="quickstart", help="recipe size")
     codecs = importlib.import_module("recipes.stages").IMAGE_CODECS  # the stage table's names (a light import)
     p.add_argument("--codec", choices=codecs, default="pixel_vq", help="the image codec")
