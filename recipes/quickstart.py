@@ -92,10 +92,12 @@ LOOKUP_MINUTES = 3.0
 LOOKUP_DIR = "lookup"  # under OUT/stages/
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 7.5 min unified model (each stage's steps re-fitted to its minutes
-    # a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later steps run slower:
-    # panglot.training.budget), the rest (probes, compilation, tuning, best-of-4 drawings, reranked captions,
-    # evaluation) 2.5-4 min (it grows on a slower machine; the guards cap the two trainings at 3.3 + 8.3). With best-of-K
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 3 min lookup stage (500 steps at most), 7 min unified model (each
+    # stage's steps re-fitted to its minutes a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later
+    # steps run slower: panglot.training.budget; the unified model's also cut to keep the 15 minutes: deadline below),
+    # the rest (probes, compilation, tuning, best-of-4 drawings, reranked captions, evaluation) 1.3-4 min (it grows on
+    # a slower machine). 2026-12-03 23:35: codec 185 s, lookup 174, unified 437 (the deadline's cut), tuning 13,
+    # evaluation 60: 869 s. Before the lookup stage (7.5 unified minutes), with best-of-K
     # decoding and 16 caption candidates: 9 minutes took 922 s (2026-12-03 06:32: codec 189, unified 568, tuning 42,
     # evaluation 124), 8 minutes 964 s (06:54: 196, 521, 45, 202 on a slower stretch).
     # (with --codec semantic_vq, qformer or qformer_layout, the dual encoder and that codec's stages come on top).
