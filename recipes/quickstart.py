@@ -39,6 +39,7 @@ from panglot.evaluation import EvalSuite, eval_caption, evaluate_model, tqdm_pro
 from panglot.evaluation.runner import TUNE_SCALES, TUNE_TEMPERATURES, headline, tune_sampling
 from panglot.files import atomic_write_json
 from panglot.training.budget import Deadline
+from panglot.training.checkpoint import latest_checkpoint
 from recipes import stages, train_unified
 
 logger = logging.getLogger("panglot.quickstart")
@@ -277,8 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
         codec_dir = train_codec_stage(preset, out, args.codec, threads)
         lap("codec_s")
         lookup_minutes = args.lookup_minutes if args.lookup_minutes is not None else preset.lookup_minutes
-        lookup_dir = train_lookup_stage(preset, out, codec_dir, lookup_minutes, args.overrides)
-        if lookup_dir is not None:
+        lookup_dir = None  # a unified training already under way resumes from its own checkpoint instead
+        if latest_checkpoint(out / "train") is None:
+            lookup_dir = train_lookup_stage(preset, out, codec_dir, lookup_minutes, args.overrides)
             lap("lookup_s")
         minutes = args.minutes if args.minutes is not None else preset.unified_minutes
         deadline = None  # the preset's time limit is the default codec's: the others train more stages first

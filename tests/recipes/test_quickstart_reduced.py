@@ -25,6 +25,10 @@ def test_reduced_quickstart_learns(tmp_path):
     assert vqa >= VQA_FLOOR, f"VQA accuracy {vqa:.3f} is not well above chance"
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["summary"] == metrics["summary"]
+    lookup = json.loads((tmp_path / "stages" / "lookup" / "model" / "run.json").read_text())["recipe"]
+    assert lookup["data"]["task_probs"] == {"vqa": 1.0} and "lookup_s" in metrics["timings"]
+    unified = json.loads((tmp_path / "model" / "run.json").read_text())["recipe"]
+    assert unified["init_from"] == str(tmp_path / "stages" / "lookup")
     vocab_size = json.loads((tmp_path / "model" / "run.json").read_text())["backbone"]["vocab_size"]
     heldout = metrics["summary"]["heldout_loss"]  # val documents: far below guessing among the vocabulary
     assert set(heldout) == {"t2i", "caption", "vqa"}
@@ -97,8 +101,16 @@ def test_the_lookup_stage_trains_question_answering_first(tmp_path, monkeypatch)
     assert len(runs) == 2
 
 
-@pytest.mark.parametrize("argv, minutes", [([], 3.0), (["--lookup-minutes", "1.5"], 1.5), (["--lookup-minutes", "0"], None)])
-def test_the_quickstart_runs_its_lookup_stage_first(tmp_path, monkeypatch, argv, minutes):
+@pytest.mark.parametrize(
+    "argv, minutes, under_way",
+    [([], 3.0, False), (["--lookup-minutes", "1.5"], 1.5, False), (["--lookup-minutes", "0"], None, False),
+     ([], None, True)],
+)  # fmt: skip
+def test_the_quickstart_runs_its_lookup_stage_first(tmp_path, monkeypatch, argv, minutes, under_way):
+    """... unless told not to, or the unified training is under way (it resumes from its own checkpoint)."""
+    if under_way:
+        (tmp_path / "train" / "step_00000100").mkdir(parents=True)
+        (tmp_path / "train" / "latest").write_text("step_00000100")
     seen = []
     monkeypatch.setattr(quickstart, "train_codec_stage", lambda *args, **kwargs: tmp_path / "codec")
     monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: seen.append((cfg, kwargs)))
@@ -112,7 +124,7 @@ def test_the_quickstart_runs_its_lookup_stage_first(tmp_path, monkeypatch, argv,
     monkeypatch.setattr(quickstart.panglot, "load", load)
     with pytest.raises(Stop):
         quickstart.main(["--out", str(tmp_path), *argv])
-    if minutes is None:  # no stage: the unified training alone, from fresh weights
+    if minutes is None:  # no stage: the unified training alone (from fresh weights, or its checkpoint)
         [(unified, _)] = seen
         assert unified.init_from is None
         return
