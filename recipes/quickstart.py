@@ -4,9 +4,9 @@
 
 1. trains the image codec (``--codec``: ``pixel_vq`` by default, or ``semantic_vq`` / ``qformer`` /
    ``qformer_layout`` with the dual encoder and pixel codec they need; recipes/stages.py),
-2. trains the unified model: first a short *lookup* stage on question answering alone (``OUT/stages/lookup``;
-   ``--lookup-minutes 0`` leaves it out), then text-to-image + captioning + VQA from its weights
-   (recipes/train_unified.py),
+2. trains the unified model on text-to-image + captioning + VQA (recipes/train_unified.py); with ``--preset lookup``
+   first a short *lookup* stage on question answering alone (``OUT/stages/lookup``; ``--lookup-minutes M``, 0 for
+   none) whose weights it starts from,
 3. tunes the default classifier-free guidance scale and sampling temperature on ``val`` (seen prompts only) and
    sets the run to draw each image as the best of ``candidates`` by its own reading of them,
 4. evaluates on the test suite (seen/unseen x 1/2/3 objects; drawings also one sample per prompt) and writes
@@ -78,27 +78,28 @@ class Preset:
     reserve_steps: float = 500.0
     # A first unified stage whose last weights the unified training starts from (its ``init_from``): these
     # overrides on top of the unified config (and the user's overrides) for a run in OUT/stages/lookup, fitted to
-    # ``lookup_minutes`` (at most its ``train.max_steps``). None: no such stage. The quickstart's trains question
+    # ``lookup_minutes`` (at most its ``train.max_steps``). None: no such stage. The `lookup` preset's trains question
     # answering alone (docs/quickstart_results.md "The lookup stage"): in the mixture from the start, the
     # comparison of a question's names with the scene's description formed in one run of two (session 19).
     lookup: dict | None = None
     lookup_minutes: float | None = None
 
 
-# The quickstart's lookup stage: VQA documents alone, twice the documents a step (their rows are shorter), 500
-# steps at most (0.34 s a step, 2.9 minutes, on 2026-12-03's machine; 250 steps then 1643 of the mixture answered
-# VQA 76 %, `exists` 58 %: docs/quickstart_results.md "The lookup stage").
+# The `lookup` preset's stage: VQA documents alone, twice the documents a step (their rows are shorter), 500 steps
+# at most (0.33 s a step, 2.9 minutes, on 2026-12-03's machine; 250 steps then 1643 of the mixture answered VQA 76 %,
+# `exists` 58 %: docs/quickstart_results.md "The lookup stage"), and both stages answering after a description that
+# marks each object the question names, the marks weighing 25 (model.vqa_describe, data.vqa_description).
 LOOKUP = {"batch_size": 64, "data": {"task_probs": Whole({"vqa": 1.0})}, "train": {"max_steps": 500}}
 LOOKUP_MINUTES = 3.0
+MARKED = {"model": {"vqa_describe": True}, "data": {"vqa_description": "marked", "vqa_mark_weight": 25.0}}
 LOOKUP_DIR = "lookup"  # under OUT/stages/
 
 PRESETS = {
-    # <= 15 minutes on 2 CPU cores: 3 min codec, 3 min lookup stage (500 steps at most), 7 min unified model (each
-    # stage's steps re-fitted to its minutes a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later
-    # steps run slower: panglot.training.budget; the unified model's also cut to keep the 15 minutes: deadline below),
-    # the rest (probes, compilation, tuning, best-of-4 drawings, reranked captions, evaluation) 1.3-4 min (it grows on
-    # a slower machine). 2026-12-03 23:35: codec 185 s, lookup 174, unified 437 (the deadline's cut), tuning 13,
-    # evaluation 60: 869 s. Before the lookup stage (7.5 unified minutes), with best-of-K
+    # <= 15 minutes on 2 CPU cores: 3 min codec, 7.5 min unified model (each stage's steps re-fitted to its minutes
+    # a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later steps run slower:
+    # panglot.training.budget; the unified model's also cut to keep the 15 minutes: deadline below), the rest (probes,
+    # compilation, tuning, best-of-4 drawings, reranked captions, evaluation) 1-4 min (it grows on a slower machine;
+    # 2026-12-03 22:27: codec 186 s, unified 462, tuning 13, evaluation 52: 713 s). With best-of-K
     # decoding and 16 caption candidates: 9 minutes took 922 s (2026-12-03 06:32: codec 189, unified 568, tuning 42,
     # evaluation 124), 8 minutes 964 s (06:54: 196, 521, 45, 202 on a slower stretch).
     # (with --codec semantic_vq, qformer or qformer_layout, the dual encoder and that codec's stages come on top).
@@ -107,6 +108,19 @@ PRESETS = {
     # the 7 sweeps saved are ~30 s of the 15 minutes.
     "quickstart": Preset(
         "unified_quickstart.yaml",
+        unified_minutes=7.5,
+        scales=(1.0, 1.5, 2.0),
+        temperatures=(0.7, 0.5, 0.35),
+        deadline_minutes=15.0,
+    ),
+    # The quickstart with a lookup stage (3 min, VQA alone) before a 7-minute mixture, both on marked descriptions:
+    # in two fresh seeds VQA 83.4 / 87.9 % (the quickstart: 71.8 / 71.8 %), guidance +16.5 / +7.5 points (+6.5 / +0),
+    # but captions 88.0 / 93.3 % (98.0 / 98.0) and seen 3-object drawings 76 / 40 % (68 / 70): not the default
+    # (docs/quickstart_results.md "The lookup stage"). 2026-12-03 23:35: codec 185 s, lookup 174, unified 437 (the
+    # deadline's cut), tuning 13, evaluation 60: 869 s.
+    "lookup": Preset(
+        "unified_quickstart.yaml",
+        unified=MARKED,
         unified_minutes=7.0,
         scales=(1.0, 1.5, 2.0),
         temperatures=(0.7, 0.5, 0.35),
@@ -125,7 +139,6 @@ PRESETS = {
         temperatures=(1.0, 0.7),
         candidates=2,
         caption_candidates=2,
-        lookup={**LOOKUP, "train": {"max_steps": 40, "optim": {"warmup_steps": 10}}},
     ),
     "long": Preset(
         "unified_long.yaml",
@@ -265,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"--eval-only trains nothing, so training options do not apply: {' '.join(given)}")
     if args.lookup_minutes is not None and args.lookup_minutes < 0:
         raise ValueError(f"--lookup-minutes must be >= 0, got {args.lookup_minutes:g}")
+    if args.lookup_minutes and preset.lookup is None:
+        raise ValueError(f"--preset {args.preset} has no lookup stage to give --lookup-minutes (--preset lookup has)")
     if not args.eval_only:
         out.mkdir(parents=True, exist_ok=True)
     threads = max(1, torch.get_num_threads())  # OMP_NUM_THREADS, else the cores torch sees
@@ -281,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         lookup_dir = None  # a unified training already under way resumes from its own checkpoint instead
         if latest_checkpoint(out / "train") is None:
             lookup_dir = train_lookup_stage(preset, out, codec_dir, lookup_minutes, args.overrides)
+        if lookup_dir is not None:
             lap("lookup_s")
         minutes = args.minutes if args.minutes is not None else preset.unified_minutes
         deadline = None  # the preset's time limit is the default codec's: the others train more stages first

@@ -25,10 +25,6 @@ def test_reduced_quickstart_learns(tmp_path):
     assert vqa >= VQA_FLOOR, f"VQA accuracy {vqa:.3f} is not well above chance"
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["summary"] == metrics["summary"]
-    lookup = json.loads((tmp_path / "stages" / "lookup" / "model" / "run.json").read_text())["recipe"]
-    assert lookup["data"]["task_probs"] == {"vqa": 1.0} and "lookup_s" in metrics["timings"]
-    unified = json.loads((tmp_path / "model" / "run.json").read_text())["recipe"]
-    assert unified["init_from"] == str(tmp_path / "stages" / "lookup")
     vocab_size = json.loads((tmp_path / "model" / "run.json").read_text())["backbone"]["vocab_size"]
     heldout = metrics["summary"]["heldout_loss"]  # val documents: far below guessing among the vocabulary
     assert set(heldout) == {"t2i", "caption", "vqa"}
@@ -77,11 +73,12 @@ def test_overrides_reach_the_unified_recipe(tmp_path, monkeypatch, overrides):
 
 
 def test_the_lookup_stage_trains_question_answering_first(tmp_path, monkeypatch):
-    """The quickstart's lookup stage: VQA documents alone in OUT/stages/lookup, the user's overrides applied (the
-    weights must fit), fitted to its own minutes; the unified training then starts from its weights."""
+    """The `lookup` preset's stage: VQA documents alone in OUT/stages/lookup, the user's overrides applied (the
+    weights must fit), fitted to its own minutes; the unified training then starts from its weights. Both stages
+    answer after marked descriptions."""
     runs = []
     monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: runs.append((cfg, kwargs)))
-    preset, codec = quickstart.PRESETS["quickstart"], tmp_path / "codec"
+    preset, codec = quickstart.PRESETS["lookup"], tmp_path / "codec"
     lookup_dir = quickstart.train_lookup_stage(preset, tmp_path, codec, preset.lookup_minutes, ["model.size=small"])
     assert lookup_dir == tmp_path / "stages" / "lookup"
     quickstart.train_unified_stage(preset, tmp_path, codec, 5.0, ["model.size=small"], init_from=lookup_dir)
@@ -92,19 +89,23 @@ def test_the_lookup_stage_trains_question_answering_first(tmp_path, monkeypatch)
     assert unified.init_from == str(lookup_dir) and unified.out_dir == str(tmp_path) and unified.model.size == "small"
     assert set(unified.data.task_probs) == {"t2i", "caption", "vqa"} and unified.batch_size == 32
     assert unified_kwargs["minutes"] == 5.0
+    for cfg in (lookup, unified):
+        assert cfg.model.vqa_describe and cfg.data.vqa_description == "marked" and cfg.data.vqa_mark_weight == 25
     # an exported stage is reused, not trained again; no minutes, or a preset without the stage, trains none
     (lookup_dir / "model").mkdir(parents=True)
     (lookup_dir / "model" / "run.json").write_text("{}")
     assert quickstart.train_lookup_stage(preset, tmp_path, codec, 2.0) == lookup_dir and len(runs) == 2
     assert quickstart.train_lookup_stage(preset, tmp_path / "other", codec, 0) is None
-    assert quickstart.train_lookup_stage(quickstart.PRESETS["long"], tmp_path / "other", codec, 2.0) is None
+    for name in ("quickstart", "long", "ci"):  # no stage in the other presets
+        assert quickstart.train_lookup_stage(quickstart.PRESETS[name], tmp_path / "other", codec, 2.0) is None
     assert len(runs) == 2
 
 
 @pytest.mark.parametrize(
     "argv, minutes, under_way",
-    [([], 3.0, False), (["--lookup-minutes", "1.5"], 1.5, False), (["--lookup-minutes", "0"], None, False),
-     ([], None, True)],
+    [(["--preset", "lookup"], 3.0, False), (["--preset", "lookup", "--lookup-minutes", "1.5"], 1.5, False),
+     (["--preset", "lookup", "--lookup-minutes", "0"], None, False), (["--preset", "lookup"], None, True),
+     ([], None, False)],
 )  # fmt: skip
 def test_the_quickstart_runs_its_lookup_stage_first(tmp_path, monkeypatch, argv, minutes, under_way):
     """... unless told not to, or the unified training is under way (it resumes from its own checkpoint)."""
@@ -135,7 +136,7 @@ def test_the_quickstart_runs_its_lookup_stage_first(tmp_path, monkeypatch, argv,
 def test_lookup_overrides_reach_the_lookup_stage_alone(tmp_path, monkeypatch):
     runs = []
     monkeypatch.setattr(quickstart.train_unified, "run", lambda cfg, **kwargs: runs.append(cfg))
-    preset, codec = quickstart.PRESETS["quickstart"], tmp_path / "codec"
+    preset, codec = quickstart.PRESETS["lookup"], tmp_path / "codec"
     overrides = ["lookup.data.task_probs={vqa: 0.75, caption: 0.25}", "lookup.train.max_steps=300", "train.seed=3"]
     lookup_dir = quickstart.train_lookup_stage(preset, tmp_path, codec, 1.0, overrides)
     quickstart.train_unified_stage(preset, tmp_path, codec, 5.0, overrides, init_from=lookup_dir)
@@ -152,6 +153,9 @@ def test_lookup_minutes_are_checked(tmp_path):
         quickstart.main(["--out", str(tmp_path), "--lookup-minutes", "-1"])
     with pytest.raises(ValueError, match=r"training options do not apply: --lookup-minutes 1"):
         quickstart.main(["--out", str(tmp_path), "--eval-only", "--lookup-minutes", "1"])
+    with pytest.raises(ValueError, match=r"--preset quickstart has no lookup stage to give --lookup-minutes"):
+        quickstart.main(["--out", str(tmp_path), "--lookup-minutes", "1"])
+    assert not (tmp_path / "stages").exists()
 
 
 def test_the_cli_passes_its_budgets_on(monkeypatch):

@@ -179,9 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=None, help="time budget for the unified model's training")
     p.add_argument(
         "--lookup-minutes", type=float, default=None,
-        help="time budget for the question-answering stage before it (0: none; default: the preset's)",
+        help="time budget for the question-answering stage before it (--preset lookup; 0: none)",
     )  # fmt: skip
-    p.add_argument("--preset", choices=["quickstart", "long", "ci"], default="quickstart", help="recipe size")
+    p.add_argument(
+        "--preset", choices=["quickstart", "lookup", "long", "ci"], default="quickstart",
+        help="recipe (lookup: the quickstart with a question-answering stage first)",
+    )  # fmt: skip
     codecs = importlib.import_module("recipes.stages").IMAGE_CODECS  # the stage table's names (a light import)
     p.add_argument("--codec", choices=codecs, default="pixel_vq", help="the image codec")
     p.add_argument(
