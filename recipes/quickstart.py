@@ -114,8 +114,8 @@ PRESETS = {
         deadline_minutes=15.0,
     ),
     # The quickstart with a lookup stage (3 min, VQA alone) before a 7-minute mixture, both on marked descriptions:
-    # in two fresh seeds VQA 83.4 / 87.9 % (the quickstart: 71.8 / 71.8 %), guidance +16.5 / +7.5 points (+6.5 / +0),
-    # but captions 88.0 / 93.3 % (98.0 / 98.0) and seen 3-object drawings 76 / 40 % (68 / 70): not the default
+    # in three fresh seeds VQA 83.4-87.9 % (the quickstart: 71.8-73.1 %), guidance -8 to +16.5 points (+0 to +6.5),
+    # but captions 88.0-93.3 % (97.3-98.0) and seen 3-object drawings 40-76 % (56-70): not the default
     # (docs/quickstart_results.md "The lookup stage"). 2026-12-03 23:35: codec 185 s, lookup 174, unified 437 (the
     # deadline's cut), tuning 13, evaluation 60: 869 s.
     "lookup": Preset(
