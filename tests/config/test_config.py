@@ -5,7 +5,7 @@ from typing import Literal
 
 import pytest
 
-from panglot.config import ConfigError, from_dict, load_config, parse_overrides, to_dict
+from panglot.config import ConfigError, from_dict, load_config, merge_dicts, parse_overrides, to_dict
 
 
 @dataclass
@@ -49,6 +49,15 @@ def test_a_mapping_given_whole_replaces_the_yamls_and_a_dotted_key_merges(tmp_pa
     assert load_config(Recipe, path, ["probs={c: 1.0}", "probs.d=2"]).probs == {"c": 1.0, "d": 2}
     # a whole section given as a mapping replaces it too: its other fields take their defaults
     assert load_config(Recipe, path, ["train={steps: 3}"]).train == Train(steps=3)
+
+
+def test_a_mapping_given_whole_stays_whole_through_a_merge_of_overrides():
+    # a stage's own overrides merged into another layer first, then onto the config: still a replacement
+    layer = merge_dicts({"probs": parse_overrides(["probs={a: 1.0}"])["probs"]}, parse_overrides(["probs={b: 1.0}"]))
+    merged = merge_dicts({"name": "x", "probs": {"a": 0.4, "c": 0.6}}, layer)
+    assert merged["probs"] == {"b": 1.0}
+    cfg = from_dict(Recipe, merged)
+    assert cfg.probs == {"b": 1.0} and type(cfg.probs) is dict  # the config holds a plain mapping
 
 
 def test_unknown_key_names_it_and_valid_keys():

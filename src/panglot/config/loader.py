@@ -169,11 +169,12 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict:
 
 def merge_dicts(base: dict, extra: dict) -> dict:
     """``base`` with ``extra`` merged in, recursively for nested mappings (neither input is changed); a `Whole`
-    mapping of ``extra`` replaces ``base``'s."""
+    mapping of ``extra`` replaces ``base``'s and stays a `Whole`, so merging a merge onto a config gives what merging
+    each in turn gives (`from_dict` builds plain dicts from it)."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, Whole):
-            out[key] = dict(value)
+            out[key] = Whole(value)
         elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge_dicts(out[key], value)
         else:
