@@ -5,7 +5,8 @@
 For a run trained with ``model.vqa_describe`` (and, for marks, ``data.vqa_description=marked``), asks
 ``--per-scene`` kind-balanced questions about each of ``--scenes`` scenes and compares, per question kind, what
 ``Panglot.explain`` returns with the truth: ``description`` (the caption's words right, marks aside), ``marks``
-(among right descriptions, every ``yes`` / ``no`` mark right; ``panglot.world.vqa.marked_caption``) and
+(among right descriptions, every ``yes`` / ``no`` mark right; ``panglot.world.vqa.marked_caption``, or
+``field_marked_caption`` for a run trained with ``data.vqa_description=fields``: the run's own, from its run.json) and
 ``answer``. It tells a model that cannot see (wrong descriptions) from one that cannot compare (right descriptions,
 wrong marks) from one that cannot read its own marks (right marks, wrong answer). Prints a table; ``--out FILE``
 writes the figures as JSON.
@@ -14,11 +15,14 @@ writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
 import panglot
+from panglot.data.mixture import VQA_DESCRIPTIONS
 from panglot.evaluation.metrics import vqa_correct
 from panglot.files import atomic_write_json
 from panglot.world.dataset import make_example
@@ -29,9 +33,19 @@ def _words(text: str, keep_marks: bool) -> list[str]:
     return [w for w in text.split() if (w in MARKS) == keep_marks]
 
 
-def measure(run, split: str = "test-seen", scenes: int = 60, per_scene: int = 6, seed: int = 0) -> dict:
+def trained_marks(run_dir: str | Path):
+    """The marked description a run was trained to write (its recipe's ``data.vqa_description``; ``marked`` for a
+    plain caption or a run.json without a recipe, whose marks are then all wrong where it writes none)."""
+    recipe = json.loads((Path(run_dir) / "model" / "run.json").read_text()).get("recipe", {})
+    return VQA_DESCRIPTIONS.get(recipe.get("data", {}).get("vqa_description")) or marked_caption
+
+
+def measure(
+    run, split: str = "test-seen", scenes: int = 60, per_scene: int = 6, seed: int = 0, marker=marked_caption
+) -> dict:
     """Per kind: ``n``, ``description``, ``marks`` (among right descriptions, ``None`` if none) and ``answer``
-    accuracy of ``run`` (a :class:`panglot.Panglot`) on the questions about ``scenes`` scenes of ``split``."""
+    accuracy of ``run`` (a :class:`panglot.Panglot`) on the questions about ``scenes`` scenes of ``split``; the true
+    description is ``marker(scene, qa)``."""
     rng = np.random.default_rng(seed)
     images, asked, truth = [], [], []
     for i in range(scenes):
@@ -39,7 +53,7 @@ def measure(run, split: str = "test-seen", scenes: int = 60, per_scene: int = 6,
         for qa in questions(ex.scene, rng, k=per_scene, split=split):
             images.append(ex.image)
             asked.append(qa.question)
-            truth.append((qa, marked_caption(ex.scene, qa)))
+            truth.append((qa, marker(ex.scene, qa)))
     right = defaultdict(lambda: defaultdict(list))
     for (description, answer), (qa, true) in zip(run.explain(images, asked), truth, strict=True):
         seen = _words(description, False) == _words(true, False)
@@ -65,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
     args = parser.parse_args(argv)
-    figures = measure(panglot.load(args.run), args.split, args.scenes, args.per_scene, args.seed)
+    marker = trained_marks(args.run)
+    figures = measure(panglot.load(args.run), args.split, args.scenes, args.per_scene, args.seed, marker)
     print(f"{'kind':<9} {'n':>4} {'description':>12} {'marks':>7} {'answer':>7}")
     for kind, f in figures.items():
         cells = [f"{f[name]:.1%}" if f[name] is not None else "-" for name in ("description", "marks", "answer")]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from panglot.codecs.text import train_world_tokenizer
-from panglot.data.mixture import MixtureConfig, WorldMixture, world_texts
+from panglot.data.mixture import VQA_DESCRIPTIONS, MixtureConfig, WorldMixture, world_texts
 from panglot.multimodal import SequenceLayout, UnifiedVocab
 from panglot.world import vqa
 from panglot.world.dataset import split_scenes
@@ -170,3 +170,47 @@ def test_marks_can_take_their_weight_from_their_own_document(parts):
         ratios = {round(y / x, 6) for x, y, m in zip(a.weights, b.weights, is_mark) if x and m}
         others = {round(y / x, 6) for x, y, m in zip(a.weights, b.weights, is_mark) if x and not m}
         assert len(ratios) == len(others) == 1 and ratios.pop() == pytest.approx(10 * others.pop())
+
+
+@pytest.mark.parametrize("description", ["caption", "marked", "fields"])
+def test_text_lookup_documents_are_the_describing_vqa_document_without_its_image(parts, description):
+    """``vqa_text``: ``<bos> <vqa> question <assistant> description <assistant> answer <eos>`` with a true answer;
+    the description carries no loss but its marks (at the mark weight), the answer and ``<eos>`` carry the task's
+    weight, and the text after the image is token for token the image document's of the same question."""
+    tokenizer, layout, scenes, codes = parts
+    describing = SequenceLayout(layout.vocab, vqa_describe=True)
+    common = {"n_scenes": len(scenes), "vqa_description": description, "vqa_mark_weight": 5.0}
+    text = WorldMixture(MixtureConfig(task_probs={"vqa_text": 1.0}, loss_weights={"vqa_text": 2.0}, **common),
+                        describing, tokenizer, scenes, codes)  # fmt: skip
+    image = WorldMixture(MixtureConfig(task_probs={"vqa": 1.0}, **common), describing, tokenizer, scenes, codes)
+    marks = {tokenizer.encode("yes")[0], tokenizer.encode("no")[0]}
+    for i in range(0, 40, 3):
+        doc, scene = text[i], scenes[i % len(scenes)]
+        assert doc.task == "vqa_text" and doc.tokens[:2] == [layout.bos, layout.task_id["vqa"]]
+        with_image = image[i].tokens
+        assert doc.tokens[2:] == with_image[with_image.index(layout.eoi) + 1 :]
+        assert layout.boi not in doc.tokens and layout.eoi not in doc.tokens
+        first = doc.tokens.index(layout.assistant)
+        second = doc.tokens.index(layout.assistant, first + 1)
+        question = tokenizer.decode(doc.tokens[2:first])
+        (qa,) = [qa for qa in vqa.all_questions(scene) if qa.question == question]
+        words = tokenizer.decode(doc.tokens[first + 1 : second])
+        marker = VQA_DESCRIPTIONS[description]
+        assert words == (marker(scene, qa) if marker else caption(scene))
+        assert tokenizer.decode(doc.tokens[second + 1 : -1]) == qa.answer and doc.tokens[-1] == layout.eos
+        for j, (token, weight) in enumerate(zip(doc.tokens, doc.weights)):
+            if j > second:
+                assert weight == 2.0, (j, token)
+            elif first < j < second and marker and token in marks:
+                assert weight == 10.0
+            else:
+                assert weight == 0.0, (j, token)
+
+
+def test_text_lookup_documents_need_a_describing_layout(parts):
+    tokenizer, layout, scenes, codes = parts
+    with pytest.raises(ValueError, match=r"vqa_text .* set model\.vqa_describe"):
+        WorldMixture(MixtureConfig(n_scenes=len(scenes), task_probs={"t2i": 1.0, "vqa_text": 0.5}), layout, tokenizer,
+                     scenes, codes)  # fmt: skip
+    with pytest.raises(ValueError, match="needs vqa_describe"):
+        layout.vqa_text([1], [2], [3])

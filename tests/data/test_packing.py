@@ -15,7 +15,8 @@ from panglot.config import load_config
 from panglot.data.packing import DocumentPacker, PackingConfig, collate_packed, packed_shape
 from panglot.model import UnifiedModel, collate
 from panglot.model.unified import LOGIT_ROWS_MULTIPLE, counted_rows
-from panglot.multimodal import TASKS, SequenceLayout, TaskSequence, UnifiedVocab
+from panglot.multimodal import IMAGE_TASKS as TASKS
+from panglot.multimodal import SequenceLayout, TaskSequence, UnifiedVocab
 from panglot.training import OptimConfig, TrainConfig, Trainer, seed_everything
 from recipes import train_unified
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes
 from panglot.evaluation import heldout_loss
 from panglot.model.run import load_model
-from panglot.multimodal import TASKS
+from panglot.multimodal import IMAGE_TASKS as TASKS
 from panglot.world.dataset import split_scenes
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import panglot
@@ -24,9 +25,9 @@ def _train_vqa_run(tmp_path, monkeypatch, run_unified, *switches: str):
     cfg = load_config(
         train_unified.UnifiedRecipe,
         None,
-        [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug", *switches,
+        [f"out_dir={tmp_path / 'run'}", f"codec_dir={tmp_path / 'codec'}", "model.size=debug",
          "data.task_probs={vqa: 1.0}", "data.n_scenes=32", "tokenizer_scenes=100", "batch_size=4",
-         "train.max_steps=3", "train.ckpt_every=0"],
+         "train.max_steps=3", "train.ckpt_every=0", *switches],
     )  # fmt: skip
     built = {}
     build = train_unified.build
@@ -87,3 +88,19 @@ def test_a_marked_run_trains_on_marked_descriptions(tmp_path, monkeypatch, run_u
     run = panglot.load(tmp_path / "run")
     (description, answer), = run.explain(list(render_batch(split_scenes("val", 1, 0))), ["how many objects are there?"])
     assert isinstance(description, str) and isinstance(answer, str)
+
+
+def test_text_lookup_documents_train_beside_the_image_tasks_with_their_own_loss_share(tmp_path, monkeypatch, run_unified):
+    """``vqa_text`` documents (no image) are packed beside VQA documents, logged as their own task and weighed by
+    their own share of the loss; a run drawing them without a describing layout is refused before it trains."""
+    shares = "task_loss_shares={vqa: 0.5, vqa_text: 0.5}"
+    _, loader = _train_vqa_run(
+        tmp_path, monkeypatch, run_unified, "model.vqa_describe=true", "data.vqa_description=marked",
+        "data.task_probs={vqa: 1.0, vqa_text: 1.0}", shares, "train.log_every=1",
+    )  # fmt: skip
+    tasks = {loader.dataset[i].task for i in range(32)}
+    assert tasks == {"vqa", "vqa_text"}
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss_vqa_text" in row for row in logged), logged
+    with pytest.raises(ValueError, match=r"vqa_text .* set model\.vqa_describe"):
+        _train_vqa_run(tmp_path / "plain", monkeypatch, run_unified, "data.task_probs={vqa: 1.0, vqa_text: 1.0}")

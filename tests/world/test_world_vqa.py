@@ -6,7 +6,16 @@ import pytest
 
 from panglot.world.scene import HELD_OUT, POSITIONS, Obj, Scene, make_scene
 from panglot.world.splits import SPLITS, sample_scene
-from panglot.world.vqa import KINDS, QA, all_questions, marked_caption, named, questions, refers
+from panglot.world.vqa import (
+    KINDS,
+    QA,
+    all_questions,
+    field_marked_caption,
+    marked_caption,
+    named,
+    questions,
+    refers,
+)
 
 # The spec's question table, as patterns, to check answers independently of the generator.
 PATTERNS = {
@@ -102,3 +111,26 @@ def test_named_fields_are_the_spec_patterns_slots_and_marks_follow_them():
     assert refers(QA("count", "how many objects are there?", "two"), scene.objects[0])
     with pytest.raises(ValueError, match="not a canonical 'where' question"):
         named(QA("where", "where's the red cross?", "top"))
+
+
+def test_field_marks_compare_one_word_each_and_the_object_mark_is_their_conjunction():
+    scene = make_scene([Obj("triangle", "blue", "large", "top left"), Obj("cross", "red", "small", "top")])
+    exists = QA("exists", "is there a blue cross?", "no")
+    assert field_marked_caption(scene, exists) == (
+        "a large blue yes triangle no at the top left no and a small red no cross yes at the top no"
+    )
+    shape_at = QA("shape_at", "what shape is at the top?", "cross")  # one field named: the marked caption
+    assert field_marked_caption(scene, shape_at) == marked_caption(scene, shape_at)
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        scene = sample_scene(rng, SPLITS[i % 4])
+        for qa in all_questions(scene, SPLITS[i % 4]):
+            words, fields = field_marked_caption(scene, qa).split(), named(qa)
+            plain = [w for w in marked_caption(scene, qa).split() if w not in ("yes", "no")]
+            assert [w for w in words if w not in ("yes", "no")] == plain  # the caption, marks aside
+            if len(fields) < 2:
+                continue
+            for phrase, obj in zip(" ".join(words).split(" and "), scene.objects):
+                marks = [w for w in phrase.split() if w in ("yes", "no")]
+                expected = ["yes" if getattr(obj, f) == v else "no" for f, v in fields.items()]
+                assert marks[:-1] == expected and marks[-1] == ("yes" if all(m == "yes" for m in expected) else "no")

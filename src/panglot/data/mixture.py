@@ -21,7 +21,8 @@ from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 from panglot.world.scene import Scene
 
-VQA_DESCRIPTIONS = ("caption", "marked")
+# what a describing run writes before its answer (MixtureConfig.vqa_description) -> the text, None for the caption
+VQA_DESCRIPTIONS = {"caption": None, "marked": vqa.marked_caption, "fields": vqa.field_marked_caption}
 
 
 @dataclass
@@ -29,6 +30,7 @@ class MixtureConfig:
     """How documents are drawn from the world."""
 
     n_scenes: int = 20000  # distinct training scenes (each encoded once)
+    # ``vqa_text`` (a describing VQA document without its image, SequenceLayout.vqa_text) needs model.vqa_describe
     task_probs: dict[str, float] = field(default_factory=lambda: {"t2i": 0.5, "caption": 0.2, "vqa": 0.3})
     loss_weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
     paraphrase_prob: float = 0.3  # share of t2i prompts that are paraphrases (captions stay canonical)
@@ -42,7 +44,9 @@ class MixtureConfig:
     vqa_question_weight: float = 0.0
     # What a describing run (``model.vqa_describe``) writes before its answer: ``caption``, the scene's caption, or
     # ``marked``, the caption with ``yes`` / ``no`` after each object phrase, whether the question is about it
-    # (``panglot.world.vqa.marked_caption``): the lookup becomes a comparison beside the phrase just written.
+    # (``panglot.world.vqa.marked_caption``): the lookup becomes a comparison beside the phrase just written; or
+    # ``fields``, the marked caption with a mark after each field a two-field question names too, so each mark compares
+    # one word (``panglot.world.vqa.field_marked_caption``).
     vqa_description: str = "caption"
     # Loss weight of a marked description's ``yes`` / ``no`` marks, relative to its other tokens (1 = as a word).
     vqa_mark_weight: float = 1.0
@@ -62,9 +66,10 @@ class MixtureConfig:
             problems.append(f"vqa_questions must be >= 1, got {self.vqa_questions}")
         if self.vqa_description not in VQA_DESCRIPTIONS:
             problems.append(f"vqa_description must be one of {list(VQA_DESCRIPTIONS)}, got {self.vqa_description!r}")
-        elif self.vqa_description == "marked" and self.vqa_questions != 1:
+        elif self.vqa_description != "caption" and self.vqa_questions != 1:
             problems.append(
-                f"vqa_description 'marked' marks the objects of one question: vqa_questions must be 1, got {self.vqa_questions}"
+                f"vqa_description {self.vqa_description!r} marks the objects of one question: vqa_questions must be 1, "
+                f"got {self.vqa_questions}"
             )
         if self.vqa_mark_weight < 0:
             problems.append(f"vqa_mark_weight must be >= 0, got {self.vqa_mark_weight}")
@@ -100,6 +105,8 @@ class WorldMixture:
             raise ValueError(f"{len(scenes)} scenes but {len(codes)} code rows")
         if cfg.vqa_description != "caption" and not layout.vqa_describe:
             raise ValueError(f"vqa_description {cfg.vqa_description!r} is what a describing run writes: set model.vqa_describe")
+        if cfg.task_probs.get("vqa_text", 0) > 0 and not layout.vqa_describe:
+            raise ValueError("task vqa_text answers from the description a describing run writes: set model.vqa_describe")
         self.cfg, self.layout, self.tok = cfg, layout, tokenizer
         self.scenes, self.codes = list(scenes), codes
         self.docs_per_scene = docs_per_scene
@@ -119,10 +126,18 @@ class WorldMixture:
         scene, codes = self.scenes[k], self.codes[k]
         task = self._tasks[int(np.searchsorted(self._cum, rng.random(), side="right").clip(0, len(self._tasks) - 1))]
         weight = self.cfg.loss_weights.get(task, 1.0)
+        if task == "vqa_text":  # one question, answered from the scene's description, no image
+            qa = vqa.questions(scene, rng, k=1)[0]
+            marker = VQA_DESCRIPTIONS[self.cfg.vqa_description]
+            marked = marker is not None
+            description = self.tok.encode(marker(scene, qa) if marked else language.caption(scene))
+            answer = self.tok.encode(qa.answer)
+            doc = self.layout.vqa_text(self.tok.encode(qa.question), answer, description, weight)
+            return self._weigh_marks(doc, description, len(answer), keep_total=False) if marked else doc
         if task == "vqa":  # kinds round-robin from a random first one, so rare kinds (count) are learnt too
             picks = vqa.questions(scene, rng, k=self.cfg.vqa_questions)
             turns = [(self.tok.encode(qa.question), self.tok.encode(qa.answer)) for qa in picks]
-            if self.cfg.vqa_description == "marked":
+            if VQA_DESCRIPTIONS[self.cfg.vqa_description] is not None:
                 return self._marked_vqa(codes, scene, picks[0], turns[0], weight)
             description = self.tok.encode(language.caption(scene)) if self.layout.vqa_describe else None
             return self.layout.vqa_dialogue(codes, turns, weight, description, self.cfg.vqa_question_weight)
@@ -134,16 +149,22 @@ class WorldMixture:
 
     def _marked_vqa(self, codes, scene: Scene, qa, turn: tuple[list[int], list[int]], weight: float) -> TaskSequence:
         """One question, answered after the marked caption, its marks weighted by ``vqa_mark_weight``."""
-        description = self.tok.encode(vqa.marked_caption(scene, qa))
+        description = self.tok.encode(VQA_DESCRIPTIONS[self.cfg.vqa_description](scene, qa))
         doc = self.layout.vqa_dialogue(codes, [turn], weight, description, self.cfg.vqa_question_weight)
-        if self.cfg.vqa_mark_weight == 1.0:
+        return self._weigh_marks(doc, description, len(turn[1]), self.cfg.vqa_mark_keep_total)
+
+    def _weigh_marks(self, doc: TaskSequence, description: list[int], answer_len: int, keep_total: bool) -> TaskSequence:
+        """``doc`` (ending ``description <assistant> answer <eos>``) with its marks weighing ``vqa_mark_weight``
+        times the document's ``loss_weights`` (a ``vqa_text`` description's words weigh nothing, its marks this)."""
+        if self.cfg.vqa_mark_weight == 1.0 and doc.task == "vqa":
             return doc
-        start = len(doc) - len(description) - len(turn[1]) - 2  # ... description <assistant> answer <eos>
+        base = self.cfg.loss_weights.get(doc.task, 1.0)
+        start = len(doc) - len(description) - answer_len - 2
         weights = list(doc.weights)
         for j, token in enumerate(description):
             if token in self._marks:
-                weights[start + j] *= self.cfg.vqa_mark_weight
-        if self.cfg.vqa_mark_keep_total and sum(weights) > 0:
+                weights[start + j] = base * self.cfg.vqa_mark_weight
+        if keep_total and sum(weights) > 0:
             scale = sum(doc.weights) / sum(weights)
             weights = [w * scale for w in weights]
         return TaskSequence(doc.task, doc.tokens, weights)

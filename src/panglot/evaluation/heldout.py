@@ -14,7 +14,7 @@ import torch
 
 from panglot.data.mixture import MixtureConfig, WorldMixture, encode_scenes
 from panglot.model.unified import UnifiedModel, collate
-from panglot.multimodal import TASKS
+from panglot.multimodal import IMAGE_TASKS, TASKS
 from panglot.world.dataset import split_scenes
 
 HELDOUT_SCENES = 600  # ~50 k t2i tokens, ~10 s on 2 CPU threads for the quickstart's model
@@ -26,7 +26,7 @@ def heldout_loss(
     split: str = "val",
     n_scenes: int = HELDOUT_SCENES,
     seed: int = 0,
-    tasks: tuple[str, ...] = TASKS,
+    tasks: tuple[str, ...] = IMAGE_TASKS,
     batch_size: int = 50,
 ) -> dict[str, float]:
     """``{task: mean next-token loss over the task's target tokens}`` on one document per scene of ``split``'s

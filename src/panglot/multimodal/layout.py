@@ -7,6 +7,8 @@
     vqa, question first (``vqa_order="question_first"``):
                     <bos> <vqa> question <boi> codes <eoi> <assistant> answer <eos>
     vqa, describing first (``vqa_describe``): ... question <assistant> caption <assistant> answer <eos>
+    vqa_text        <bos> <vqa> question <assistant> caption <assistant> answer <eos>
+                    (a describing VQA document without its image: the lookup alone, in text; training only)
 
 A prompt is the document cut where the model starts to write. Condition dropout (the training knob of
 classifier-free guidance) and the unconditional prompt (its inference knob) both use ``<uncond>``, so
@@ -21,7 +23,11 @@ from dataclasses import dataclass
 from panglot.codecs.text import special as sp
 from panglot.multimodal.vocab import UnifiedVocab
 
-TASKS = ("t2i", "caption", "vqa")
+# What a training document can be (its index is the task id of the loss's per-task shares and logs). The first three
+# read or write an image and are what the evaluation measures; ``vqa_text`` trains the lookup a describing VQA
+# document ends with, from the description alone, at ~45 tokens a document instead of ~110.
+TASKS = ("t2i", "caption", "vqa", "vqa_text")
+IMAGE_TASKS = TASKS[:3]
 VQA_ORDERS = ("image_first", "question_first")
 
 
@@ -94,6 +100,22 @@ class SequenceLayout:
 
     def caption(self, codes, caption: Sequence[int], weight: float = 1.0) -> TaskSequence:
         return self._document("caption", self.caption_prompt(codes), [*caption, self.eos], weight)
+
+    def vqa_text(
+        self, question: Sequence[int], answer: Sequence[int], description: Sequence[int], weight: float = 1.0
+    ) -> TaskSequence:
+        """A describing VQA document without its image: ``<bos> <vqa> question <assistant> description <assistant>
+        answer <eos>``. The description (the scene's caption, or its marked form) is given and carries no loss, as
+        it cannot be predicted without the image; the answer and its ``<eos>`` carry ``weight``. Its tokens sit at
+        the same distances from the question as in the image's document, so what it trains (answering from the
+        written description, or marking its objects) is the same attention; a caller may weight marks inside the
+        description (``WorldMixture``)."""
+        if not self.vqa_describe:
+            raise ValueError("a vqa_text document answers from a description: the layout needs vqa_describe")
+        prompt = [self.bos, self.task_id["vqa"], *question, self.assistant]
+        target = [*description, self.assistant, *answer, self.eos]
+        weights = [0.0] * (len(prompt) + len(description) + 1) + [weight] * (len(answer) + 1)
+        return TaskSequence("vqa_text", prompt + target, weights)
 
     def vqa(
         self,

@@ -110,6 +110,27 @@ def marked_caption(scene: Scene, qa: QA) -> str:
     return " and ".join(f"{object_phrase(o)} {mark(qa, o)}" for o in scene.objects)
 
 
+def field_marked_caption(scene: Scene, qa: QA) -> str:
+    """``marked_caption`` with, where the question names two fields, a mark after each of them too: "is there a red
+    cross?" about a large blue cross at the top reads ``a large blue no cross yes at the top no``. Each field mark
+    asks only whether the word just written is the one the question names (a match of one word against the
+    question), and the object's mark is then the conjunction of the two marks just before it, where
+    ``marked_caption`` asks for both comparisons at once. Questions naming one field (or none) mark as
+    ``marked_caption`` does."""
+    fields = named(qa)
+    if len(fields) < 2:
+        return marked_caption(scene, qa)
+    phrases = []
+    for o in scene.objects:
+        words = {
+            name: f"{getattr(o, name)} {MARKS[0] if getattr(o, name) == value else MARKS[1]}" for name, value in fields.items()
+        }
+        color, shape = words.get("color", o.color), words.get("shape", o.shape)
+        position = words.get("position", o.position)
+        phrases.append(f"a {o.size} {color} {shape} at the {position} {mark(qa, o)}")
+    return " and ".join(phrases)
+
+
 def _interleave_yes_no(pool: list[QA], rng: np.random.Generator) -> list[QA]:
     yes = [qa for qa in pool if qa.answer == "yes"]
     no = [qa for qa in pool if qa.answer == "no"]
