@@ -83,6 +83,9 @@ class Preset:
     # comparison of a question's names with the scene's description formed in one run of two (session 19).
     lookup: dict | None = None
     lookup_minutes: float | None = None
+    # A describing run answers after its own best caption, marked by the model (DrawDefaults.answer_from_caption),
+    # instead of a description it writes greedily from the image.
+    answer_from_caption: bool = False
 
 
 # The `lookup` preset's stage: VQA documents alone, twice the documents a step (their rows are shorter), 500 steps
@@ -226,7 +229,11 @@ def tune_and_evaluate(m: panglot.Panglot, out: Path, preset: Preset, title: str,
     """Tune the run's CFG scale and temperature on ``val`` (one sample per prompt), then evaluate on test with the
     run's decoding (best of ``preset.candidates``, captions from ``preset.caption_candidates``), beside one sample per
     prompt and the greedy caption; ``lap(name)`` marks the end of each part. The metrics, as written to ``OUT/eval``."""
-    fixed = {"candidates": preset.candidates, "caption_candidates": preset.caption_candidates}
+    fixed = {
+        "candidates": preset.candidates,
+        "caption_candidates": preset.caption_candidates,
+        "answer_from_caption": preset.answer_from_caption,
+    }
     tune_sampling(m, out, preset.scales, preset.temperatures, preset.val_per_cell, defaults=fixed)
     lap("tune_sampling_s")
     test, tuned = EvalSuite("test", n_per_cell=preset.test_per_cell), m.defaults.cfg_scale

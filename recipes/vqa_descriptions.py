@@ -1,6 +1,6 @@
 """Experiment: how right is what a describing run writes before its answers? (issue 3's VQA target)
 
-    python recipes/vqa_descriptions.py runs/s17/ab_marks --scenes 60 --split test-seen
+    python recipes/vqa_descriptions.py runs/s17/ab_marks --scenes 60 --split test-seen [--from-caption]
 
 For a run trained with ``model.vqa_describe`` (and, for marks, ``data.vqa_description=marked``), asks
 ``--per-scene`` kind-balanced questions about each of ``--scenes`` scenes and compares, per question kind, what
@@ -15,6 +15,7 @@ writes the figures as JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -78,9 +79,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--per-scene", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the figures here as JSON")
+    parser.add_argument(
+        "--from-caption", action=argparse.BooleanOptionalAction, default=None,
+        help="describe with the run's own caption (DrawDefaults.answer_from_caption; default: the run's setting)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    marker = trained_marks(args.run)
-    figures = measure(panglot.load(args.run), args.split, args.scenes, args.per_scene, args.seed, marker)
+    marker, run = trained_marks(args.run), panglot.load(args.run)
+    if args.from_caption is not None:
+        run.defaults = dataclasses.replace(run.defaults, answer_from_caption=args.from_caption)
+    figures = measure(run, args.split, args.scenes, args.per_scene, args.seed, marker)
     print(f"{'kind':<9} {'n':>4} {'description':>12} {'marks':>7} {'answer':>7}")
     for kind, f in figures.items():
         cells = [f"{f[name]:.1%}" if f[name] is not None else "-" for name in ("description", "marks", "answer")]

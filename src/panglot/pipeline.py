@@ -21,10 +21,19 @@ from PIL import Image
 
 from panglot.codecs.text.tokenizer import check_words
 from panglot.data.images import ImageLike
-from panglot.generation import Greedy, ModalityConstraint, Multinomial, Temperature, TopK, generate
+from panglot.generation import (
+    FollowText,
+    Greedy,
+    ModalityConstraint,
+    Multinomial,
+    Temperature,
+    TopK,
+    generate,
+)
 from panglot.model.run import load_model
 from panglot.model.unified import UnifiedModel
 from panglot.nn import autocast_context, resolve_dtype
+from panglot.world.vqa import MARKINGS, MARKS, marked_description
 
 DESCRIPTION_TOKENS = 64  # room for the scene caption a vqa_describe run writes before its answer (3 objects: ~30)
 
@@ -51,6 +60,16 @@ class DrawDefaults:
     # by the drawing alone. 1.0 was the best or tied best of 0 / 0.25 / 0.5 / 1 / 2 / 4 on `val` for three
     # quickstart models (docs/quickstart_results.md "Noisy-channel captions").
     caption_direct_weight: float = 1.0
+    # How a describing run (``model.vqa_describe``) gets the description it answers after. False: it writes it from
+    # the image. True: the description is its own caption (``caption``, with the caption candidates above), each
+    # distinct image captioned once, marked where the run's ``marking`` puts marks; prompted as for ``False``, the
+    # model follows it and writes only the marks' values, then the answer (``generation.FollowText``): its answers
+    # rest on its best reading of the image, not on a greedy one. A question or caption outside the world's grammar
+    # (``world.vqa.marked_description``) is answered as with ``False``.
+    answer_from_caption: bool = False
+    # How a describing run marks its description (``data.vqa_description``: ``marked`` or ``fields``; ``load`` reads
+    # it from the run's recipe); "" for a caption without marks.
+    marking: str = ""
 
 
 class Panglot:
@@ -203,14 +222,20 @@ class Panglot:
         if not weight >= 0:
             raise ValueError(f"direct_weight must be a number >= 0, got {weight!r}")
         temperature = self.defaults.caption_temperature if temperature is None else temperature
-        codes = self._image_codes(images)
+        rows = self._caption_ids(self._image_codes(images), max_tokens, k, temperature, seed, weight)
+        return [self.tokenizer.decode(row).strip() for row in rows]
+
+    def _caption_ids(
+        self, codes: torch.Tensor, max_tokens: int, k: int, temperature: float, seed: int, weight: float
+    ) -> list[list[int]]:
+        """``caption``'s ids for image codes (N, tokens_per_item)."""
         prompts = [self.layout.caption_prompt(c) for c in codes]
         greedy = self._generate_text(prompts, max_tokens)
         if k > 1:
             rows = [p for p in prompts for _ in range(k)]
             sampled = self._generate_text(rows, max_tokens, Multinomial, seed, temperature)
             greedy = self._best_captions(codes, greedy, sampled, k, weight)
-        return [self.tokenizer.decode(row).strip() for row in greedy]
+        return greedy
 
     def _best_captions(
         self, codes: torch.Tensor, greedy: list[list[int]], sampled: list[list[int]], k: int, weight: float
@@ -256,14 +281,50 @@ class Panglot:
         if len(q_ids) != len(images):
             raise ValueError(f"ask needs one question per image: got {len(images)} images and {len(q_ids)} questions")
         codes = self._image_codes(images)
-        prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
         describe = self.layout.vqa_describe  # the run describes the scene first: the answer is what follows
-        rows = self._generate_text(prompts, max_tokens + DESCRIPTION_TOKENS if describe else max_tokens)
+        if describe and self.defaults.answer_from_caption:
+            rows = self._answer_from_captions(codes, questions, q_ids, max_tokens)
+        else:
+            prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
+            rows = self._generate_text(prompts, max_tokens + DESCRIPTION_TOKENS if describe else max_tokens)
         out = []
         for row in rows:
             cut = len(row) - row[::-1].index(self.layout.assistant) if describe and self.layout.assistant in row else 0
             description = self.tokenizer.decode(row[: max(cut - 1, 0)]).strip()
             out.append((description, self.tokenizer.decode(row[cut:]).strip()))
+        return out
+
+    def _answer_from_captions(
+        self, codes: torch.Tensor, questions: Sequence[str], q_ids: list[list[int]], max_tokens: int
+    ) -> list[list[int]]:
+        """``DrawDefaults.answer_from_caption``: each distinct image captioned once (the run's caption decoding),
+        then per question its ``vqa_prompt`` and the marked caption followed (``FollowText``, a slot per mark), then
+        the answer; a row whose caption or question has no marked description is written from the image."""
+        d = self.defaults
+        distinct, which = torch.unique(codes, dim=0, return_inverse=True)
+        captions = self._caption_ids(
+            distinct, DESCRIPTION_TOKENS, d.caption_candidates, d.caption_temperature, 0, d.caption_direct_weight
+        )
+        marks = [self.tokenizer.encode(word)[0] for word in MARKS]
+        texts: dict[int, list[int]] = {}
+        for row, (image, question) in enumerate(zip(which.tolist(), questions)):
+            caption = self.tokenizer.decode(captions[image]).strip()
+            marked = marked_description(caption, question, d.marking) if d.marking else caption
+            if marked is not None:
+                texts[row] = [FollowText.SLOT if t in marks else t for t in self.tokenizer.encode(marked)]
+        prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
+        out: list[list[int]] = [[] for _ in prompts]
+        followed = sorted(texts)
+        if followed:
+            rows = [texts[r] for r in followed]
+            follow = lambda start, stop: [FollowText(rows[start:stop], marks, self.layout.assistant)]  # noqa: E731
+            longest = max(len(t) for t in rows)
+            for r, ids in zip(followed, self._generate_text([prompts[r] for r in followed], max_tokens + longest + 1, per_chunk=follow)):
+                out[r] = ids
+        written = [r for r in range(len(prompts)) if r not in texts]
+        if written:
+            for r, ids in zip(written, self._generate_text([prompts[r] for r in written], max_tokens + DESCRIPTION_TOKENS)):
+                out[r] = ids
         return out
 
     def _generate_text(
@@ -273,9 +334,11 @@ class Panglot:
         sampler: type[Multinomial] | None = None,
         seed: int = 0,
         temperature: float = 1.0,
+        per_chunk: Callable[[int, int], list] | None = None,
     ) -> list[list[int]]:
         """Text ids for each prompt up to (without) <eos>, no image codes: greedy, or sampled with ``sampler``
-        (``Multinomial``) at ``temperature``, row ``r`` with seed ``seed + r``."""
+        (``Multinomial``) at ``temperature``, row ``r`` with seed ``seed + r``; ``per_chunk(start, stop)`` adds
+        processors for the rows ``start:stop`` of a batch."""
         lo, hi = self._slot.id_range
         processors = [
             ModalityConstraint(lo, hi, self.layout.boi, self.layout.eoi, self._slot.tokens_per_item, allow_begin=False),
@@ -288,7 +351,7 @@ class Panglot:
                 self._decoder,
                 chunk,
                 max_new_tokens=max_tokens,
-                processors=processors,
+                processors=[*processors, *(per_chunk(start, start + len(chunk)) if per_chunk else [])],
                 sampler=Greedy() if sampler is None else sampler(tuple(seed + start + i for i in range(len(chunk)))),
                 stop_ids=[self.layout.eos],
                 dtype=self.dtype,
@@ -306,5 +369,9 @@ def load(
 ) -> Panglot:
     """Load a trained run directory (``RUN/model/``) into the :class:`Panglot` API (arguments as ``Panglot``)."""
     model, meta = load_model(run_dir, device=device)
-    defaults = DrawDefaults(**meta.get("generation", {}))
+    generation = dict(meta.get("generation", {}))
+    if "marking" not in generation:  # a run saved before the field: its recipe says how it marks
+        description = meta.get("recipe", {}).get("data", {}).get("vqa_description", "caption")
+        generation["marking"] = description if description in MARKINGS else ""
+    defaults = DrawDefaults(**generation)
     return Panglot(model, defaults, batch_size=batch_size, dtype=dtype, compile=compile)

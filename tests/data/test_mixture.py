@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -214,3 +215,14 @@ def test_text_lookup_documents_need_a_describing_layout(parts):
                      scenes, codes)  # fmt: skip
     with pytest.raises(ValueError, match="needs vqa_describe"):
         layout.vqa_text([1], [2], [3])
+
+
+def test_balanced_positions_reach_the_documents(parts):
+    tokenizer, layout, _, _ = parts
+    answers = {}
+    for flag in (False, True):
+        mixture = _mixture(parts, task_probs={"vqa": 1.0}, vqa_balance_positions=flag)
+        turns = [turn for i in range(len(mixture)) for turn in _turns(layout, mixture[i].tokens)]
+        answers[flag] = [tokenizer.decode(a).strip() for q, a in turns if tokenizer.decode(q).startswith("what shape is at")]
+    share = {flag: np.mean([a != "nothing" for a in got]) for flag, got in answers.items()}
+    assert share[True] > 0.4 and share[False] < 0.35, share

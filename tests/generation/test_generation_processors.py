@@ -12,6 +12,7 @@ from panglot.generation import (
     AllowOnly,
     ClassifierFreeGuidance,
     DecodeState,
+    FollowText,
     Forbid,
     ModalityConstraint,
     Multinomial,
@@ -251,3 +252,31 @@ def test_constraints_from_a_unified_vocabulary():
     ]
     with pytest.raises(ValueError, match="'features' is continuous"):
         ModalityConstraint.for_slot(vocab, "features")
+
+
+def test_follow_text_writes_the_text_a_free_id_at_each_slot_then_the_end_then_anything():
+    """Row 0 follows [7, SLOT, 8], row 1 follows [9, SLOT, SLOT]; marks 10 and 11 fill slots; end id 5. Random logits
+    decode exactly the texts with a mark in each slot, the end id, then whatever the logits say."""
+    slot = FollowText.SLOT
+    follow = FollowText([[7, slot, 8], [9, slot, slot]], free=[10, 11], end_id=5)
+    generator, seen_marks = torch.Generator().manual_seed(0), set()
+    for _ in range(30):
+        tokens = torch.tensor([[1, 2], [0, 1]])
+        for step in range(6):
+            state = DecodeState(tokens=tokens, valid=torch.ones_like(tokens, dtype=torch.bool), step=step)
+            logits = follow(torch.randn(2, 16, generator=generator), state)
+            tokens = torch.cat([tokens, logits.argmax(dim=1, keepdim=True)], dim=1)
+        (a, b) = tokens[:, 2:].tolist()
+        assert a[0] == 7 and a[1] in (10, 11) and a[2] == 8 and a[3] == 5
+        assert b[0] == 9 and b[1] in (10, 11) and b[2] in (10, 11) and b[3] == 5
+        seen_marks |= {a[1], b[1], b[2]}
+    assert seen_marks == {10, 11}  # the model's choice, both taken
+    state = DecodeState(tokens=torch.tensor([[1, 7]]), valid=torch.ones(1, 2, dtype=torch.bool), step=1)
+    allowed = FollowText([[7, slot]], free=[10, 11], end_id=5)(torch.zeros(1, 16), state).isfinite()
+    assert allowed[0].nonzero().flatten().tolist() == [10, 11]
+    state = DecodeState(tokens=torch.tensor([[1, 7, 10, 5]]), valid=torch.ones(1, 4, dtype=torch.bool), step=3)
+    assert FollowText([[7, slot]], free=[10], end_id=5)(torch.zeros(1, 16), state).isfinite().all()  # after the end
+    with pytest.raises(ValueError, match="holds 1 texts for a batch of 2"):
+        FollowText([[7]], free=[10], end_id=5)(torch.zeros(2, 16), NO_STATE)
+    with pytest.raises(ValueError, match="at least one free id"):
+        FollowText([[7]], free=[], end_id=5)

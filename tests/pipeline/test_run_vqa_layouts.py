@@ -4,6 +4,7 @@ questions the way it was trained."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -13,6 +14,7 @@ import panglot
 from panglot import pipeline
 from panglot.codecs.image_vq.model import PixelVQ, PixelVQConfig
 from panglot.config import load_config
+from panglot.world import language, vqa
 from panglot.world.dataset import split_scenes
 from panglot.world.render import render_batch
 from recipes import train_unified
@@ -104,3 +106,40 @@ def test_text_lookup_documents_train_beside_the_image_tasks_with_their_own_loss_
     assert any("loss_vqa_text" in row for row in logged), logged
     with pytest.raises(ValueError, match=r"vqa_text .* set model\.vqa_describe"):
         _train_vqa_run(tmp_path / "plain", monkeypatch, run_unified, "data.task_probs={vqa: 1.0, vqa_text: 1.0}")
+
+
+def test_answers_from_the_runs_own_caption_follow_it_with_the_models_marks(tmp_path, monkeypatch, run_unified):
+    """``answer_from_caption``: the description is the run's caption of the image (each distinct image captioned
+    once), marked where the run's marking puts marks, the marks' values the model's; a question outside the
+    grammar is answered from a description the model writes. A marked run's marking comes from its recipe."""
+    _train_vqa_run(
+        tmp_path, monkeypatch, run_unified, "model.vqa_describe=true", "data.vqa_description=fields",
+        "data.task_probs={vqa: 1.0, vqa_text: 1.0}",
+    )  # fmt: skip
+    run = panglot.load(tmp_path / "run")
+    assert run.defaults.marking == "fields" and not run.defaults.answer_from_caption
+    run.defaults = dataclasses.replace(run.defaults, answer_from_caption=True)
+    scenes = split_scenes("val", 2, 0)
+    images = list(render_batch(scenes))
+    captioned = []
+
+    def caption_ids(codes, *args):  # the run "reads" each image as its true caption
+        captioned.append(len(codes))
+        by_code = {tuple(c.tolist()): i for i, c in enumerate(run._image_codes(images))}
+        return [run.tokenizer.encode(language.caption(scenes[by_code[tuple(c.tolist())]])) for c in codes]
+
+    monkeypatch.setattr(run, "_caption_ids", caption_ids)
+    asked = [images[0], images[1], images[0]]
+    questions = ["how many objects are there?", "what shape is at the top left?", "what color is the red circle?"]
+    rows = run._answer_from_captions(run._image_codes(asked), questions, [run.tokenizer.encode(q) for q in questions], 8)
+    assert captioned == [2]  # three questions, two distinct images
+    marks = {run.tokenizer.encode(word)[0] for word in ("yes", "no")}
+    for row, scene, question in zip(rows[:2], [scenes[0], scenes[1]], questions):
+        end = row.index(run.layout.assistant)
+        truth = vqa.marked_description(language.caption(scene), question, "fields")
+        expected = run.tokenizer.encode(truth)
+        assert len(row[:end]) == len(expected)
+        assert all((t in marks) if e in marks else t == e for t, e in zip(row[:end], expected))
+    assert vqa.marked_description(language.caption(scenes[0]), questions[2], "fields") is None  # written freely
+    explained = run.explain(asked, questions)
+    assert len(explained) == 3 and all(isinstance(a, str) for _, a in explained)

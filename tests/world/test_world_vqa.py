@@ -134,3 +134,19 @@ def test_field_marks_compare_one_word_each_and_the_object_mark_is_their_conjunct
                 marks = [w for w in phrase.split() if w in ("yes", "no")]
                 expected = ["yes" if getattr(obj, f) == v else "no" for f, v in fields.items()]
                 assert marks[:-1] == expected and marks[-1] == ("yes" if all(m == "yes" for m in expected) else "no")
+
+
+def test_balanced_positions_ask_occupied_and_empty_cells_alternately_in_training_only():
+    rng, balanced, plain = np.random.default_rng(5), [], []
+    for i in range(300):
+        scene = sample_scene(rng, "train")
+        for flag, out in ((True, balanced), (False, plain)):
+            picks = [qa for qa in questions(scene, np.random.default_rng(i), k=12, balance_positions=flag)]
+            at = [qa.answer != "nothing" for qa in picks if qa.kind == "shape_at"]
+            out.append(at)
+            if flag:
+                assert at[0] != at[1]  # 12 questions: two shape_at, one of each (a scene has 1-3 of 9 cells)
+    share = lambda runs: np.mean([a for at in runs for a in at[:1]])  # noqa: E731
+    assert 0.4 < share(balanced) < 0.6 and share(plain) < 0.35  # the first shape_at question's cell is occupied
+    scene = sample_scene(np.random.default_rng(0), "train")
+    assert questions(scene, np.random.default_rng(1), k=6) == questions(scene, np.random.default_rng(1), k=6, balance_positions=False)

@@ -167,7 +167,7 @@ def tune_sampling(
     n_per_cell: int = 24,
     seed: int = 0,
     progress: bool = True,
-    defaults: Mapping[str, float] | None = None,
+    defaults: Mapping[str, float | bool] | None = None,
 ) -> dict:
     """Draw the ``val`` suite (seen prompts, ``n_per_cell`` per object count) at every guidance scale x sampling
     temperature (:func:`~panglot.evaluation.suite.sampling_sweep`, one sample per prompt), make the best pair the

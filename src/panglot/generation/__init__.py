@@ -5,6 +5,7 @@ from panglot.generation.guidance import ClassifierFreeGuidance
 from panglot.generation.processors import (
     AllowOnly,
     DecodeState,
+    FollowText,
     Forbid,
     LogitsProcessor,
     ModalityConstraint,
@@ -21,6 +22,7 @@ __all__ = [
     "CausalLM",
     "ClassifierFreeGuidance",
     "DecodeState",
+    "FollowText",
     "Forbid",
     "Greedy",
     "LogitsProcessor",

@@ -219,6 +219,48 @@ class ModalityConstraint:
         return logits.masked_fill(~allowed, float("-inf"))
 
 
+class FollowText:
+    """Each row writes a given text token by token, where the text holds ``SLOT`` one of the ``free`` ids (its
+    choice), then ``end_id``; after that the row is unconstrained.
+
+    A describing run answers after a description it writes itself; with this the description is one given to it
+    (its own best caption, say) with slots where its marks go, so the model writes only the marks' values and then
+    its answer. ``texts`` are one list per row of the ``generate`` call; every row starts at step 0.
+    """
+
+    SLOT = -1
+
+    def __init__(self, texts: Sequence[Sequence[int]], free: Sequence[int], end_id: int) -> None:
+        if not texts:
+            raise ValueError("FollowText needs one text per row, got none")
+        if not free:
+            raise ValueError("FollowText needs at least one free id for its slots")
+        longest = max(len(t) for t in texts)
+        self.texts = torch.full((len(texts), longest + 1), end_id, dtype=torch.long)
+        for row, text in enumerate(texts):
+            self.texts[row, : len(text)] = torch.tensor(list(text), dtype=torch.long)
+        self.free = torch.tensor(sorted({int(i) for i in free}), dtype=torch.long)
+        self.end_id = end_id
+
+    def __repr__(self) -> str:
+        return f"FollowText({len(self.texts)} rows, free={self.free.tolist()}, end_id={self.end_id})"
+
+    def __call__(self, logits: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        if len(self.texts) != len(logits):
+            raise ValueError(f"FollowText holds {len(self.texts)} texts for a batch of {len(logits)} rows")
+        if state.step >= self.texts.shape[1]:
+            return logits
+        texts, free = self.texts.to(logits.device), self.free.to(logits.device)
+        generated = state.tokens[:, state.tokens.shape[1] - state.step :]  # (B, step)
+        ended = (generated == self.end_id).any(dim=1)
+        wanted = texts[:, state.step]  # (B,)
+        slot = wanted == self.SLOT
+        allowed = torch.zeros_like(logits, dtype=torch.bool)
+        allowed[slot[:, None] & torch.isin(torch.arange(logits.shape[1], device=logits.device), free)] = True
+        allowed[torch.arange(len(logits), device=logits.device)[~slot], wanted[~slot]] = True
+        return logits.masked_fill(~allowed & ~ended[:, None], float("-inf"))
+
+
 def modality_constraints(vocab: UnifiedVocab, *, allow_begin: bool = True) -> list[ModalityConstraint]:
     """One :class:`ModalityConstraint` per discrete slot of `vocab`.
 

@@ -91,6 +91,10 @@ class SequenceLayout:
             return [self.bos, self.task_id["vqa"], *question, *image, self.assistant]
         return [self.bos, self.task_id["vqa"], *image, *question, self.assistant]
 
+    def vqa_text_prompt(self, question: Sequence[int]) -> list[int]:
+        """``<bos> <vqa> question <assistant>``: a ``vqa_text`` document's prompt (the question, no image)."""
+        return [self.bos, self.task_id["vqa"], *question, self.assistant]
+
     # ----- documents (training) -----
 
     def t2i(self, caption: Sequence[int], codes, drop_condition: bool = False, weight: float = 1.0) -> TaskSequence:
@@ -112,7 +116,7 @@ class SequenceLayout:
         description (``WorldMixture``)."""
         if not self.vqa_describe:
             raise ValueError("a vqa_text document answers from a description: the layout needs vqa_describe")
-        prompt = [self.bos, self.task_id["vqa"], *question, self.assistant]
+        prompt = self.vqa_text_prompt(question)
         target = [*description, self.assistant, *answer, self.eos]
         weights = [0.0] * (len(prompt) + len(description) + 1) + [weight] * (len(answer) + 1)
         return TaskSequence("vqa_text", prompt + target, weights)

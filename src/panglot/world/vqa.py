@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from panglot.world.language import QUESTIONS, count_word, object_phrase, question
+from panglot.world.language import QUESTIONS, count_word, object_phrase, parse_caption, question
 from panglot.world.scene import POSITIONS, Obj, Scene
 from panglot.world.splits import allowed_pairs
 
@@ -50,19 +50,28 @@ def all_questions(scene: Scene, split: str = "train") -> list[QA]:
     return qas
 
 
-def questions(scene: Scene, rng: np.random.Generator, k: int | None = None, split: str = "train") -> list[QA]:
+def questions(
+    scene: Scene, rng: np.random.Generator, k: int | None = None, split: str = "train", balance_positions: bool = False
+) -> list[QA]:
     """A random, kind-balanced selection of ``k`` questions about ``scene`` (all of them when None).
 
     Kinds are visited round-robin in a random order, so a small ``k`` still mixes kinds; ``exists`` draws
     ``yes`` and ``no`` alternately. ``split`` restricts ``no`` distractors (see :func:`all_questions`).
+    ``balance_positions`` (training only; the evaluation asks as drawn) has ``shape_at`` draw occupied and empty
+    cells alternately too, where drawn as they come 6-8 of its 9 cells are empty and ``nothing`` is the answer.
     """
     qas = all_questions(scene, split)
     if k is None:
         return qas
     pools = [[qa for qa in qas if qa.kind == kind] for kind in KINDS]
     pools[KINDS.index("exists")] = _interleave_yes_no(pools[KINDS.index("exists")], rng)
+    if balance_positions:
+        at = pools[KINDS.index("shape_at")]
+        pools[KINDS.index("shape_at")] = _interleave(
+            [qa for qa in at if qa.answer != "nothing"], [qa for qa in at if qa.answer == "nothing"], rng
+        )
     for kind, pool in zip(KINDS, pools):
-        if kind != "exists":
+        if kind != "exists" and (kind != "shape_at" or not balance_positions):
             rng.shuffle(pool)
     chosen: list[QA] = []
     order = [pools[i] for i in rng.permutation(len(KINDS))]
@@ -132,10 +141,35 @@ def field_marked_caption(scene: Scene, qa: QA) -> str:
 
 
 def _interleave_yes_no(pool: list[QA], rng: np.random.Generator) -> list[QA]:
-    yes = [qa for qa in pool if qa.answer == "yes"]
-    no = [qa for qa in pool if qa.answer == "no"]
+    return _interleave([qa for qa in pool if qa.answer == "yes"], [qa for qa in pool if qa.answer == "no"], rng)
+
+
+def _interleave(yes: list[QA], no: list[QA], rng: np.random.Generator) -> list[QA]:
+    """Both lists shuffled, then alternating from a random first one (the longer one's rest at the end)."""
     rng.shuffle(yes)
     rng.shuffle(no)
     first, second = (yes, no) if rng.integers(2) else (no, yes)
     mixed = [qa for pair in zip(first, second) for qa in pair]
     return mixed + first[len(second) :] + second[len(first) :]
+
+
+MARKINGS = {"marked": marked_caption, "fields": field_marked_caption}  # data.vqa_description -> its marked caption
+
+
+def question_kind(text: str) -> str | None:
+    """The kind of a canonical question (one of ``KINDS``), None for any other text."""
+    return next((kind for kind, pattern in _PATTERNS.items() if pattern.fullmatch(text)), None)
+
+
+def marked_description(caption: str, question: str, marking: str) -> str | None:
+    """What a run trained on ``marking`` (a key of ``MARKINGS``) writes before answering ``question`` about the
+    scene ``caption`` describes: the caption with its marks; None where the caption does not parse or the question
+    is not canonical. ``Panglot.explain`` uses where the marks stand (the model writes their values itself)."""
+    kind = question_kind(question)
+    if kind is None:
+        return None
+    try:
+        scene = parse_caption(caption)
+    except ValueError:
+        return None
+    return MARKINGS[marking](scene, QA(kind, question, ""))
