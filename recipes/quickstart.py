@@ -84,8 +84,9 @@ class Preset:
     lookup: dict | None = None
     lookup_minutes: float | None = None
     # A describing run answers after its own best caption, marked by the model (DrawDefaults.answer_from_caption),
-    # instead of a description it writes greedily from the image.
-    answer_from_caption: bool = False
+    # instead of a description it writes greedily from the image; None: the run's own default (``panglot.load``'s:
+    # True for the quickstart's recipe, which draws no image VQA documents).
+    answer_from_caption: bool | None = None
 
 
 # The `lookup` preset's stage: VQA documents alone, twice the documents a step (their rows are shorter), 500 steps
@@ -94,7 +95,19 @@ class Preset:
 # marks each object the question names, the marks weighing 25 (model.vqa_describe, data.vqa_description).
 LOOKUP = {"batch_size": 64, "data": {"task_probs": Whole({"vqa": 1.0})}, "train": {"max_steps": 500}}
 LOOKUP_MINUTES = 3.0
-MARKED = {"model": {"vqa_describe": True}, "data": {"vqa_description": "marked", "vqa_mark_weight": 25.0}}
+# The preset's mixture is session 20's, pinned: image VQA documents with marked descriptions weighing 25, no vqa_text
+# (the quickstart's recipe since 2026-12-04 answers better, draws and captions as well: docs/quickstart_results.md).
+MARKED = {
+    "batch_size": 32,
+    "task_loss_shares": None,
+    "model": {"vqa_describe": True},
+    "data": {
+        "task_probs": Whole({"t2i": 0.4, "caption": 0.3, "vqa": 0.3}),
+        "vqa_description": "marked",
+        "vqa_mark_weight": 25.0,
+        "vqa_balance_positions": False,
+    },
+}
 LOOKUP_DIR = "lookup"  # under OUT/stages/
 
 PRESETS = {
@@ -229,11 +242,9 @@ def tune_and_evaluate(m: panglot.Panglot, out: Path, preset: Preset, title: str,
     """Tune the run's CFG scale and temperature on ``val`` (one sample per prompt), then evaluate on test with the
     run's decoding (best of ``preset.candidates``, captions from ``preset.caption_candidates``), beside one sample per
     prompt and the greedy caption; ``lap(name)`` marks the end of each part. The metrics, as written to ``OUT/eval``."""
-    fixed = {
-        "candidates": preset.candidates,
-        "caption_candidates": preset.caption_candidates,
-        "answer_from_caption": preset.answer_from_caption,
-    }
+    fixed = {"candidates": preset.candidates, "caption_candidates": preset.caption_candidates}
+    if preset.answer_from_caption is not None:
+        fixed["answer_from_caption"] = preset.answer_from_caption
     tune_sampling(m, out, preset.scales, preset.temperatures, preset.val_per_cell, defaults=fixed)
     lap("tune_sampling_s")
     test, tuned = EvalSuite("test", n_per_cell=preset.test_per_cell), m.defaults.cfg_scale

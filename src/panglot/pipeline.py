@@ -65,11 +65,16 @@ class DrawDefaults:
     # distinct image captioned once, marked where the run's ``marking`` puts marks; prompted as for ``False``, the
     # model follows it and writes only the marks' values, then the answer (``generation.FollowText``): its answers
     # rest on its best reading of the image, not on a greedy one. A question or caption outside the world's grammar
-    # (``world.vqa.marked_description``) is answered as with ``False``.
+    # (``world.vqa.marked_description``) is answered as with ``False``. ``load``'s default: True for a describing run
+    # that drew no image VQA documents (``vqa_text`` alone: the quickstart's), which cannot describe an image itself.
     answer_from_caption: bool = False
     # How a describing run marks its description (``data.vqa_description``: ``marked`` or ``fields``; ``load`` reads
     # it from the run's recipe); "" for a caption without marks.
     marking: str = ""
+    # With ``answer_from_caption``, whether the prompt holds the image (``vqa_prompt``) or only the question
+    # (``vqa_text_prompt``, as the ``vqa_text`` documents have it); ``load`` reads it from the run's recipe: False
+    # where the run drew no image VQA documents.
+    answer_with_image: bool = True
 
 
 class Panglot:
@@ -313,6 +318,8 @@ class Panglot:
             if marked is not None:
                 texts[row] = [FollowText.SLOT if t in marks else t for t in self.tokenizer.encode(marked)]
         prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
+        if not d.answer_with_image:
+            prompts = [self.layout.vqa_text_prompt(q) if r in texts else p for r, (p, q) in enumerate(zip(prompts, q_ids))]
         out: list[list[int]] = [[] for _ in prompts]
         followed = sorted(texts)
         if followed:
@@ -370,8 +377,14 @@ def load(
     """Load a trained run directory (``RUN/model/``) into the :class:`Panglot` API (arguments as ``Panglot``)."""
     model, meta = load_model(run_dir, device=device)
     generation = dict(meta.get("generation", {}))
+    data = meta.get("recipe", {}).get("data", {})
     if "marking" not in generation:  # a run saved before the field: its recipe says how it marks
-        description = meta.get("recipe", {}).get("data", {}).get("vqa_description", "caption")
+        description = data.get("vqa_description", "caption")
         generation["marking"] = description if description in MARKINGS else ""
+    if "answer_with_image" not in generation:
+        probs = data.get("task_probs")
+        generation["answer_with_image"] = probs is None or probs.get("vqa", 0) > 0
+    if "answer_from_caption" not in generation:  # a describing run never shown an image with a question cannot
+        generation["answer_from_caption"] = model.layout.vqa_describe and not generation["answer_with_image"]  # else
     defaults = DrawDefaults(**generation)
     return Panglot(model, defaults, batch_size=batch_size, dtype=dtype, compile=compile)

@@ -30,6 +30,8 @@ def test_draw_caption_ask_round_trip(debug_run, tmp_path, capsys):
     answer = capsys.readouterr().out
     assert main(["ask", str(debug_run), str(out), "how many objects are there?", "--explain"]) == 0
     assert capsys.readouterr().out == answer  # a run that answers at once has nothing to explain
+    assert main(["ask", str(debug_run), str(out), "how many objects are there?", "--from-caption"]) == 0
+    assert capsys.readouterr().out == answer  # nor a caption to answer from
 
 
 def test_user_mistakes_exit_2_with_one_line(debug_run, tmp_path, capsys):

@@ -143,3 +143,19 @@ def test_answers_from_the_runs_own_caption_follow_it_with_the_models_marks(tmp_p
     assert vqa.marked_description(language.caption(scenes[0]), questions[2], "fields") is None  # written freely
     explained = run.explain(asked, questions)
     assert len(explained) == 3 and all(isinstance(a, str) for _, a in explained)
+
+    # a run that drew no image VQA documents (vqa_text alone) is asked as they read: the question, no image
+    meta_path = tmp_path / "run" / "model" / "run.json"
+    meta = json.loads(meta_path.read_text())
+    meta["recipe"]["data"]["task_probs"] = {"t2i": 1.0, "vqa_text": 1.0}
+    meta_path.write_text(json.dumps(meta))
+    text_run = panglot.load(tmp_path / "run")
+    assert run.defaults.answer_with_image and not text_run.defaults.answer_with_image
+    text_run.defaults = dataclasses.replace(text_run.defaults, answer_from_caption=True)
+    monkeypatch.setattr(text_run, "_caption_ids", caption_ids)
+    prompts, generate_text = [], text_run._generate_text
+    monkeypatch.setattr(text_run, "_generate_text", lambda rows, *a, **k: prompts.extend(rows) or generate_text(rows, *a, **k))
+    q_ids = [text_run.tokenizer.encode(q) for q in questions]
+    text_run._answer_from_captions(text_run._image_codes(asked), questions, q_ids, 8)
+    codes = text_run._image_codes(asked)
+    assert prompts == [*(text_run.layout.vqa_text_prompt(q) for q in q_ids[:2]), text_run.layout.vqa_prompt(codes[2], q_ids[2])]

@@ -81,7 +81,10 @@ def cmd_caption(args: argparse.Namespace) -> None:
 def cmd_ask(args: argparse.Namespace) -> None:
     import panglot
 
-    ((description, answer),) = panglot.load(args.run).explain([args.image], [args.question])
+    m = panglot.load(args.run)
+    if args.from_caption is not None:  # else the run's own default (DrawDefaults.answer_from_caption)
+        m.defaults = dataclasses.replace(m.defaults, answer_from_caption=args.from_caption)
+    ((description, answer),) = m.explain([args.image], [args.question])
     if args.explain and description:
         print(description)
     print(answer)
@@ -226,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("question")
     p.add_argument("--explain", action="store_true", help="also print what a describing run writes before its answer")
+    p.add_argument(
+        "--from-caption", action=argparse.BooleanOptionalAction, default=None,
+        help="a describing run answers after its own best caption (default: the run's setting)",
+    )  # fmt: skip
     p.set_defaults(fn=cmd_ask)
 
     p = sub.add_parser("eval", help="evaluate a run on the test suite; writes metrics.json and a report")

@@ -28,9 +28,12 @@ def heldout_loss(
     seed: int = 0,
     tasks: tuple[str, ...] = IMAGE_TASKS,
     batch_size: int = 50,
+    vqa_description: str = "caption",
 ) -> dict[str, float]:
     """``{task: mean next-token loss over the task's target tokens}`` on one document per scene of ``split``'s
-    first ``n_scenes`` scenes (``split_scenes(split, n_scenes, seed)``), per task in ``tasks``."""
+    first ``n_scenes`` scenes (``split_scenes(split, n_scenes, seed)``), per task in ``tasks``; a describing model's
+    VQA documents (``vqa``, ``vqa_text``) carry the description its run was trained on (``data.vqa_description``),
+    their marks weighing as words."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {list(TASKS)}")
@@ -45,7 +48,8 @@ def heldout_loss(
     try:
         for task in tasks:
             mixture_cfg = MixtureConfig(
-                n_scenes=n_scenes, task_probs={task: 1.0}, paraphrase_prob=0.0, cond_dropout=0.0, seed=seed
+                n_scenes=n_scenes, task_probs={task: 1.0}, paraphrase_prob=0.0, cond_dropout=0.0, seed=seed,
+                vqa_description=vqa_description,
             )
             docs = WorldMixture(mixture_cfg, model.layout, model.vocab.text, scenes, codes, docs_per_scene=1)
             total = weight = 0.0

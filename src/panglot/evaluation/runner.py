@@ -99,7 +99,14 @@ def evaluate_model(
         drawn = sampling if sweep_sampling is None else sweep_sampling
         sweep = cfg_sweep(m, suite, sweep_scales, seed=seed, progress=show, known=known, **(drawn or {}))
     model = getattr(m, "model", None)
-    losses = heldout_loss(model, tasks=tuple(tasks)) if heldout and isinstance(model, UnifiedModel) else None
+    losses = None
+    if heldout and isinstance(model, UnifiedModel):
+        defaults = getattr(m, "defaults", None)
+        marking = getattr(defaults, "marking", "") or "caption"
+        # a run that answers from its caption and drew no image VQA documents trained the lookup as vqa_text ones
+        text_only = model.layout.vqa_describe and not getattr(defaults, "answer_with_image", True)
+        held = tuple("vqa_text" if t == "vqa" and text_only else t for t in tasks)
+        losses = heldout_loss(model, tasks=held, vqa_description=marking if model.layout.vqa_describe else "caption")
     write_report(
         out_dir,
         results,
