@@ -115,7 +115,8 @@ PRESETS = {
     # a fifth, half and 4/5 of the way in, stopped at 1.1x its minutes if later steps run slower:
     # panglot.training.budget; the unified model's also cut to keep the 15 minutes: deadline below), the rest (probes,
     # compilation, tuning, best-of-4 drawings, reranked captions, evaluation) 1-4 min (it grows on a slower machine;
-    # 2026-12-03 22:27: codec 186 s, unified 462, tuning 13, evaluation 52: 713 s). With best-of-K
+    # 2026-12-03 22:27: codec 186 s, unified 462, tuning 13, evaluation 52: 713 s; 2026-12-04 08:13, with answers from
+    # the run's caption: 185, 464, 13, 76: 738 s). With best-of-K
     # decoding and 16 caption candidates: 9 minutes took 922 s (2026-12-03 06:32: codec 189, unified 568, tuning 42,
     # evaluation 124), 8 minutes 964 s (06:54: 196, 521, 45, 202 on a slower stretch).
     # (with --codec semantic_vq, qformer or qformer_layout, the dual encoder and that codec's stages come on top).
