@@ -6,7 +6,7 @@ For a run trained with ``model.vqa_describe`` (and, for marks, ``data.vqa_descri
 ``--per-scene`` kind-balanced questions about each of ``--scenes`` scenes and compares, per question kind, what
 ``Panglot.explain`` returns with the truth: ``description`` (the caption's words right, marks aside), ``marks``
 (among right descriptions, every ``yes`` / ``no`` mark right; ``panglot.world.vqa.marked_caption``, or
-``field_marked_caption`` for a run trained with ``data.vqa_description=fields``: the run's own, from its run.json) and
+``field_marked_caption`` for a run trained with ``data.vqa_description=fields``: the run's own ``marking``) and
 ``answer``. It tells a model that cannot see (wrong descriptions) from one that cannot compare (right descriptions,
 wrong marks) from one that cannot read its own marks (right marks, wrong answer). Prints a table; ``--out FILE``
 writes the figures as JSON.
@@ -16,29 +16,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 import panglot
-from panglot.data.mixture import VQA_DESCRIPTIONS
 from panglot.evaluation.metrics import vqa_correct
 from panglot.files import atomic_write_json
 from panglot.world.dataset import make_example
-from panglot.world.vqa import KINDS, MARKS, marked_caption, questions
+from panglot.world.vqa import KINDS, MARKINGS, MARKS, marked_caption, questions
 
 
 def _words(text: str, keep_marks: bool) -> list[str]:
     return [w for w in text.split() if (w in MARKS) == keep_marks]
 
 
-def trained_marks(run_dir: str | Path):
-    """The marked description a run was trained to write (its recipe's ``data.vqa_description``; ``marked`` for a
-    plain caption or a run.json without a recipe, whose marks are then all wrong where it writes none)."""
-    recipe = json.loads((Path(run_dir) / "model" / "run.json").read_text()).get("recipe", {})
-    return VQA_DESCRIPTIONS.get(recipe.get("data", {}).get("vqa_description")) or marked_caption
+def trained_marks(run):
+    """The marked description ``run`` (a :class:`panglot.Panglot`) was trained to write (``DrawDefaults.marking``,
+    which ``panglot.load`` reads from its recipe); ``marked`` for a plain caption, whose marks are then all wrong
+    where it writes none."""
+    return MARKINGS.get(run.defaults.marking, marked_caption)
 
 
 def measure(
@@ -84,7 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="describe with the run's own caption (DrawDefaults.answer_from_caption; default: the run's setting)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    marker, run = trained_marks(args.run), panglot.load(args.run)
+    run = panglot.load(args.run)
+    marker = trained_marks(run)
     if args.from_caption is not None:
         run.defaults = dataclasses.replace(run.defaults, answer_from_caption=args.from_caption)
     figures = measure(run, args.split, args.scenes, args.per_scene, args.seed, marker)

@@ -317,21 +317,22 @@ class Panglot:
             marked = marked_description(caption, question, d.marking) if d.marking else caption
             if marked is not None:
                 texts[row] = [FollowText.SLOT if t in marks else t for t in self.tokenizer.encode(marked)]
-        prompts = [self.layout.vqa_prompt(c, q) for c, q in zip(codes, q_ids)]
-        if not d.answer_with_image:
-            prompts = [self.layout.vqa_text_prompt(q) if r in texts else p for r, (p, q) in enumerate(zip(prompts, q_ids))]
-        out: list[list[int]] = [[] for _ in prompts]
+        text_prompt = lambda r: r in texts and not d.answer_with_image  # noqa: E731
+        prompts = [
+            self.layout.vqa_text_prompt(q) if text_prompt(r) else self.layout.vqa_prompt(c, q)
+            for r, (c, q) in enumerate(zip(codes, q_ids))
+        ]
         followed = sorted(texts)
-        if followed:
-            rows = [texts[r] for r in followed]
-            follow = lambda start, stop: [FollowText(rows[start:stop], marks, self.layout.assistant)]  # noqa: E731
-            longest = max(len(t) for t in rows)
-            for r, ids in zip(followed, self._generate_text([prompts[r] for r in followed], max_tokens + longest + 1, per_chunk=follow)):
-                out[r] = ids
         written = [r for r in range(len(prompts)) if r not in texts]
-        if written:
-            for r, ids in zip(written, self._generate_text([prompts[r] for r in written], max_tokens + DESCRIPTION_TOKENS)):
-                out[r] = ids
+        rows = [texts[r] for r in followed]
+        follow = lambda start, stop: [FollowText(rows[start:stop], marks, self.layout.assistant)]  # noqa: E731
+        longest = max((len(t) for t in rows), default=0)
+        out: list[list[int]] = [[] for _ in prompts]
+        for group, limit, extra in ((followed, longest + 1, follow), (written, DESCRIPTION_TOKENS, None)):
+            if group:
+                generated = self._generate_text([prompts[r] for r in group], max_tokens + limit, per_chunk=extra)
+                for r, ids in zip(group, generated):
+                    out[r] = ids
         return out
 
     def _generate_text(
@@ -385,6 +386,7 @@ def load(
         probs = data.get("task_probs")
         generation["answer_with_image"] = probs is None or probs.get("vqa", 0) > 0
     if "answer_from_caption" not in generation:  # a describing run never shown an image with a question cannot
-        generation["answer_from_caption"] = model.layout.vqa_describe and not generation["answer_with_image"]  # else
+        # describe one itself: it answers from its caption
+        generation["answer_from_caption"] = model.layout.vqa_describe and not generation["answer_with_image"]
     defaults = DrawDefaults(**generation)
     return Panglot(model, defaults, batch_size=batch_size, dtype=dtype, compile=compile)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from panglot.pipeline import DrawDefaults
 from panglot.world.dataset import make_example
 from panglot.world.vqa import field_marked_caption, marked_caption, questions
 from recipes import vqa_descriptions
@@ -45,7 +48,7 @@ def test_a_run_that_writes_the_truth_scores_one_and_spoilt_marks_or_words_show()
     assert sum(f["n"] for f in figures.values()) == 6
 
 
-def test_a_fields_run_is_measured_against_field_marks_read_from_its_run_json(tmp_path):
+def test_a_fields_run_is_measured_against_its_own_field_marks():
     ex = make_example("test-seen", 0, 0)
     asked = questions(ex.scene, np.random.default_rng(0), k=6, split="test-seen")
     truth = {qa.question: (field_marked_caption(ex.scene, qa), qa.answer) for qa in asked}
@@ -55,8 +58,5 @@ def test_a_fields_run_is_measured_against_field_marks_read_from_its_run_json(tmp
     assert two_fields  # field marks differ from object marks there, so the default reads them wrong
     wrong = vqa_descriptions.measure(Oracle(truth), "test-seen", scenes=1)
     assert all(wrong[kind]["marks"] == 0.0 for kind in two_fields)
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "run.json").write_text('{"recipe": {"data": {"vqa_description": "fields"}}}')
-    assert vqa_descriptions.trained_marks(tmp_path) is field_marked_caption
-    (tmp_path / "model" / "run.json").write_text("{}")
-    assert vqa_descriptions.trained_marks(tmp_path) is marked_caption
+    assert vqa_descriptions.trained_marks(SimpleNamespace(defaults=DrawDefaults(marking="fields"))) is field_marked_caption
+    assert vqa_descriptions.trained_marks(SimpleNamespace(defaults=DrawDefaults())) is marked_caption

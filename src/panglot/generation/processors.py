@@ -256,8 +256,9 @@ class FollowText:
         wanted = texts[:, state.step]  # (B,)
         slot = wanted == self.SLOT
         allowed = torch.zeros_like(logits, dtype=torch.bool)
-        allowed[slot[:, None] & torch.isin(torch.arange(logits.shape[1], device=logits.device), free)] = True
-        allowed[torch.arange(len(logits), device=logits.device)[~slot], wanted[~slot]] = True
+        allowed[:, free] = slot[:, None]  # a slot allows the free ids
+        rows = (~slot).nonzero().squeeze(1)
+        allowed[rows, wanted[rows]] = True  # elsewhere the text's next id
         return logits.masked_fill(~allowed & ~ended[:, None], float("-inf"))
 
 
