@@ -34,7 +34,7 @@ from panglot.config import load_config, to_dict
 from panglot.data.world_images import WorldImages
 from panglot.evaluation.codec import evaluate_image_codec
 from panglot.files import atomic_write_json
-from panglot.nn.precision import autocast_context
+from panglot.nn.precision import autocast_context, resolve_device
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer
 from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
@@ -194,11 +194,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("config", nargs="?", help="recipe YAML (configs/codec_pixel_vq.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_minutes=1")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train's latest checkpoint")
+    parser.add_argument(
+        "--device", default="cpu", help="where to train: cpu (the recipes' figures), cuda, cuda:1, mps"
+    )
     args = parser.parse_args(argv)
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
-    return run(load_config(CodecRecipe, config, overrides), resume=args.resume)
+    cfg = load_config(CodecRecipe, config, overrides)
+    return run(cfg, resume=args.resume, device=str(resolve_device(args.device)))
 
 
 if __name__ == "__main__":

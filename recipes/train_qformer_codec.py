@@ -48,7 +48,7 @@ from panglot.encoders import DualEncoder, load_dual_encoder
 from panglot.evaluation.codec import evaluate_image_codec
 from panglot.evaluation.retrieval import image_text_retrieval
 from panglot.files import atomic_write_json
-from panglot.nn.precision import autocast_context
+from panglot.nn.precision import autocast_context, resolve_device
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
 from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
@@ -328,11 +328,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--resume", action="store_true", help="continue both stages from their latest checkpoints"
     )
+    parser.add_argument(
+        "--device", default="cpu", help="where to train: cpu (the recipes' figures), cuda, cuda:1, mps"
+    )
     args = parser.parse_args(argv)
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
-    return run(load_config(QFormerRecipe, config, overrides), resume=args.resume)
+    cfg = load_config(QFormerRecipe, config, overrides)
+    return run(cfg, resume=args.resume, device=str(resolve_device(args.device)))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from panglot.data.world_images import WorldImages
 from panglot.encoders import DualEncoder, load_dual_encoder
 from panglot.evaluation.codec import evaluate_image_codec
 from panglot.files import atomic_write_json
-from panglot.nn.precision import autocast_context
+from panglot.nn.precision import autocast_context, resolve_device
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
 from panglot.training.budget import budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
@@ -245,11 +245,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overrides", nargs="*", help="dotted key=value overrides, e.g. teacher_dir=runs/dual_encoder"
     )
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train's latest checkpoint")
+    parser.add_argument(
+        "--device", default="cpu", help="where to train: cpu (the recipes' figures), cuda, cuda:1, mps"
+    )
     args = parser.parse_args(argv)
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
-    return run(load_config(SemanticCodecRecipe, config, overrides), resume=args.resume)
+    cfg = load_config(SemanticCodecRecipe, config, overrides)
+    return run(cfg, resume=args.resume, device=str(resolve_device(args.device)))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from panglot.model import UnifiedModel, UnifiedModelConfig, collate
 from panglot.model.run import save_model
 from panglot.model.unified import code_looks, span_positions
 from panglot.multimodal import TASKS, SequenceLayout, UnifiedVocab
-from panglot.nn.precision import autocast_context
+from panglot.nn.precision import autocast_context, resolve_device
 from panglot.training import TrainConfig, Trainer, distributed
 from panglot.training.budget import Deadline, budgeted, median_step_seconds
 from panglot.training.checkpoint import latest_checkpoint, load_checkpoint
@@ -235,12 +235,15 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--minutes", type=float, default=None, help="fit train.max_steps to this time budget")
+    parser.add_argument(
+        "--device", default="cpu", help="where to train: cpu (the recipes' figures), cuda, cuda:1, mps"
+    )
     args = parser.parse_args(argv)
     config, overrides = args.config, list(args.overrides)
     if config is not None and "=" in config:  # overrides only, no YAML
         config, overrides = None, [config, *overrides]
     cfg = load_config(UnifiedRecipe, config, overrides)
-    return run(cfg, resume=args.resume, minutes=args.minutes)
+    return run(cfg, resume=args.resume, device=str(resolve_device(args.device)), minutes=args.minutes)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from panglot.nn import (
     attention_mask,
     autocast_context,
     default_device,
+    resolve_device,
     resolve_dtype,
 )
 
@@ -25,6 +26,22 @@ def test_resolve_dtype_names_and_errors():
         resolve_dtype("int8")
     with pytest.raises(ValueError, match="floating-point"):
         resolve_dtype(torch.int64)
+
+
+def test_resolve_device_checks_what_the_machine_has(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="'meta': panglot trains on"):
+        resolve_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'cuda:1': this machine has no CUDA device"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="device 'cuda:1': this machine has 1 CUDA device"):
+        resolve_device("cuda:1")
 
 
 def test_autocast_context_bf16_on_cpu_and_fp32_noop():

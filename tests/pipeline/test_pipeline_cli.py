@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +55,11 @@ def test_user_mistakes_exit_2_with_one_line(debug_run, tmp_path, capsys):
     assert "broken.png" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "nope.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+    recipe = Path(__file__).parents[2] / "configs" / "dual_encoder.yaml"
+    for device, message in (("gpu0", "unknown device 'gpu0'"), ("cuda:7", "device 'cuda:7': this machine has")):
+        assert main(["train", str(recipe), f"out_dir={tmp_path / 'dual'}", "--device", device]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "dual").exists()  # refused before anything was written
 
 
 def test_eval_sweeps_the_runs_scale_at_its_temperature_and_takes_other_scales(debug_run, tmp_path, capsys):

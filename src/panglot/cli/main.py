@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a recipe YAML must be a mapping, got {type(data).__name__}")
     name = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("recipe=")), data.get("recipe", "unified"))
-    argv = [str(path), *args.overrides] + (["--resume"] if args.resume else [])
+    argv = [str(path), *args.overrides, "--device", args.device] + (["--resume"] if args.resume else [])
     _recipe_module(name).main(argv)
 
 
@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--device", default="cpu", help="where to train: cpu (the recipes' figures), cuda, cuda:1, mps")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("draw", help="text -> image")
