@@ -259,7 +259,7 @@ class Trainer:
     def _resume(self) -> int | None:
         ckpt = latest_checkpoint(self.out_dir)
         if ckpt is None:
-            logger.info("no checkpoint in %s; starting from scratch", self.out_dir)
+            logger.info("no checkpoint in %s; starting at step 0 with the model's current weights", self.out_dir)
             return None
         state = load_checkpoint(ckpt, self.model, self.optimizer)
         ranks = state.get("ranks", [{"data": state["data"], "rng": state["rng"]}])
