@@ -45,6 +45,9 @@ class DrawDefaults:
     """Sampling defaults of a run; ``cfg_scale`` is tuned on ``val`` by the quickstart."""
 
     cfg_scale: float = 3.0
+    # Guidance re-ranks only the tokens the conditional model finds plausible (p >= this x its most likely token's;
+    # ``generation.ClassifierFreeGuidance``, contrastive decoding's constraint). 0: off, plain CFG.
+    cfg_plausibility: float = 0.0
     temperature: float = 1.0
     top_k: int | None = None
     # Draw this many candidates per image and keep the one the model's own captioner reads best as the prompt
@@ -182,6 +185,7 @@ class Panglot:
                 sampler=Multinomial(tuple(seed + start + i for i in range(len(chunk)))),
                 uncond_prompts=[uncond] * len(chunk) if cfg != 1.0 else None,
                 cfg_scale=cfg,
+                cfg_plausibility=self.defaults.cfg_plausibility,
                 dtype=self.dtype,
             )
             codes.append(self.model.vocab.from_lm(self.model.image_slot, torch.tensor(out)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -103,6 +104,7 @@ def test_temperature_allow_only_forbid_and_list():
         (lambda: ModalityConstraint(20, 40, begin_id=25, end_id=4, tokens_per_item=5), "begin_id 25 lies"),
         (lambda: ModalityConstraint(20, 40, begin_id=3, end_id=3, tokens_per_item=0), "tokens_per_item"),
         (lambda: ClassifierFreeGuidance(-1.0), ">= 0"),
+        (lambda: ClassifierFreeGuidance(2.0, plausibility=1.0), r"plausibility must be in \[0, 1\)"),
     ],
 )
 def test_invalid_options_are_refused_with_reasons(make, message):
@@ -193,6 +195,28 @@ def test_cfg_combines_pairs_and_is_exactly_conditional_at_scale_one():
     assert torch.allclose(ClassifierFreeGuidance(0.0)(both), uncond, atol=1e-6)
     with pytest.raises(ValueError, match="pairs"):
         ClassifierFreeGuidance(2.0)(both[:5])
+
+
+def test_cfg_plausibility_ranks_only_what_the_conditional_finds_plausible():
+    # token 0: the conditional's favourite; 1: plausible (p = 0.5 of the max); 2: implausible to both branches but
+    # far less so to the conditional, which plain guidance at scale 4 lifts above every other token
+    cond = torch.tensor([[2.0, 2.0 + math.log(0.5), -3.0, 0.0]])
+    uncond = torch.tensor([[2.0, 2.0 + math.log(0.5), -9.0, 0.0]])
+    both = torch.cat([cond, uncond])
+    assert ClassifierFreeGuidance(4.0)(both).argmax().item() == 2
+    guided = ClassifierFreeGuidance(4.0, plausibility=0.2)(both)
+    plain = ClassifierFreeGuidance(4.0)(both)
+    assert torch.equal(guided[0, :2], plain[0, :2])  # the plausible tokens keep their guided logits
+    assert guided[0, 2:].max() < guided[0, :2].min() - 1e3  # the rest rank below all of them...
+    assert guided[0, 3] > guided[0, 2]  # ...in the conditional's order, never -inf
+    assert torch.isfinite(guided).all()
+    assert torch.equal(ClassifierFreeGuidance(4.0, plausibility=0.0)(both), plain)
+    generator = torch.Generator().manual_seed(5)
+    cond, uncond = torch.randn(6, 50, generator=generator), torch.randn(6, 50, generator=generator)
+    guided = ClassifierFreeGuidance(2.5, plausibility=0.1)(torch.cat([cond, uncond]))
+    plausible = cond.softmax(-1) >= 0.1 * cond.softmax(-1).max(-1, keepdim=True).values
+    for row in range(6):  # every plausible token outranks every other one, row by row
+        assert guided[row][plausible[row]].min() > guided[row][~plausible[row]].max()
 
 
 def test_inverse_cdf_sampling_matches_the_distribution_and_skips_impossible_ids():

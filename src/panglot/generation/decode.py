@@ -50,6 +50,7 @@ def generate(
     stop_ids: Sequence[int] = (),
     uncond_prompts: Sequence[Sequence[int]] | None = None,
     cfg_scale: float = 1.0,
+    cfg_plausibility: float = 0.0,
     callback: StepCallback | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> list[list[int]]:
@@ -58,14 +59,15 @@ def generate(
     A row stops at the first id in `stop_ids`, which ends its list (so a finished row can be told from
     one cut at `max_new_tokens`); the loop ends early once every row has stopped. `processors` run in
     order on float32 logits; `sampler` defaults to :class:`Greedy`. `uncond_prompts` (one per prompt)
-    turn on classifier-free guidance with `cfg_scale`. `callback(step, tokens)` is called after every
+    turn on classifier-free guidance with `cfg_scale` (and its plausibility constraint with `cfg_plausibility` > 0:
+    `ClassifierFreeGuidance`). `callback(step, tokens)` is called after every
     step with the ids generated so far, (B, step + 1), a view of the decode buffer (copy what you keep).
     `dtype` (e.g. "bf16") decodes with the weights and KV cache cast once to that dtype (logits go to
     float32 for the processors); None keeps the model's own dtype. The forwards run on
     `model.for_decoding(dtype)`, a copy made once per call.
     """
     _check_request(prompts, uncond_prompts, cfg_scale, max_new_tokens)
-    guidance = ClassifierFreeGuidance(cfg_scale) if uncond_prompts is not None else None
+    guidance = ClassifierFreeGuidance(cfg_scale, cfg_plausibility) if uncond_prompts is not None else None
     process = ProcessorList(processors)
     device = next(iter(model.parameters())).device
     n_prompts = len(prompts)
