@@ -87,6 +87,12 @@ class Preset:
     # instead of a description it writes greedily from the image; None: the run's own default (``panglot.load``'s:
     # True for the quickstart's recipe, which draws no image VQA documents).
     answer_from_caption: bool | None = None
+    # Guidance re-ranks only the tokens the conditional finds plausible (DrawDefaults.cfg_plausibility), tuned and
+    # evaluated so; 0: plain guidance. 0.2 on the same weights (2026-12-04): one sample per prompt +2.6 / +3.3 points
+    # (quickstart, seen / unseen) and +2.7 / +6.7 (`long`), guidance's gain +5.5 and +8.0 points (from 0 and +4.3),
+    # scale 3 no longer collapses; but the best of 4, the runs' decoding, -1.3 / -1.3 and +0.3 / -2.3 (fewer distinct
+    # candidates to rerank): not the presets' default (docs/quickstart_results.md "Guidance among plausible tokens").
+    cfg_plausibility: float = 0.0
 
 
 # The `lookup` preset's stage: VQA documents alone, twice the documents a step (their rows are shorter), 500 steps
@@ -246,7 +252,11 @@ def tune_and_evaluate(m: panglot.Panglot, out: Path, preset: Preset, title: str,
     """Tune the run's CFG scale and temperature on ``val`` (one sample per prompt), then evaluate on test with the
     run's decoding (best of ``preset.candidates``, captions from ``preset.caption_candidates``), beside one sample per
     prompt and the greedy caption; ``lap(name)`` marks the end of each part. The metrics, as written to ``OUT/eval``."""
-    fixed = {"candidates": preset.candidates, "caption_candidates": preset.caption_candidates}
+    fixed = {
+        "candidates": preset.candidates,
+        "caption_candidates": preset.caption_candidates,
+        "cfg_plausibility": preset.cfg_plausibility,
+    }
     if preset.answer_from_caption is not None:
         fixed["answer_from_caption"] = preset.answer_from_caption
     tune_sampling(m, out, preset.scales, preset.temperatures, preset.val_per_cell, defaults=fixed)

@@ -99,7 +99,12 @@ def test_tune_makes_the_best_val_pair_the_runs_drawing_defaults(debug_run, tmp_p
     out = tmp_path / "cold.png"
     assert main(["draw", str(run), "a large red circle at the top left", "-o", str(out), "--temperature", "0.5"]) == 0
     assert Image.open(out).size == (64, 64)
+    assert main(["tune", str(run), "--n-per-cell", "1", "--scales", "1,3", "--temperatures", "1", "--cfg-plausibility", "0.2"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])  # after the drawing's path
+    assert printed["cfg_plausibility"] == 0.2 == read_run_meta(run)["generation"]["cfg_plausibility"]
+    assert read_run_meta(run)["generation"]["candidates"] == 2  # kept from the first tuning
     bad_args = [(["--temperatures", "1,0"], "temperature must be > 0"), (["--scales", "0.5"], ">= 1")]
+    bad_args += [(["--cfg-plausibility", "1"], "0 <= alpha < 1")]
     for bad, message in [*bad_args, (["--candidates", "0"], "count >= 1")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["tune", str(run), *bad])

@@ -112,7 +112,11 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
     grid = {k: v for k, v in {"scales": args.scales, "temperatures": args.temperatures}.items() if v is not None}
     m = panglot.load(args.run, compile=args.compile)
-    fixed = {"candidates": args.candidates, "caption_candidates": args.caption_candidates}
+    fixed = {
+        "candidates": args.candidates,
+        "caption_candidates": args.caption_candidates,
+        "cfg_plausibility": args.cfg_plausibility,
+    }
     defaults = {k: v for k, v in fixed.items() if v is not None}
     tune_sampling(m, args.run, n_per_cell=args.n_per_cell, defaults=defaults, **grid)
     print(json.dumps(dataclasses.asdict(m.defaults)))
@@ -123,6 +127,14 @@ def _numbers(text: str) -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,1.5,2, got {text!r}") from None
+
+
+def _plausibility(text: str) -> float:
+    """Guidance's plausibility alpha, 0 <= alpha < 1."""
+    value = _numbers(text)
+    if len(value) != 1 or not 0 <= value[0] < 1:
+        raise argparse.ArgumentTypeError(f"expected one number 0 <= alpha < 1, got {text!r}")
+    return value[0]
 
 
 def _scales(text: str) -> list[float]:
@@ -262,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--caption-candidates", type=_count, default=None, metavar="K",
         help="caption from the greedy caption and K sampled, by the model's own drawing and reading of each (default: the run's)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cfg-plausibility", type=_plausibility, default=None, metavar="ALPHA",
+        help="guidance re-ranks only tokens with p >= ALPHA x the most likely one's; sweeps and keeps it (default: the run's)",
     )  # fmt: skip
     p.add_argument("--compile", action="store_true", help="compiled decode steps")
     p.set_defaults(fn=cmd_tune)

@@ -10,7 +10,7 @@ decodes token for token like conditional-only decoding). The training side of th
 condition dropout: the model sees the unconditional layout (caption dropped) a fraction of the time.
 
 `plausibility` alpha > 0 adds the adaptive plausibility constraint of contrastive decoding (Li et al. 2023; CM3Leon's
-CD-K keeps the conditional model's top tokens the same way): guidance only re-ranks the tokens the conditional model
+CD-K keeps one branch's top-k tokens instead): guidance only re-ranks the tokens the conditional model
 finds plausible, p_cond(token) >= alpha * max p_cond; every other token ranks below all of them (its conditional
 logit less ``IMPLAUSIBLE``), so a token both branches find unlikely is never lifted by a large scale, and a later
 processor that forbids every plausible token (the modality constraint) still leaves the rest in the conditional's
