@@ -96,3 +96,9 @@ def test_fused_decode_steps_sample_what_the_plain_loop_samples():
     counters.clear()
     assert generate(compiled, prompts, sampler=Multinomial(5), **args) == plain
     assert counters["stats"]["unique_graphs"] >= 1
+    # guidance's plausibility constraint inside the fused step too (0.8: a random model's logits are flat, so a
+    # smaller alpha keeps every token and changes nothing)
+    args["cfg_plausibility"] = 0.8
+    constrained = generate(model, prompts, sampler=PlainFunction(5), **args)
+    assert constrained != plain
+    assert generate(compiled, prompts, sampler=Multinomial(5), **args) == constrained
