@@ -88,10 +88,10 @@ class Preset:
     # True for the quickstart's recipe, which draws no image VQA documents).
     answer_from_caption: bool | None = None
     # Guidance re-ranks only the tokens the conditional finds plausible (DrawDefaults.cfg_plausibility), tuned and
-    # evaluated so; 0: plain guidance. 0.2 on the same weights of three runs (2026-12-04): one sample per prompt +1.3
-    # to +6.7 points, guidance's gain +5.5 / +8.0 / +12.0 (from +0 / +4.3 / +7.0), scale 3 no longer collapses; but the
-    # best of 4, the runs' decoding, -1.3 to -4.0 on seen scenes but one (fewer distinct candidates to rerank): not
-    # the presets' default (docs/quickstart_results.md "Guidance among plausible tokens").
+    # evaluated so; 0: plain guidance. 0.2 on the same weights of three runs (2026-12-04): one sample per prompt
+    # +1.3 to +6.7 points, guidance's gain +5.5 / +8.0 / +12.0 (from +0 / +4.3 / +7.0), scale 3 no longer collapses;
+    # but the best of 4, the runs' decoding, seen / unseen -1.3, -1.3 / +0.3, -2.3 / -4.0, +0.6 (fewer candidates to
+    # rerank): not the presets' default (docs/quickstart_results.md "Guidance among plausible tokens").
     cfg_plausibility: float = 0.0
 
 
