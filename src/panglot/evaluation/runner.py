@@ -183,12 +183,12 @@ def tune_sampling(
     ``RUN/sampling_tuning.json``. Returns the sweep."""
     suite = EvalSuite("val", n_per_cell=n_per_cell, seed=seed)
     show = tqdm_progress() if progress else None
-    if defaults:  # the sweep draws with them (e.g. cfg_plausibility), one sample per prompt whatever `candidates`
-        m.defaults = dataclasses.replace(m.defaults, **defaults)
+    # the sweep draws with the given defaults (e.g. cfg_plausibility), one sample per prompt whatever `candidates`
+    m.defaults = dataclasses.replace(m.defaults, **(defaults or {}))
     sweep = sampling_sweep(m, suite, scales, temperatures, progress=show, candidates=1)
-    best = {**(defaults or {}), "cfg_scale": sweep["best_scale"], "temperature": sweep["best_temperature"]}
+    best = {"cfg_scale": sweep["best_scale"], "temperature": sweep["best_temperature"]}
     meta = update_run_meta(run_dir, generation={**dataclasses.asdict(m.defaults), **best})
     m.defaults = dataclasses.replace(m.defaults, **{k: meta["generation"][k] for k in best})
     atomic_write_json(Path(run_dir) / TUNING_FILE, sweep, indent=2)
-    logger.info("tuned on val: %s", best)
+    logger.info("tuned on val: %s", {**(defaults or {}), **best})
     return sweep
