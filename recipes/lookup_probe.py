@@ -74,7 +74,7 @@ class ProbeConfig:
     eval_scenes: int = 300
     eval_per_scene: int = 12
     eval_every: int = 250
-    precision: str = "bf16"
+    precision: str = "auto"
     seed: int = 0
     tokenizer_scenes: int = 3000
     separator: bool = False  # <user> between caption and question (`document`)

@@ -88,18 +88,19 @@ class Panglot:
         model: UnifiedModel,
         defaults: DrawDefaults | None = None,
         batch_size: int = 64,
-        dtype: str | None = "bf16",
+        dtype: str | None = "auto",
         compile: bool = False,
     ):
-        """``dtype``: the decoding copy's weights and KV cache ("bf16", "fp32" or None = the model's own).
+        """``dtype``: the decoding copy's weights and KV cache ("auto": bf16 where the device multiplies it
+        natively, else fp32 (`panglot.nn.fast_bf16`); "bf16", "fp32" or None = the model's own).
         ``compile``: decode with compiled one-token steps (``Transformer.compile_for_decoding``: 1.9-2.9x
         per image on CPU in bf16, docs/benchmarks.md, after ~15-20 s CPU of tracing and autotuning per new batch
         shape)."""
         self.model = model.eval()
         self.defaults = defaults or DrawDefaults()
         self.batch_size = batch_size
-        self.dtype = dtype
-        self._decoder = model.backbone.for_decoding(None if dtype is None else resolve_dtype(dtype), compile=compile)
+        self.dtype = None if dtype is None else resolve_dtype(dtype, model.device)
+        self._decoder = model.backbone.for_decoding(self.dtype, compile=compile)
         self.tokenizer = model.vocab.text
         self.layout = model.layout
         self._slot = model.vocab.slot(model.image_slot)
@@ -376,7 +377,7 @@ def load(
     run_dir: str | os.PathLike,
     device: str = "cpu",
     batch_size: int = 64,
-    dtype: str | None = "bf16",
+    dtype: str | None = "auto",
     compile: bool = False,
 ) -> Panglot:
     """Load a trained run directory (``RUN/model/``) into the :class:`Panglot` API (arguments as ``Panglot``)."""

@@ -13,9 +13,12 @@ from panglot.nn import (
     attention_mask,
     autocast_context,
     default_device,
+    fast_bf16,
     resolve_device,
     resolve_dtype,
+    warn_if_slow_bf16,
 )
+from panglot.nn import precision as precision_module
 
 
 def test_resolve_dtype_names_and_errors():
@@ -26,6 +29,35 @@ def test_resolve_dtype_names_and_errors():
         resolve_dtype("int8")
     with pytest.raises(ValueError, match="floating-point"):
         resolve_dtype(torch.int64)
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, caplog):
+    # what this machine has: "auto" follows fast_bf16, and an explicit name is taken as given
+    assert resolve_dtype("auto") is (torch.bfloat16 if fast_bf16("cpu") else torch.float32)
+    assert resolve_dtype("bf16") is torch.bfloat16
+    assert fast_bf16("meta") is False and resolve_dtype("auto", "meta") is torch.float32
+    # both kinds of CPU, by torch's own feature checks (an x86 machine) ...
+    monkeypatch.setattr(precision_module.platform, "machine", lambda: "x86_64")
+    for amx, avx512_bf16, native in [(False, False, False), (True, False, True), (False, True, True)]:
+        precision_module.fast_bf16.cache_clear()
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx512_bf16: avx)
+        assert fast_bf16("cpu") is native
+        assert resolve_dtype("auto", "cpu") is (torch.bfloat16 if native else torch.float32)
+        with autocast_context("cpu", "auto"):
+            assert torch.is_autocast_enabled("cpu") is native
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="panglot.nn.precision"):
+            warn_if_slow_bf16("bf16", "cpu")
+            warn_if_slow_bf16("auto", "cpu")  # never warns: it picks fp32 where bf16 is slow
+        assert ("no native bf16" in caplog.text) is not native and len(caplog.records) == int(not native)
+    # ... and elsewhere by timing a product of each dtype
+    monkeypatch.setattr(precision_module.platform, "machine", lambda: "aarch64")
+    for faster in (True, False):
+        precision_module.fast_bf16.cache_clear()
+        monkeypatch.setattr(precision_module, "_bf16_timed_faster", lambda faster=faster: faster)
+        assert fast_bf16("cpu") is faster
+    precision_module.fast_bf16.cache_clear()
 
 
 def test_resolve_device_checks_what_the_machine_has(monkeypatch):

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from panglot.nn import precision as precision_module
 from panglot.training import OptimConfig, TrainConfig, clip_gradients, freeze, lr_at, param_groups
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """A machine that multiplies bf16 natively, where our Newton-Schulz runs in bf16 as torch's Muon always does."""
+    monkeypatch.setattr(precision_module, "fast_bf16", lambda device="cpu": True)
 
 
 def test_warmup_is_linear_up_to_the_peak():
@@ -109,7 +116,7 @@ def test_freeze_pattern_matching_nothing_is_an_error():
 def test_config_validation_reports_every_problem():
     with pytest.raises(ValueError, match=r"max_steps must be >= 1, got 0; grad_accum must be >= 1, got 0"):
         TrainConfig(max_steps=0, grad_accum=0)
-    with pytest.raises(ValueError, match="precision must be 'bf16' or 'fp32', got 'fp8'"):
+    with pytest.raises(ValueError, match="precision must be 'auto', 'bf16' or 'fp32', got 'fp8'"):
         TrainConfig(precision="fp8")
     with pytest.raises(ValueError, match="lr must be > 0"):
         OptimConfig(lr=0.0)
@@ -182,7 +189,7 @@ def test_muon_lr_scale_follows_the_schedule():
     assert rates() == pytest.approx({"adamw": 2e-4, "muon": 6e-4})
 
 
-def test_muon_with_adamw_steps_like_the_two_optimizers_apart():
+def test_muon_with_adamw_steps_like_the_two_optimizers_apart(native_bf16):
     from panglot.training.optim import build_optimizer, set_lr
 
     torch.manual_seed(0)
@@ -252,7 +259,7 @@ def test_muon_needs_a_linear_weight_to_update():
 
 
 @pytest.mark.parametrize("adjust_lr_fn", ["match_rms_adamw", None])
-def test_batched_muon_steps_like_torchs_muon(adjust_lr_fn):
+def test_batched_muon_steps_like_torchs_muon(adjust_lr_fn, native_bf16):
     from panglot.training.optim import BatchedMuon
 
     torch.manual_seed(0)
@@ -271,6 +278,23 @@ def test_batched_muon_steps_like_torchs_muon(adjust_lr_fn):
     for a, b, first in zip(ours, theirs, start, strict=True):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)  # bf16 iterations: rounding, not a different update
         assert (a - first).abs().max() > 1e-2  # every matrix moved
+
+
+def test_newton_schulz_runs_in_fp32_where_bf16_is_emulated(monkeypatch):
+    from panglot.training.optim import orthogonalize
+
+    torch.manual_seed(0)
+    updates = torch.randn(3, 12, 8)
+    args = ((3.4445, -4.7750, 2.0315), 5, 1e-7)
+    monkeypatch.setattr(precision_module, "fast_bf16", lambda device="cpu": True)
+    in_bf16 = orthogonalize(updates, *args)
+    monkeypatch.setattr(precision_module, "fast_bf16", lambda device="cpu": False)
+    in_fp32 = orthogonalize(updates, *args)
+    assert in_bf16.dtype is torch.bfloat16 and in_fp32.dtype is torch.float32
+    torch.testing.assert_close(in_fp32, in_bf16.float(), atol=3e-2, rtol=3e-2)  # the same iteration, rounded apart
+    assert not torch.equal(in_fp32, in_bf16.float())
+    singular = torch.linalg.svdvals(in_fp32)  # pushed towards 1 (the quintic's band, roughly 0.7 to 1.2)
+    assert singular.min() > 0.5 and singular.max() < 1.3
 
 
 def test_an_adamw_checkpoint_does_not_load_into_a_muon_optimizer(tmp_path):

@@ -71,7 +71,7 @@ def generate(
     process = ProcessorList(processors)
     device = next(iter(model.parameters())).device
     n_prompts = len(prompts)
-    cache_dtype = None if dtype is None else resolve_dtype(dtype)
+    cache_dtype = None if dtype is None else resolve_dtype(dtype, device)
     model = model.for_decoding(cache_dtype)
     with torch.inference_mode():
         every_prompt = [*prompts, *(uncond_prompts or ())]

@@ -4,7 +4,14 @@ from panglot.nn.attention import Attention, attend
 from panglot.nn.kv_cache import KVCache, attention_mask
 from panglot.nn.mlp import SwiGLU
 from panglot.nn.norms import RMSNorm
-from panglot.nn.precision import autocast_context, default_device, resolve_device, resolve_dtype
+from panglot.nn.precision import (
+    autocast_context,
+    default_device,
+    fast_bf16,
+    resolve_device,
+    resolve_dtype,
+    warn_if_slow_bf16,
+)
 from panglot.nn.rope import RotaryEmbedding, apply_rotary
 
 __all__ = [
@@ -18,6 +25,8 @@ __all__ = [
     "attention_mask",
     "autocast_context",
     "default_device",
+    "fast_bf16",
     "resolve_device",
     "resolve_dtype",
+    "warn_if_slow_bf16",
 ]

@@ -64,7 +64,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     max_steps: int = 1000
     grad_accum: int = 1
-    precision: Literal["bf16", "fp32"] = "bf16"  # bf16 = autocast around forward + loss; weights stay fp32
+    # bf16 = autocast around forward + loss (weights stay fp32); auto = bf16 where the device multiplies bf16
+    # natively, else fp32 (panglot.nn.precision.fast_bf16: an AVX2-only CPU emulates bf16, ~30x slower)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
     log_every: int = 10  # steps between metrics.jsonl records
     ckpt_every: int = 500  # steps between checkpoints; 0 = only at the end
@@ -90,8 +92,8 @@ class TrainConfig:
             problems.append(f"max_steps must be >= 1, got {self.max_steps}")
         if self.grad_accum < 1:
             problems.append(f"grad_accum must be >= 1, got {self.grad_accum}")
-        if self.precision not in ("bf16", "fp32"):
-            problems.append(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            problems.append(f"precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         if self.log_every < 1:
             problems.append(f"log_every must be >= 1, got {self.log_every}")
         if self.ckpt_every < 0:

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from panglot.nn.precision import resolve_dtype
 from panglot.training.config import OptimConfig
 
 
@@ -89,9 +90,10 @@ def param_groups(model: nn.Module, weight_decay: float, muon: set[str] = frozens
 
 
 def orthogonalize(updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float) -> torch.Tensor:
-    """Muon's quintic Newton-Schulz iterations on a stack of same-shape matrices at once, in bf16: (n, A, B) ->
-    (n, A, B) with singular values pushed towards 1 (the same arithmetic as torch's one-matrix version)."""
-    x = updates.bfloat16()
+    """Muon's quintic Newton-Schulz iterations on a stack of same-shape matrices at once, in bf16 where the device
+    multiplies it natively (else fp32; `fast_bf16`): (n, A, B) -> (n, A, B) with singular values pushed towards 1
+    (the same arithmetic as torch's one-matrix version)."""
+    x = updates.to(resolve_dtype("auto", updates.device))
     tall = x.size(-2) > x.size(-1)
     if tall:
         x = x.mT

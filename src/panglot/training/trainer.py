@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from panglot.nn.precision import autocast_context
+from panglot.nn.precision import autocast_context, resolve_dtype, warn_if_slow_bf16
 from panglot.training import distributed
 from panglot.training.budget import Deadline, StepRefit, recorded_refits
 from panglot.training.checkpoint import (
@@ -137,10 +137,12 @@ class Trainer:
             seed_everything(self.cfg.seed + 1000 * distributed.rank())  # rank 0: as a single process
             distributed.broadcast_module(self.model)
         report = self.freeze_report
+        warn_if_slow_bf16(self.cfg.precision, self.device)
         logger.info(
-            "training %d trainable params (%d tensors), %d frozen (%d tensors), from step %d to %d",
+            "training %d trainable params (%d tensors), %d frozen (%d tensors), from step %d to %d, precision %s (%s)",
             report.trainable_params, report.trainable_tensors, report.frozen_params, report.frozen_tensors,
-            self.step, self.cfg.max_steps,
+            self.step, self.cfg.max_steps, self.cfg.precision,
+            str(resolve_dtype(self.cfg.precision, self.device)).removeprefix("torch."),
         )  # fmt: skip
         start = time.perf_counter()
         log = MetricsLog(self.out_dir, tensorboard=self.cfg.tensorboard) if self.main else None
