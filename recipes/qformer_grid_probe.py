@@ -65,7 +65,7 @@ def grid_map(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (and their pixel-codec ids, or None to encode them here) -> the grid map (B, C, g, g) float32 and the
     codebook's commitment loss (0 without VQ)."""
-    z, _ = codec._query_outputs(x, pixel_ids)
+    z = codec._query_outputs(codec.frozen_features(x, pixel_ids))
     aux = torch.zeros((), device=z.device)
     if vq:
         with torch.autocast(device_type=z.device.type, enabled=False):

@@ -34,15 +34,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from panglot.codecs.base import images_to_tensor
-from panglot.codecs.image_qformer import QFormerCodec, QFormerCodecConfig, detokenizer_loss, qformer_loss
+from panglot.codecs.image_qformer import (
+    FrozenFeatures,
+    QFormerCodec,
+    QFormerCodecConfig,
+    detokenizer_loss,
+    qformer_loss,
+)
 from panglot.codecs.image_vq import PixelVQ
 from panglot.config import load_config, to_dict
+from panglot.data.loader import StatefulLoader
 from panglot.data.world_captions import CaptionedImages, WorldCaptionedImages
 from panglot.encoders import DualEncoder, load_dual_encoder
 from panglot.evaluation.codec import evaluate_image_codec
@@ -50,7 +57,7 @@ from panglot.evaluation.retrieval import image_text_retrieval
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context, resolve_device
 from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
-from panglot.training.budget import budgeted, median_step_seconds
+from panglot.training.budget import BUDGET_FILE, budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.language import caption
 from panglot.world.render import render_batch
@@ -121,11 +128,23 @@ class QFormerRecipe:
     pixel_codec_dir: str = "runs/codec_pixel"  # a trained pixel VQ codec (the detokenizer's latent space)
     threads: int | None = 1  # torch intra-op threads; None = torch's default
     data_seed: int = 0
+    # > 0: what the frozen parts make of this many train scenes (the teacher's patches and embedding, the pixel
+    # codec's ids, the captions' embeddings) is computed once before stage 1, and both stages draw shuffled
+    # batches of it, epoch after epoch (stage 2 also the frozen stage-1 ids, computed once after stage 1); the
+    # time that takes counts in each stage's budget. 0: fresh scenes rendered and encoded at every step.
+    pool: int = 0
     codec: QFormerCodecConfig = field(default_factory=QFormerCodecConfig)  # teacher/pixel: from the dirs
     loss: QFormerLossConfig = field(default_factory=QFormerLossConfig)
     qformer_train: StageTrainConfig = field(default_factory=StageTrainConfig)
     detokenizer_train: StageTrainConfig = field(default_factory=StageTrainConfig)
     eval: QFormerEvalConfig = field(default_factory=QFormerEvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.pool < 0:
+            raise ValueError(f"pool must be >= 0 (0: fresh scenes every step), got {self.pool}")
+        for name in ("qformer_train", "detokenizer_train"):
+            if 0 < self.pool < getattr(self, name).batch_size:
+                raise ValueError(f"pool ({self.pool}) must hold at least one batch of {name} ({getattr(self, name).batch_size})")
 
 
 # --- building -------------------------------------------------------------------------------------------
@@ -158,12 +177,99 @@ def stage2_loss(codec: QFormerCodec, batch: CaptionedImages) -> tuple[torch.Tens
     return detokenizer_loss(codec, batch.images)
 
 
+# --- the pool: the frozen parts' view of a fixed set of scenes, computed once ----------------------------
+class PooledCaptions(NamedTuple):
+    """Stage 1's batch from the pool: the images' frozen features and their captions' embeddings."""
+
+    features: FrozenFeatures
+    text_embedding: torch.Tensor  # (B, E)
+    captions: list[str]
+
+
+class PooledIds(NamedTuple):
+    """Stage 2's batch from the pool: the frozen stage-1 codec's ids and the pixel codec's ids of the images."""
+
+    ids: torch.Tensor  # (B, T)
+    pixel_ids: torch.Tensor  # (B, g * g)
+
+
+@dataclass
+class Pool:
+    features: FrozenFeatures  # of every pooled scene, on the codec's device
+    text_embedding: torch.Tensor  # (n, E)
+    captions: list[str]
+    ids: torch.Tensor | None = None  # (n, T) the stage-1 ids, once stage 1 has trained
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def captioned(self, rows: list[int]) -> PooledCaptions:
+        index = torch.tensor(rows, device=self.text_embedding.device)
+        return PooledCaptions(self.features.index(index), self.text_embedding[index], [self.captions[i] for i in rows])
+
+    def with_ids(self, rows: list[int]) -> PooledIds:
+        index = torch.tensor(rows, device=self.text_embedding.device)
+        return PooledIds(self.ids[index], self.features.pixel_ids[index])
+
+
+@torch.no_grad()
+def build_pool(
+    codec: QFormerCodec, teacher: DualEncoder, n: int, seed: int, precision: str, chunk: int = 250
+) -> Pool:
+    """The frozen teacher's and pixel codec's features of train scenes ``0 .. n - 1`` (``split_scenes("train",
+    n, seed)``, the scenes a fresh run's first ``n / batch_size`` steps see) and their captions' embeddings."""
+    parts, texts, captions = [], [], []
+    for start in range(0, n, chunk):
+        scenes = split_scenes("train", min(chunk, n - start), seed, start)
+        words = [caption(s) for s in scenes]
+        x = images_to_tensor(render_batch(scenes)).to(codec.device)
+        with autocast_context(codec.device, precision):
+            parts.append(codec.frozen_features(x, with_pixel_ids=True))
+            texts.append(teacher.embed_texts(words))
+        captions += words
+    features = FrozenFeatures(*(torch.cat(column) for column in zip(*parts)))
+    return Pool(features, torch.cat(texts), captions)
+
+
+@torch.no_grad()
+def pool_ids(codec: QFormerCodec, pool: Pool, precision: str, chunk: int = 250) -> torch.Tensor:
+    """The frozen stage-1 codec's ids (n, T) of every pooled scene."""
+    rows = range(len(pool))
+    ids = []
+    for start in range(0, len(pool), chunk):
+        index = torch.tensor(rows[start : start + chunk], device=pool.text_embedding.device)
+        with autocast_context(codec.device, precision):
+            ids.append(codec.encode_tensor(None, features=pool.features.index(index)))
+    return torch.cat(ids)
+
+
+def pool_batches(pool: Pool, batch_size: int, seed: int, batch: Callable[[list[int]], Any]) -> StatefulLoader:
+    """Shuffled batches of the pool, epoch after epoch, resumable (``StatefulLoader`` over its rows)."""
+    return StatefulLoader(range(len(pool)), batch_size, seed=seed, collate_fn=batch)
+
+
+def pooled_stage1_loss(
+    loss_cfg: QFormerLossConfig, codec: QFormerCodec, batch: PooledCaptions
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 1's loss on a pooled batch (as ``stage1_loss`` on the same images rendered afresh)."""
+    return qformer_loss(
+        codec, batch.features, batch.text_embedding, batch.captions,
+        loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight, loss_cfg.grid_weight,
+        loss_cfg.grid_loss,
+    )  # fmt: skip
+
+
+def pooled_stage2_loss(codec: QFormerCodec, batch: PooledIds) -> tuple[torch.Tensor, dict[str, float]]:
+    return detokenizer_loss(codec, None, batch.ids, batch.pixel_ids)
+
+
 def seconds_per_step(
-    codec: QFormerCodec, loss_fn: Callable, cfg: StageTrainConfig, data_seed: int, device: str
+    codec: QFormerCodec, loss_fn: Callable, cfg: StageTrainConfig, make_data: Callable[[], Any], device: str
 ) -> float:
-    """Median forward + backward time of one step (rendering included) on a throwaway copy of ``codec``."""
+    """Median forward + backward time of one step (the data's own cost included) on a throwaway copy of
+    ``codec``; ``make_data()`` gives a fresh iterator of the stage's batches."""
     probe = copy.deepcopy(codec).train()
-    data = WorldCaptionedImages(cfg.batch_size, data_seed)
+    data = make_data()
 
     def step() -> None:
         with autocast_context(device, cfg.precision):
@@ -179,18 +285,25 @@ def train_stage(
     loss_fn: Callable,
     cfg: StageTrainConfig,
     freeze: list[str],
-    data_seed: int,
+    make_data: Callable[[], Any],
     out_dir: Path,
     resume: bool,
     device: str,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
+    spent_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Fit the stage's budget to steps (once per run), then train ``codec`` in place; returns a summary."""
-    cfg = budgeted(cfg, out_dir, cfg.max_minutes, lambda: seconds_per_step(codec, loss_fn, cfg, data_seed, device))
+    """Fit the stage's budget, less ``spent_s`` seconds already spent on it (building its pool), to steps (once
+    per run), then train ``codec`` in place on ``make_data()``'s batches; returns a summary."""
+    minutes, recorded = cfg.max_minutes, out_dir / BUDGET_FILE
+    if minutes is not None and spent_s > 0:  # a resumed run keeps the minutes its start fitted (its pool took as long)
+        minutes = json.loads(recorded.read_text())["minutes"] if recorded.is_file() else max(
+            minutes - spent_s / 60, 0.05 * minutes  # at least a twentieth of the budget trains
+        )
+    cfg = budgeted(cfg, out_dir, minutes, lambda: seconds_per_step(codec, loss_fn, cfg, make_data, device))
     cfg = replace(cfg, freeze=[*cfg.freeze, *freeze])
     losses: list[float] = []
     trainer = Trainer(
-        cfg, codec, loss_fn, WorldCaptionedImages(cfg.batch_size, data_seed), out_dir,
+        cfg, codec, loss_fn, make_data(), out_dir,
         callbacks=[lambda trainer, metrics: losses.append(metrics["loss"]), *callbacks],
     )  # fmt: skip
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -200,7 +313,8 @@ def train_stage(
     out = {
         "steps": summary.steps,
         "resumed_from": summary.resumed_from,
-        "wall_s": round(time.perf_counter() - wall0, 1),
+        "wall_s": round(time.perf_counter() - wall0 + spent_s, 1),
+        "pool_s": round(spent_s, 1),
         "cpu_s": round(time.process_time() - cpu0, 1),
         "first_loss": losses[0] if losses else None,  # of this run's first step (after a resume: not step 1)
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
@@ -214,24 +328,43 @@ def train(
 ) -> dict[str, Any]:
     """Both stages, in place; returns their summaries."""
     out = Path(cfg.out_dir)
-    loss1 = partial(stage1_loss, cfg.loss, teacher)
+    pool, spent = None, 0.0
+    if cfg.pool:
+        start = time.perf_counter()
+        pool = build_pool(codec, teacher, cfg.pool, cfg.data_seed, cfg.qformer_train.precision)
+        spent = time.perf_counter() - start
+        logger.info("pool: %d scenes' frozen features in %.1f s", cfg.pool, spent)
+        loss1 = partial(pooled_stage1_loss, cfg.loss)
+        seed1 = cfg.qformer_train.seed
+        data1 = lambda: pool_batches(pool, cfg.qformer_train.batch_size, seed1, pool.captioned)  # noqa: E731
+    else:
+        loss1 = partial(stage1_loss, cfg.loss, teacher)
+        data1 = partial(WorldCaptionedImages, cfg.qformer_train.batch_size, cfg.data_seed)
     stage1_freezes = STAGE2_TRAINS
     if cfg.loss.grid_weight > 0:  # the detokenizer's grid reader trains in stage 1 as well
         stage1_freezes = [f"detokenizer.{name}" for name, m in codec.detokenizer.named_children()
                           if name != "grid_reader" and any(True for _ in m.parameters())]  # fmt: skip
     summary = {
         "qformer": train_stage(
-            "stage 1 (Q-Former)", codec, loss1, cfg.qformer_train, stage1_freezes, cfg.data_seed,
-            out / "qformer_train", resume, device,
+            "stage 1 (Q-Former)", codec, loss1, cfg.qformer_train, stage1_freezes, data1,
+            out / "qformer_train", resume, device, spent_s=spent,
         )
     }  # fmt: skip
+    loss2, spent = stage2_loss, 0.0
+    data2 = partial(WorldCaptionedImages, cfg.detokenizer_train.batch_size, cfg.data_seed)
+    if pool is not None:
+        start = time.perf_counter()
+        pool.ids = pool_ids(codec, pool, cfg.detokenizer_train.precision)
+        spent = time.perf_counter() - start
+        loss2, seed2 = pooled_stage2_loss, cfg.detokenizer_train.seed
+        data2 = lambda: pool_batches(pool, cfg.detokenizer_train.batch_size, seed2, pool.with_ids)  # noqa: E731
     codec.requires_grad_(True)
     codec.freeze_frozen_parts()
     curve = [every(cfg.eval.curve_every, oracle_curve(cfg))] if cfg.eval.curve_every else []
     stage2_freezes = STAGE1_TRAINS + (["pixel_features"] if codec.pixel_features is not None else [])
     summary["detokenizer"] = train_stage(
-        "stage 2 (detokenizer)", codec, stage2_loss, cfg.detokenizer_train, stage2_freezes, cfg.data_seed,
-        out / "detokenizer_train", resume, device, curve,
+        "stage 2 (detokenizer)", codec, loss2, cfg.detokenizer_train, stage2_freezes, data2,
+        out / "detokenizer_train", resume, device, curve, spent_s=spent,
     )  # fmt: skip
     summary["total"] = {
         k: round(sum(s[k] for s in summary.values()), 1) for k in ("steps", "wall_s", "cpu_s")

@@ -300,15 +300,15 @@ def test_the_queries_can_read_the_pixel_codes_too(teacher, pixel, images, tmp_pa
     codec(images)  # k-means initialises the codebook
     codec.eval()
     with torch.no_grad():
-        z, _ = codec._query_outputs(images[:4])
+        z = codec._query_outputs(codec.frozen_features(images[:4]))
         codec.pixel_features.pos.add_(1.0)  # only the pixel context moves
-        moved, _ = codec._query_outputs(images[:4])
+        moved = codec._query_outputs(codec.frozen_features(images[:4]))
         codec.pixel_features.pos.sub_(1.0)
     assert not torch.allclose(z, moved)
     with torch.no_grad():  # still causal: query j moved leaves outputs < j alone
-        before, _ = codec._query_outputs(images[:2])
+        before = codec._query_outputs(codec.frozen_features(images[:2]))
         codec.qformer.queries[20].add_(1.0)
-        after, _ = codec._query_outputs(images[:2])
+        after = codec._query_outputs(codec.frozen_features(images[:2]))
         codec.qformer.queries[20].sub_(1.0)
     assert torch.equal(before[:, :20], after[:, :20]) and not torch.allclose(before[:, 20:], after[:, 20:])
     ids = codec.encode_tensor(images[:4])
@@ -415,7 +415,7 @@ def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
     ids = codec.encode_tensor(images)
     assert ids.shape == (16, 32) and ids.min() >= 0 and ids.max() < 60
     with torch.no_grad():
-        z, _ = codec._query_outputs(images)
+        z = codec._query_outputs(codec.frozen_features(images))
         codes, train_ids, _ = codec.codebook(z)
     assert torch.equal(train_ids, ids)  # encoding and the training path name the same ids
     torch.testing.assert_close(codec.codebook.codes(ids), codes)
@@ -469,3 +469,81 @@ def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
         "detokenizer_train.batch_size": 16,
     }
     assert stages.STAGES["qformer_layout"].config == "codec_qformer_layout.yaml"
+
+
+def test_losses_from_frozen_features_equal_those_from_the_images(teacher, pixel, images, scenes):
+    """A batch's frozen features computed once (the recipe's pool) give both stages the losses and gradients that
+    the images themselves give; a grid loss without the pixel ids, or stage 2 without ids, is refused."""
+    import copy
+
+    codec = pixel_reading_codec(teacher, pixel)
+    codec.train()
+    codec(images)  # k-means initialises the codebook
+    captions = [caption(s) for s in scenes]
+    with torch.no_grad():
+        texts = teacher.embed_texts(captions)
+    features = codec.frozen_features(images, with_pixel_ids=True)
+    assert features.pixel_ids.shape == (16, codec.latent_grid**2) and len(features.grid) == len(features.target) == 16
+    assert torch.equal(features.index(torch.tensor([3, 1])).pixel_ids, features.pixel_ids[[3, 1]])
+    grads = []
+    for batch in (images, features):
+        twin = copy.deepcopy(codec)  # the codebook's EMA moves on every training call
+        loss, metrics = qformer_loss(twin, batch, texts, captions, grid_weight=1.0, grid_loss="ce")
+        loss.backward()
+        grads.append((loss.item(), metrics["grid_acc"], twin.qformer.queries.grad.clone()))
+    assert grads[0][:2] == grads[1][:2] and torch.equal(grads[0][2], grads[1][2])
+    with pytest.raises(ValueError, match="needs the images' pixel ids"):
+        qformer_loss(codec, features._replace(pixel_ids=None), texts, captions, grid_weight=1.0)
+    codec.eval()
+    ids = codec.encode_tensor(None, features=features)
+    assert torch.equal(ids, codec.encode_tensor(images))
+    diffusion = []
+    for args in ((images,), (None, ids, features.pixel_ids)):
+        torch.manual_seed(0)  # the same timesteps and noise
+        diffusion.append(detokenizer_loss(codec, *args)[0].item())
+    assert diffusion[0] == diffusion[1]
+    with pytest.raises(ValueError, match="needs images, or both their ids and their pixel ids"):
+        detokenizer_loss(codec, None, ids)
+
+
+def test_the_recipe_can_train_from_a_pool_of_frozen_features(teacher, pixel, tmp_path):
+    """``pool: N``: both stages draw shuffled batches from N scenes' frozen features computed once (stage 2 from
+    the frozen stage-1 ids of the same scenes); the pool's time counts in each stage's wall time; a resumed run
+    trains nothing more and gives the same codec; a pool smaller than a batch is refused."""
+    teacher.save(tmp_path / "teacher")
+    pixel.save(tmp_path / "pixel")
+    overrides = [
+        f"out_dir={tmp_path / 'run'}", f"teacher_dir={tmp_path / 'teacher'}", f"pixel_codec_dir={tmp_path / 'pixel'}",
+        "codec.qformer.dim=32", "codec.qformer.n_layers=1", "codec.qformer.n_heads=2", "codec.qformer.ffn_dim=64",
+        "codec.codebook_size=64", "codec.codebook_dim=8", "codec.detokenizer.grid_dim=16",
+        "codec.embed_decoder.dim=32", "codec.embed_decoder.n_layers=1", "codec.embed_decoder.n_heads=2",
+        "codec.detokenizer.block_out_channels=[16,32]", "codec.detokenizer.norm_groups=8",
+        "codec.detokenizer.attention_heads=2", "codec.detokenizer.inference_steps=2",
+        "qformer_train.max_minutes=null", "qformer_train.max_steps=5", "qformer_train.batch_size=8",
+        "detokenizer_train.max_minutes=null", "detokenizer_train.max_steps=3", "detokenizer_train.batch_size=8",
+        "eval.n_images=12", "eval.splits=[test-unseen]", "pool=20",
+    ]  # fmt: skip
+    cfg = train_qformer_codec.load_config(
+        train_qformer_codec.QFormerRecipe, "configs/codec_qformer_layout.yaml", overrides
+    )
+    codec = train_qformer_codec.build_codec(cfg, teacher, pixel)
+    pool = train_qformer_codec.build_pool(codec, teacher, 20, cfg.data_seed, "fp32", chunk=8)
+    fresh = next(train_qformer_codec.WorldCaptionedImages(20, cfg.data_seed))  # the same scenes, rendered afresh
+    assert pool.captions == fresh.captions and len(pool) == 20
+    assert torch.equal(pool.features.pixel_ids, pixel.encode_tensor(fresh.images))
+    rows = train_qformer_codec.pool_batches(pool, 8, 0, lambda rows: rows)
+    epochs = [next(rows) + next(rows) for _ in range(2)]  # two batches an epoch (the last 4 rows wait)
+    assert all(len(set(epoch)) == 16 and set(epoch) <= set(range(20)) for epoch in epochs) and epochs[0] != epochs[1]
+    batch = train_qformer_codec.pool_batches(pool, 8, 0, pool.captioned).__next__()
+    assert batch.captions == [pool.captions[i] for i in epochs[0][:8]]
+    assert torch.equal(batch.features.grid, pool.features.grid[epochs[0][:8]])
+    metrics = train_qformer_codec.run(cfg)
+    train = metrics["train"]
+    assert train["qformer"]["steps"] == 5 and train["detokenizer"]["steps"] == 3
+    assert all(train[stage]["wall_s"] >= train[stage]["pool_s"] >= 0 for stage in ("qformer", "detokenizer"))
+    resumed = train_qformer_codec.run(cfg, resume=True)
+    untimed = lambda m: {k: v for k, v in m.items() if not k.startswith("eval_")}  # noqa: E731
+    assert untimed(resumed["test-unseen"]) == untimed(metrics["test-unseen"])
+    with pytest.raises(ValueError, match=r"pool \(4\) must hold at least one batch of qformer_train \(8\)"):
+        train_qformer_codec.load_config(train_qformer_codec.QFormerRecipe, "configs/codec_qformer_layout.yaml",
+                                        [*overrides, "pool=4"])  # fmt: skip

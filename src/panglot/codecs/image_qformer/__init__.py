@@ -3,6 +3,7 @@
 
 from panglot.codecs.image_qformer.model import (
     DetokenizerConfig,
+    FrozenFeatures,
     QFormerCodec,
     QFormerCodecConfig,
     QFormerConfig,
@@ -12,6 +13,7 @@ from panglot.codecs.image_qformer.model import (
 
 __all__ = [
     "DetokenizerConfig",
+    "FrozenFeatures",
     "QFormerCodec",
     "QFormerCodecConfig",
     "QFormerConfig",

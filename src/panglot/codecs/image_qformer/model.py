@@ -518,6 +518,21 @@ class Detokenizer(nn.Module):
 
 
 # --- the codec ------------------------------------------------------------------------------------------
+class FrozenFeatures(NamedTuple):
+    """What the codec's frozen parts make of a batch of images, all a training step needs of them (so that a
+    recipe can compute them once for a fixed pool of images and reuse them, ``recipes/train_qformer_codec.py``)."""
+
+    grid: torch.Tensor  # (B, N, C) the teacher's per-patch features
+    target: torch.Tensor  # (B, E) the teacher's image embedding, L2-normalised
+    pixel_ids: torch.Tensor | None  # (B, g * g) the pixel codec's ids (``features: teacher+pixel`` or a grid loss)
+
+    def index(self, rows: torch.Tensor) -> FrozenFeatures:
+        return FrozenFeatures(*(None if t is None else t[rows] for t in self))
+
+    def to(self, device: torch.device | str) -> FrozenFeatures:
+        return FrozenFeatures(*(None if t is None else t.to(device) for t in self))
+
+
 class QFormerOutput(NamedTuple):
     ids: torch.Tensor  # (B, T)
     query_embedding: torch.Tensor  # (B, E) last query's output, projected, L2-normalised (contrastive)
@@ -624,31 +639,43 @@ class QFormerCodec(ImageCodec):
         return split_factors(self.vocab_size, 1, self.config.fsq_levels) if self.config.quantizer == "fsq" else []
 
     # --- encoding -----------------------------------------------------------------------------------
-    def _query_outputs(
-        self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images -> Q-Former outputs (B, T, D) float32 and the teacher's image embedding (B, E). ``pixel_ids``: the
-        images' pixel-codec ids (B, g * g) when the caller has them (``features: teacher+pixel``), else encoded here."""
+    @torch.no_grad()
+    def frozen_features(
+        self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None, with_pixel_ids: bool = False
+    ) -> FrozenFeatures:
+        """Images -> what the frozen teacher (and pixel codec, with ``features: teacher+pixel`` or
+        ``with_pixel_ids``) make of them; ``pixel_ids`` (B, g * g) when the caller has them."""
         self.check_images(x)
-        with torch.no_grad():
-            grid, target = self.teacher(x)
-            if self.pixel_features is not None and pixel_ids is None:
-                pixel_ids = self.pixel.encode_tensor(x)
-        if self.pixel_features is not None:  # (B, g * g, C): the pixel codes join the teacher's patches as context
-            latents = self.code_table()[pixel_ids]
-            grid = torch.cat([grid, self.pixel_features(latents.to(grid.dtype))], dim=1)
-        return self.qformer(grid, self.cross_bias).float(), target
+        grid, target = self.teacher(x)
+        if (self.pixel_features is not None or with_pixel_ids) and pixel_ids is None:
+            pixel_ids = self.pixel.encode_tensor(x)
+        return FrozenFeatures(grid, target.float(), pixel_ids)
 
-    def forward(self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None) -> QFormerOutput:
-        """Stage-1 training path (updates the codebook in training mode); ``pixel_ids`` as `_query_outputs`."""
-        z, target = self._query_outputs(x, pixel_ids)
+    def _query_outputs(self, features: FrozenFeatures) -> torch.Tensor:
+        """Frozen features -> Q-Former outputs (B, T, D) float32."""
+        grid = features.grid
+        if self.pixel_features is not None:  # (B, g * g, C): the pixel codes join the teacher's patches as context
+            latents = self.code_table()[features.pixel_ids]
+            grid = torch.cat([grid, self.pixel_features(latents.to(grid.dtype))], dim=1)
+        return self.qformer(grid, self.cross_bias).float()
+
+    def forward(
+        self, x: torch.Tensor | None, pixel_ids: torch.Tensor | None = None, features: FrozenFeatures | None = None
+    ) -> QFormerOutput:
+        """Stage-1 training path (updates the codebook in training mode) from images ``x`` (``pixel_ids`` as
+        `frozen_features`) or from their ``features`` computed earlier."""
+        features = self.frozen_features(x, pixel_ids) if features is None else features
+        z = self._query_outputs(features)
         query_embedding = F.normalize(self.query_proj(z[:, -1]).float(), dim=-1)  # the last query sees all
         with torch.autocast(device_type=z.device.type, enabled=False):
             codes, ids, aux = self.codebook(z)
-        return QFormerOutput(ids, query_embedding, self.embed_decoder(codes), target, aux, codes)
+        return QFormerOutput(ids, query_embedding, self.embed_decoder(codes), features.target, aux, codes)
 
-    def encode_tensor(self, x: torch.Tensor, pixel_ids: torch.Tensor | None = None) -> torch.Tensor:
-        z, _ = self._query_outputs(x, pixel_ids)
+    def encode_tensor(
+        self, x: torch.Tensor | None, pixel_ids: torch.Tensor | None = None, features: FrozenFeatures | None = None
+    ) -> torch.Tensor:
+        """Images (or their ``features``) -> ids (B, T)."""
+        z = self._query_outputs(self.frozen_features(x, pixel_ids) if features is None else features)
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.codebook.ids(z)
 
@@ -727,7 +754,7 @@ def grid_error(
 
 def qformer_loss(
     codec: QFormerCodec,
-    images: torch.Tensor,
+    images: torch.Tensor | FrozenFeatures,
     text_embedding: torch.Tensor,
     keys: list[str],
     temperature: float = 0.07,
@@ -743,16 +770,19 @@ def qformer_loss(
     map starts as a guess of the latent: its mean squared error (``grid_loss="mse"``), or the cross-entropy
     of naming each cell's pixel code by the map's negative squared distance to every code (``"ce"``: a
     confident map near one code costs nothing, where the squared error pulls it to the mean of the likely
-    codes). ``grid_acc`` is the share of cells whose nearest code is right."""
-    images = images.to(codec.device)
+    codes). ``grid_acc`` is the share of cells whose nearest code is right. ``images``: a batch of images, or
+    their frozen features computed earlier (`QFormerCodec.frozen_features` with ``with_pixel_ids`` for a grid loss)."""
     reader = codec.detokenizer.grid_reader
     if grid_weight > 0 and reader is None:
         raise ValueError("grid_weight > 0 needs the detokenizer's condition embedding+grid")
-    targets = None  # the pixel-codec ids, encoded once for the Q-Former's context and the grid's targets
-    if grid_weight > 0 or codec.pixel_features is not None:
-        with torch.no_grad():
-            targets = codec.pixel.encode_tensor(images)  # (B, g * g)
-    out = codec(images, targets)
+    if isinstance(images, FrozenFeatures):
+        features = images.to(codec.device)
+    else:  # the pixel-codec ids are encoded once, for the Q-Former's context and the grid's targets
+        features = codec.frozen_features(images.to(codec.device), with_pixel_ids=grid_weight > 0)
+    if grid_weight > 0 and features.pixel_ids is None:
+        raise ValueError("grid_weight > 0 needs the images' pixel ids in their frozen features")
+    targets = features.pixel_ids
+    out = codec(None, features=features)
     scale = torch.tensor(1.0 / temperature, device=codec.device)
     contrastive, cm = contrastive_loss(out.query_embedding, text_embedding.to(codec.device), scale, keys)
     cosine = (out.embedding * out.target_embedding).sum(dim=-1).mean()
@@ -774,13 +804,20 @@ def qformer_loss(
     return loss, {"loss": loss.item(), **metrics}
 
 
-def detokenizer_loss(codec: QFormerCodec, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def detokenizer_loss(
+    codec: QFormerCodec, images: torch.Tensor | None, ids: torch.Tensor | None = None, pixel_ids: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 2: the diffusion loss on the pixel codec's latents, conditioned on the embedding the frozen
-    stage-1 codec reconstructs from the image's ids (and those ids' codes)."""
-    images = images.to(codec.device)
+    stage-1 codec reconstructs from the image's ids (and those ids' codes). Either ``images``, or their stage-1
+    ``ids`` (B, T) and ``pixel_ids`` (B, g * g) encoded earlier (the frozen codec gives the same ones)."""
     with torch.no_grad():
-        ids = codec.pixel.encode_tensor(images)  # once, for the Q-Former's context (teacher+pixel) and the target
-        embedding, codes = codec.condition(codec.encode_tensor(images, ids))
-        latents = codec.pixel_latents(images, ids)
+        if images is not None:
+            images = images.to(codec.device)
+            pixel_ids = codec.pixel.encode_tensor(images)  # once, for the Q-Former's context and the target
+            ids = codec.encode_tensor(images, pixel_ids)
+        elif ids is None or pixel_ids is None:
+            raise ValueError("detokenizer_loss needs images, or both their ids and their pixel ids")
+        embedding, codes = codec.condition(ids.to(codec.device))
+        latents = codec.table_to_grid(codec.code_table()[pixel_ids.to(codec.device)])
     loss = codec.detokenizer.loss(latents, embedding, codes)
     return loss, {"loss": loss.item()}
