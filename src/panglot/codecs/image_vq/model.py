@@ -23,6 +23,7 @@ from torch import nn
 from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
 
 from panglot.codecs.base import ImageCodec, register_codec
+from panglot.codecs.indexed_vq import index_codebook_updates
 from panglot.world.scene import BACKGROUND, COLORS
 
 WORLD_PALETTE = [list(BACKGROUND), *(list(rgb) for rgb in COLORS.values())]
@@ -321,15 +322,17 @@ class CodebookVQ(nn.Module):
     def __init__(self, cfg: PixelVQConfig):
         super().__init__()
         self.vocab_size = cfg.codebook_size
-        self.vq = VectorQuantize(
-            dim=cfg.latent_dim,
-            codebook_size=cfg.codebook_size,
-            codebook_dim=cfg.codebook_dim,
-            use_cosine_sim=True,
-            kmeans_init=True,
-            decay=cfg.ema_decay,
-            threshold_ema_dead_code=cfg.dead_code_threshold,
-            commitment_weight=cfg.commitment_weight,
+        self.vq = index_codebook_updates(  # the library's step, by index (panglot.codecs.indexed_vq)
+            VectorQuantize(
+                dim=cfg.latent_dim,
+                codebook_size=cfg.codebook_size,
+                codebook_dim=cfg.codebook_dim,
+                use_cosine_sim=True,
+                kmeans_init=True,
+                decay=cfg.ema_decay,
+                threshold_ema_dead_code=cfg.dead_code_threshold,
+                commitment_weight=cfg.commitment_weight,
+            )
         )
 
     def forward(self, z: torch.Tensor) -> Quantized:
