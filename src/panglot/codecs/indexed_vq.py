@@ -105,3 +105,22 @@ def index_codebook_updates(vq: VectorQuantize) -> VectorQuantize:
         raise TypeError(f"expected the library's Codebook, got {type(vq._codebook).__name__}")
     vq._codebook.__class__ = IndexedCodebook
     return vq
+
+
+def cosine_ema_vq(
+    dim: int, codebook_size: int, codebook_dim: int, decay: float, dead_code_threshold: float, commitment_weight: float
+) -> VectorQuantize:
+    """The codecs' learned codebook: cosine similarity in ``codebook_dim`` dimensions, k-means init, EMA updates,
+    dead-code expiry, commitment loss (the library's), its training step by index."""
+    return index_codebook_updates(
+        VectorQuantize(
+            dim=dim,
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            use_cosine_sim=True,
+            kmeans_init=True,
+            decay=decay,
+            threshold_ema_dead_code=dead_code_threshold,
+            commitment_weight=commitment_weight,
+        )
+    )

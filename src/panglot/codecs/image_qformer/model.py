@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from torch import nn
-from vector_quantize_pytorch import FSQ, VectorQuantize
+from vector_quantize_pytorch import FSQ
 
 from panglot.codecs.base import ImageCodec, register_codec
 from panglot.codecs.image_vq import PixelVQ, PixelVQConfig
 from panglot.codecs.image_vq.model import split_factors
-from panglot.codecs.indexed_vq import index_codebook_updates
+from panglot.codecs.indexed_vq import cosine_ema_vq
 from panglot.encoders import DualEncoder, DualEncoderConfig, ImageTower, TowerConfig, contrastive_loss
 from panglot.encoders.dual import Tower
 from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU, attend
@@ -309,17 +309,8 @@ class Codebook(nn.Module):
         if cfg.quantizer == "fsq":
             self.fsq = FSQ(levels=list(cfg.fsq_levels), dim=cfg.qformer.dim)
             return
-        self.vq = index_codebook_updates(  # the library's step, by index (panglot.codecs.indexed_vq)
-            VectorQuantize(
-                dim=cfg.qformer.dim,
-                codebook_size=cfg.codebook_size,
-                codebook_dim=cfg.codebook_dim,
-                use_cosine_sim=True,
-                kmeans_init=True,
-                decay=cfg.ema_decay,
-                threshold_ema_dead_code=cfg.dead_code_threshold,
-                commitment_weight=cfg.commitment_weight,
-            )
+        self.vq = cosine_ema_vq(
+            cfg.qformer.dim, cfg.codebook_size, cfg.codebook_dim, cfg.ema_decay, cfg.dead_code_threshold, cfg.commitment_weight
         )
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

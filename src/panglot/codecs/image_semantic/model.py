@@ -34,7 +34,7 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vector_quantize_pytorch import FSQ, VectorQuantize
+from vector_quantize_pytorch import FSQ
 
 from panglot.codecs.base import ImageCodec, register_codec
 from panglot.codecs.image_semantic.teacher import ImageTeacher
@@ -50,7 +50,7 @@ from panglot.codecs.image_vq.model import (
     split_factors,
     split_ids,
 )
-from panglot.codecs.indexed_vq import index_codebook_updates
+from panglot.codecs.indexed_vq import cosine_ema_vq
 from panglot.encoders import DualEncoder, DualEncoderConfig, TowerConfig
 from panglot.encoders.dual import Tower
 
@@ -120,17 +120,8 @@ class CosineCodebook(nn.Module):
     def __init__(self, cfg: SemanticVQConfig):
         super().__init__()
         self.vocab_size = cfg.codebook_size
-        self.vq = index_codebook_updates(  # the library's step, by index (panglot.codecs.indexed_vq)
-            VectorQuantize(
-                dim=cfg.pixel.latent_dim,
-                codebook_size=cfg.codebook_size,
-                codebook_dim=cfg.codebook_dim,
-                use_cosine_sim=True,
-                kmeans_init=True,
-                decay=cfg.ema_decay,
-                threshold_ema_dead_code=cfg.dead_code_threshold,
-                commitment_weight=cfg.commitment_weight,
-            )
+        self.vq = cosine_ema_vq(
+            cfg.pixel.latent_dim, cfg.codebook_size, cfg.codebook_dim, cfg.ema_decay, cfg.dead_code_threshold, cfg.commitment_weight
         )
 
     def forward(self, z: torch.Tensor) -> Quantized:

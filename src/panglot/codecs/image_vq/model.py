@@ -20,10 +20,10 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vector_quantize_pytorch import FSQ, LFQ, VectorQuantize
+from vector_quantize_pytorch import FSQ, LFQ
 
 from panglot.codecs.base import ImageCodec, register_codec
-from panglot.codecs.indexed_vq import index_codebook_updates
+from panglot.codecs.indexed_vq import cosine_ema_vq
 from panglot.world.scene import BACKGROUND, COLORS
 
 WORLD_PALETTE = [list(BACKGROUND), *(list(rgb) for rgb in COLORS.values())]
@@ -322,17 +322,8 @@ class CodebookVQ(nn.Module):
     def __init__(self, cfg: PixelVQConfig):
         super().__init__()
         self.vocab_size = cfg.codebook_size
-        self.vq = index_codebook_updates(  # the library's step, by index (panglot.codecs.indexed_vq)
-            VectorQuantize(
-                dim=cfg.latent_dim,
-                codebook_size=cfg.codebook_size,
-                codebook_dim=cfg.codebook_dim,
-                use_cosine_sim=True,
-                kmeans_init=True,
-                decay=cfg.ema_decay,
-                threshold_ema_dead_code=cfg.dead_code_threshold,
-                commitment_weight=cfg.commitment_weight,
-            )
+        self.vq = cosine_ema_vq(
+            cfg.latent_dim, cfg.codebook_size, cfg.codebook_dim, cfg.ema_decay, cfg.dead_code_threshold, cfg.commitment_weight
         )
 
     def forward(self, z: torch.Tensor) -> Quantized:
