@@ -438,7 +438,8 @@ def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
 
 def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
     """configs/codec_qformer_layout.yaml (the stage ``qformer_layout``) is configs/codec_qformer.yaml with the pixel
-    codes read, the raster prior, 8192 codes, the grid condition and term, and small batches: nothing else moves."""
+    codes read, the raster prior, 8192 codes, the grid condition and term, small batches and a pool of frozen
+    features: nothing else moves."""
     from dataclasses import asdict
 
     from recipes import stages
@@ -456,6 +457,7 @@ def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
     changed = {key: layout[key] for key in seed if seed[key] != layout[key]}
     assert changed == {
         "out_dir": "runs/codec_qformer_layout",
+        "pool": 4000,
         "codec.qformer.features": "teacher+pixel",
         "codec.qformer.locality": 8.0,
         "codec.codebook_size": 8192,
