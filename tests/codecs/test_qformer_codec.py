@@ -465,9 +465,9 @@ def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
         "loss.grid_weight": 1.0,
         "loss.grid_loss": "ce",
         "qformer_train.optim.lr": 4e-3,
-        "qformer_train.max_minutes": 3.0,
+        "qformer_train.max_minutes": 2.5,
         "qformer_train.batch_size": 16,
-        "detokenizer_train.max_minutes": 2.0,
+        "detokenizer_train.max_minutes": 2.5,
         "detokenizer_train.batch_size": 16,
     }
     assert stages.STAGES["qformer_layout"].config == "codec_qformer_layout.yaml"
