@@ -166,8 +166,19 @@ def stage1_loss(
     """The trainer's ``loss_fn`` for stage 1 (bound to the loss config and the teacher)."""
     with torch.no_grad():
         text_embedding = teacher.embed_texts(batch.captions)
+    return configured_qformer_loss(loss_cfg, codec, batch.images, text_embedding, batch.captions)
+
+
+def configured_qformer_loss(
+    loss_cfg: QFormerLossConfig,
+    codec: QFormerCodec,
+    images: torch.Tensor | FrozenFeatures,
+    text_embedding: torch.Tensor,
+    captions: list[str],
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``qformer_loss`` with the recipe's loss settings, on images or their frozen features."""
     return qformer_loss(
-        codec, batch.images, text_embedding, batch.captions,
+        codec, images, text_embedding, captions,
         loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight, loss_cfg.grid_weight,
         loss_cfg.grid_loss,
     )  # fmt: skip
@@ -252,11 +263,7 @@ def pooled_stage1_loss(
     loss_cfg: QFormerLossConfig, codec: QFormerCodec, batch: PooledCaptions
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Stage 1's loss on a pooled batch (as ``stage1_loss`` on the same images rendered afresh)."""
-    return qformer_loss(
-        codec, batch.features, batch.text_embedding, batch.captions,
-        loss_cfg.temperature, loss_cfg.contrastive_weight, loss_cfg.embed_weight, loss_cfg.grid_weight,
-        loss_cfg.grid_loss,
-    )  # fmt: skip
+    return configured_qformer_loss(loss_cfg, codec, batch.features, batch.text_embedding, batch.captions)
 
 
 def pooled_stage2_loss(codec: QFormerCodec, batch: PooledIds) -> tuple[torch.Tensor, dict[str, float]]:

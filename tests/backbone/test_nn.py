@@ -39,7 +39,7 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, caplog):
     # both kinds of CPU, by torch's own feature checks (an x86 machine) ...
     monkeypatch.setattr(precision_module.platform, "machine", lambda: "x86_64")
     for amx, avx512_bf16, native in [(False, False, False), (True, False, True), (False, True, True)]:
-        precision_module.fast_bf16.cache_clear()
+        precision_module._fast_bf16.cache_clear()
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda avx=avx512_bf16: avx)
         assert fast_bf16("cpu") is native
@@ -54,10 +54,10 @@ def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch, caplog):
     # ... and elsewhere by timing a product of each dtype
     monkeypatch.setattr(precision_module.platform, "machine", lambda: "aarch64")
     for faster in (True, False):
-        precision_module.fast_bf16.cache_clear()
+        precision_module._fast_bf16.cache_clear()
         monkeypatch.setattr(precision_module, "_bf16_timed_faster", lambda faster=faster: faster)
         assert fast_bf16("cpu") is faster
-    precision_module.fast_bf16.cache_clear()
+    precision_module._fast_bf16.cache_clear()
 
 
 def test_resolve_device_checks_what_the_machine_has(monkeypatch):

@@ -36,12 +36,15 @@ _DTYPES: dict[str, torch.dtype] = {
 PRECISIONS = ("auto", *_DTYPES)  # what a config's ``precision`` / a ``dtype`` argument may name
 
 
-@functools.cache
 def fast_bf16(device: str | torch.device = "cpu") -> bool:
     """Whether ``device`` multiplies bf16 matrices natively (so bf16 pays): CUDA when the GPU supports bf16; an
     x86 CPU when it has AMX tiles or AVX-512 BF16 (torch's own CPU feature checks); another CPU (ARM, say) when
-    a small bf16 matrix product is timed faster than the fp32 one; never MPS. Cached per device type."""
-    kind = torch.device(device).type
+    a small bf16 matrix product is timed faster than the fp32 one; never MPS. Decided once per device type."""
+    return _fast_bf16(torch.device(device).type)
+
+
+@functools.cache
+def _fast_bf16(kind: str) -> bool:
     if kind == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if kind != "cpu":

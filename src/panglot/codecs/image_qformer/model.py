@@ -707,9 +707,9 @@ class QFormerCodec(ImageCodec):
         """Every pixel-codec code in the detokenizer's latent space (V, K), unit variance per channel."""
         return (self.pixel_code_table() - self.latent_mean) @ self.latent_basis
 
-    def pixel_latents(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+    def pixel_latents(self, x: torch.Tensor | None, ids: torch.Tensor | None = None) -> torch.Tensor:
         """Images -> the pixel codec's quantized latents in the detokenizer's space (B, C, g, g); ``ids``: their
-        pixel-codec ids (B, g * g) when the caller has them."""
+        pixel-codec ids (B, g * g) when the caller has them (then ``x`` may be None)."""
         ids = self.pixel.encode_tensor(x) if ids is None else ids
         return self.table_to_grid(self.code_table()[ids])
 
@@ -812,6 +812,6 @@ def detokenizer_loss(
         elif ids is None or pixel_ids is None:
             raise ValueError("detokenizer_loss needs images, or both their ids and their pixel ids")
         embedding, codes = codec.condition(ids.to(codec.device))
-        latents = codec.table_to_grid(codec.code_table()[pixel_ids.to(codec.device)])
+        latents = codec.pixel_latents(images, pixel_ids.to(codec.device))
     loss = codec.detokenizer.loss(latents, embedding, codes)
     return loss, {"loss": loss.item()}
