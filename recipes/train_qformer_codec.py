@@ -15,6 +15,8 @@ codec (``pixel_codec_dir``, from recipes/train_codec.py); both are copied, froze
 
 Both stages run on ``panglot.training.Trainer`` (AdamW, warmup + cosine, bf16 autocast, checkpoints, exact
 resume); each stage's ``max_minutes`` becomes a step count before it trains (``panglot.training.budget``).
+``pool: N`` computes the frozen parts' view of N scenes once; with it, ``processes: P`` trains each stage in P
+data-parallel CPU processes (`panglot.training.distributed`), a step the one-process step over the same rows.
 
 Reports, per evaluation split (``val``, ``test-unseen``): the oracle-preserved rate (overall and by 1/2/3
 objects), object recall, PSNR and codebook usage (``evaluate_image_codec``), the cosine between the
@@ -39,7 +41,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
-from panglot.codecs.base import images_to_tensor
+from panglot.codecs.base import images_to_tensor, load_codec
 from panglot.codecs.image_qformer import (
     FrozenFeatures,
     QFormerCodec,
@@ -56,7 +58,7 @@ from panglot.evaluation.codec import evaluate_image_codec
 from panglot.evaluation.retrieval import image_text_retrieval
 from panglot.files import atomic_write_json
 from panglot.nn.precision import autocast_context, resolve_device
-from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, every
+from panglot.training import Callback, OptimConfig, TrainConfig, Trainer, distributed, every
 from panglot.training.budget import BUDGET_FILE, budgeted, median_step_seconds
 from panglot.world.dataset import split_scenes
 from panglot.world.language import caption
@@ -133,6 +135,13 @@ class QFormerRecipe:
     # batches of it, epoch after epoch (stage 2 also the frozen stage-1 ids, computed once after stage 1); the
     # time that takes counts in each stage's budget. 0: fresh scenes rendered and encoded at every step.
     pool: int = 0
+    # > 1: data-parallel training processes on this CPU (`panglot.training.distributed`), sharing out ``threads``
+    # (at least one each; None: the cores torch sees), each with its own share of the pool (pool / processes
+    # scenes) and batch_size / processes rows of each step's batch; their gradients are averaged, stage 1's
+    # contrastive term spans the whole batch and the codebook's statistics are summed over the group (the
+    # library's own sync), so a step is the one-process step over the same rows. Needs a pool. Evaluation runs
+    # afterwards in this process.
+    processes: int = 1
     codec: QFormerCodecConfig = field(default_factory=QFormerCodecConfig)  # teacher/pixel: from the dirs
     loss: QFormerLossConfig = field(default_factory=QFormerLossConfig)
     qformer_train: StageTrainConfig = field(default_factory=StageTrainConfig)
@@ -142,9 +151,19 @@ class QFormerRecipe:
     def __post_init__(self) -> None:
         if self.pool < 0:
             raise ValueError(f"pool must be >= 0 (0: fresh scenes every step), got {self.pool}")
+        if self.processes < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        if self.processes > 1 and (self.pool == 0 or self.pool % self.processes):
+            raise ValueError(
+                f"processes: {self.processes} needs a pool that they share out evenly (pool > 0 and a multiple of "
+                f"processes), got pool {self.pool}"
+            )
         for name in ("qformer_train", "detokenizer_train"):
-            if 0 < self.pool < getattr(self, name).batch_size:
-                raise ValueError(f"pool ({self.pool}) must hold at least one batch of {name} ({getattr(self, name).batch_size})")
+            batch = getattr(self, name).batch_size
+            if batch % self.processes:
+                raise ValueError(f"{name}.batch_size ({batch}) must be a multiple of processes ({self.processes})")
+            if 0 < self.pool < batch:
+                raise ValueError(f"pool ({self.pool}) must hold at least one batch of {name} ({batch})")
 
 
 # --- building -------------------------------------------------------------------------------------------
@@ -225,13 +244,22 @@ class Pool:
 
 @torch.no_grad()
 def build_pool(
-    codec: QFormerCodec, teacher: DualEncoder, n: int, seed: int, precision: str, chunk: int = 250
+    codec: QFormerCodec,
+    teacher: DualEncoder,
+    n: int,
+    seed: int,
+    precision: str,
+    chunk: int = 250,
+    shard: tuple[int, int] = (0, 1),
 ) -> Pool:
     """The frozen teacher's and pixel codec's features of train scenes ``0 .. n - 1`` (``split_scenes("train",
-    n, seed)``, the scenes a fresh run's first ``n / batch_size`` steps see) and their captions' embeddings."""
+    n, seed)``, the scenes a fresh run's first ``n / batch_size`` steps see) and their captions' embeddings.
+    ``shard=(rank, processes)``: process ``rank``'s share of them, the ``rank``-th of ``processes`` equal runs."""
+    rank, processes = shard
+    first, last = rank * n // processes, (rank + 1) * n // processes
     parts, texts, captions = [], [], []
-    for start in range(0, n, chunk):
-        scenes = split_scenes("train", min(chunk, n - start), seed, start)
+    for start in range(first, last, chunk):
+        scenes = split_scenes("train", min(chunk, last - start), seed, start)
         words = [caption(s) for s in scenes]
         x = images_to_tensor(render_batch(scenes)).to(codec.device)
         with autocast_context(codec.device, precision):
@@ -274,7 +302,8 @@ def seconds_per_step(
     codec: QFormerCodec, loss_fn: Callable, cfg: StageTrainConfig, make_data: Callable[[], Any], device: str
 ) -> float:
     """Median forward + backward time of one step (the data's own cost included) on a throwaway copy of
-    ``codec``; ``make_data()`` gives a fresh iterator of the stage's batches."""
+    ``codec``; ``make_data()`` gives a fresh iterator of the stage's batches. In a process group: the slowest
+    process's."""
     probe = copy.deepcopy(codec).train()
     data = make_data()
 
@@ -283,7 +312,7 @@ def seconds_per_step(
             loss, _ = loss_fn(probe, next(data))
         loss.backward()
 
-    return median_step_seconds(step) * cfg.grad_accum
+    return distributed.slowest(median_step_seconds(step) * cfg.grad_accum)
 
 
 def train_stage(
@@ -302,6 +331,7 @@ def train_stage(
     """Fit the stage's budget, less ``spent_s`` seconds already spent on it (building its pool), to steps (once
     per run), then train ``codec`` in place on ``make_data()``'s batches; returns a summary."""
     minutes, recorded = cfg.max_minutes, out_dir / BUDGET_FILE
+    distributed.barrier()  # every process sees whether a budget was fitted before any writes one
     if minutes is not None and spent_s > 0:  # a resumed run keeps the minutes its start fitted (its pool took as long)
         minutes = json.loads(recorded.read_text())["minutes"] if recorded.is_file() else max(
             minutes - spent_s / 60, 0.05 * minutes  # at least a twentieth of the budget trains
@@ -336,14 +366,16 @@ def train(
     """Both stages, in place; returns their summaries."""
     out = Path(cfg.out_dir)
     pool, spent = None, 0.0
+    shard = (distributed.rank(), distributed.world_size())  # in a process group: this process's share
+    batch1, batch2 = cfg.qformer_train.batch_size // shard[1], cfg.detokenizer_train.batch_size // shard[1]
     if cfg.pool:
         start = time.perf_counter()
-        pool = build_pool(codec, teacher, cfg.pool, cfg.data_seed, cfg.qformer_train.precision)
-        spent = time.perf_counter() - start
+        pool = build_pool(codec, teacher, cfg.pool, cfg.data_seed, cfg.qformer_train.precision, shard=shard)
+        spent = distributed.slowest(time.perf_counter() - start)
         logger.info("pool: %d scenes' frozen features in %.1f s", cfg.pool, spent)
         loss1 = partial(pooled_stage1_loss, cfg.loss)
         seed1 = cfg.qformer_train.seed
-        data1 = lambda: pool_batches(pool, cfg.qformer_train.batch_size, seed1, pool.captioned)  # noqa: E731
+        data1 = lambda: pool_batches(pool, batch1, seed1, pool.captioned)  # noqa: E731
     else:
         loss1 = partial(stage1_loss, cfg.loss, teacher)
         data1 = partial(WorldCaptionedImages, cfg.qformer_train.batch_size, cfg.data_seed)
@@ -362,9 +394,9 @@ def train(
     if pool is not None:
         start = time.perf_counter()
         pool.ids = pool_ids(codec, pool, cfg.detokenizer_train.precision)
-        spent = time.perf_counter() - start
+        spent = distributed.slowest(time.perf_counter() - start)
         loss2, seed2 = pooled_stage2_loss, cfg.detokenizer_train.seed
-        data2 = lambda: pool_batches(pool, cfg.detokenizer_train.batch_size, seed2, pool.with_ids)  # noqa: E731
+        data2 = lambda: pool_batches(pool, batch2, seed2, pool.with_ids)  # noqa: E731
     codec.requires_grad_(True)
     codec.freeze_frozen_parts()
     curve = [every(cfg.eval.curve_every, oracle_curve(cfg))] if cfg.eval.curve_every else []
@@ -438,14 +470,29 @@ def evaluate(cfg: QFormerRecipe, codec: QFormerCodec, teacher: DualEncoder) -> d
     return metrics
 
 
+SUMMARY_FILE = "train_summary.json"  # a process group's training summary, for the evaluation after it
+
+
 def run(cfg: QFormerRecipe, resume: bool = False, device: str = "cpu") -> dict[str, Any]:
-    """Train both stages, evaluate and save the codec; returns the metrics (also in ``OUT/metrics.json``)."""
-    if cfg.threads:
+    """Train both stages, evaluate and save the codec; returns the metrics (also in ``OUT/metrics.json``). With
+    ``cfg.processes > 1`` the training runs in that many new processes (`panglot.training.distributed.launch`),
+    sharing ``cfg.threads`` out (at least one each); rank 0 saves the trained codec, which this process evaluates."""
+    if cfg.processes > 1 and device != "cpu":
+        raise ValueError(f"processes: {cfg.processes} is data parallelism over CPU processes; on {device} use 1")
+    if cfg.threads and cfg.processes == 1:
         torch.set_num_threads(cfg.threads)
     teacher = load_dual_encoder(cfg.teacher_dir, map_location=device).requires_grad_(False)
-    pixel = PixelVQ.load(cfg.pixel_codec_dir, map_location=device)
-    codec = build_codec(cfg, teacher, pixel, device)
-    summary = train(cfg, codec, teacher, resume=resume, device=device)
+    out = Path(cfg.out_dir)
+    if cfg.processes == 1:
+        pixel = PixelVQ.load(cfg.pixel_codec_dir, map_location=device)
+        codec = build_codec(cfg, teacher, pixel, device)
+        summary = train(cfg, codec, teacher, resume=resume, device=device)
+    else:
+        threads = max(1, (cfg.threads or torch.get_num_threads()) // cfg.processes)
+        logger.info("training in %d processes of %d thread(s) each", cfg.processes, threads)
+        distributed.launch(_train_in_group, cfg.processes, cfg, resume, device, threads=threads)
+        codec = load_codec(out, map_location=device, kind=QFormerCodec.kind)
+        summary = json.loads((out / SUMMARY_FILE).read_text())
     metrics: dict[str, Any] = {
         "train": summary,
         "threads": torch.get_num_threads(),
@@ -453,10 +500,21 @@ def run(cfg: QFormerRecipe, resume: bool = False, device: str = "cpu") -> dict[s
         "pixel_codec_dir": cfg.pixel_codec_dir,
         **evaluate(cfg, codec, teacher),
     }
-    out = Path(cfg.out_dir)
     codec.save(out, metrics=metrics)
     atomic_write_json(out / "metrics.json", {"config": to_dict(cfg), **metrics}, indent=2)
     return metrics
+
+
+def _train_in_group(cfg: QFormerRecipe, resume: bool, device: str) -> None:
+    """`run`'s training in each process of a group; rank 0 saves the codec and the summary."""
+    teacher = load_dual_encoder(cfg.teacher_dir, map_location=device).requires_grad_(False)
+    pixel = PixelVQ.load(cfg.pixel_codec_dir, map_location=device)
+    codec = build_codec(cfg, teacher, pixel, device)  # built in the group: its codebook sums statistics over it
+    summary = train(cfg, codec, teacher, resume=resume, device=device)
+    if distributed.is_main():
+        out = Path(cfg.out_dir)
+        codec.save(out)
+        atomic_write_json(out / SUMMARY_FILE, summary, indent=2)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import qformer_group
 import torch
 from safetensors.torch import load_file
 
@@ -16,6 +17,7 @@ from panglot.codecs.image_qformer import QFormerCodec, detokenizer_loss, qformer
 from panglot.codecs.image_vq import PixelVQ
 from panglot.codecs.text import train_world_tokenizer
 from panglot.encoders import DualEncoder, DualEncoderConfig
+from panglot.training import distributed
 from panglot.world.dataset import split_scenes
 from panglot.world.language import caption
 from panglot.world.render import render_batch
@@ -104,6 +106,32 @@ def test_decode_is_deterministic_and_batch_independent(codec, images):
     codec.detokenizer.config.seed += 1  # another seed, another start noise
     assert not torch.equal(codec.detokenizer.sample(embedding, codes, latents.shape[1:]), latents)
     codec.detokenizer.config.seed -= 1
+
+
+def test_decoding_can_keep_the_best_of_several_candidates(codec, images):
+    """``detokenizer.candidates: K``: each row keeps, of the images drawn from start noises seed .. seed + K - 1, the
+    one whose ids read back agree best with the ids decoded; the first wins ties; still deterministic and
+    independent of the batch."""
+    ids = codec.encode_tensor(images[:6])
+    embedding, codes = codec.condition(ids)
+    shape = (codec.config.latent_channels, 8, 8)
+    drawn = [codec.pixel.decode_tensor(codec.snap(codec.detokenizer.sample(embedding, codes, shape, seed=s)))
+             for s in range(3)]  # fmt: skip
+    scores = torch.stack([codec.agreement(x, codes) for x in drawn])  # (3, B)
+    assert torch.equal(codec.decode_tensor(ids), drawn[0])  # one candidate: the config's seed, as before
+    codec.config.detokenizer.candidates = 3
+    try:
+        best = codec.decode_tensor(ids)
+        assert torch.equal(codec.decode_tensor(ids), best)
+        torch.testing.assert_close(codec.decode_tensor(ids[4:5]), best[4:5])
+    finally:
+        codec.config.detokenizer.candidates = 1
+    choice = scores.argmax(dim=0)  # argmax takes the first of equal maxima
+    for row in range(6):
+        assert torch.equal(best[row], drawn[choice[row]][row])
+    assert scores.max() <= 1 + 1e-5
+    with pytest.raises(ValueError, match="candidates must be >= 1"):
+        train_qformer_codec.load_config(train_qformer_codec.QFormerRecipe, None, ["codec.detokenizer.candidates=0"])
 
 
 def test_save_load_is_self_contained_and_identical(codec, teacher, images, tmp_path):
@@ -508,23 +536,29 @@ def test_losses_from_frozen_features_equal_those_from_the_images(teacher, pixel,
         detokenizer_loss(codec, None, ids)
 
 
-def test_the_recipe_can_train_from_a_pool_of_frozen_features(teacher, pixel, tmp_path):
-    """``pool: N``: both stages draw shuffled batches from N scenes' frozen features computed once (stage 2 from
-    the frozen stage-1 ids of the same scenes); the pool's time counts in each stage's wall time; a resumed run
-    trains nothing more and gives the same codec; a pool smaller than a batch is refused."""
+def tiny_pooled_recipe(tmp_path, teacher, pixel, stage1_steps: int, pool: int) -> list[str]:
+    """Overrides of the layout YAML for a tiny pooled run in ``tmp_path / "run"`` (``teacher`` and ``pixel`` saved
+    there): debug widths, batches of 8, ``stage1_steps`` + 3 steps, 12 test-unseen scenes evaluated."""
     teacher.save(tmp_path / "teacher")
     pixel.save(tmp_path / "pixel")
-    overrides = [
+    return [
         f"out_dir={tmp_path / 'run'}", f"teacher_dir={tmp_path / 'teacher'}", f"pixel_codec_dir={tmp_path / 'pixel'}",
         "codec.qformer.dim=32", "codec.qformer.n_layers=1", "codec.qformer.n_heads=2", "codec.qformer.ffn_dim=64",
         "codec.codebook_size=64", "codec.codebook_dim=8", "codec.detokenizer.grid_dim=16",
         "codec.embed_decoder.dim=32", "codec.embed_decoder.n_layers=1", "codec.embed_decoder.n_heads=2",
         "codec.detokenizer.block_out_channels=[16,32]", "codec.detokenizer.norm_groups=8",
         "codec.detokenizer.attention_heads=2", "codec.detokenizer.inference_steps=2",
-        "qformer_train.max_minutes=null", "qformer_train.max_steps=5", "qformer_train.batch_size=8",
+        "qformer_train.max_minutes=null", f"qformer_train.max_steps={stage1_steps}", "qformer_train.batch_size=8",
         "detokenizer_train.max_minutes=null", "detokenizer_train.max_steps=3", "detokenizer_train.batch_size=8",
-        "eval.n_images=12", "eval.splits=[test-unseen]", "pool=20",
+        "eval.n_images=12", "eval.splits=[test-unseen]", f"pool={pool}",
     ]  # fmt: skip
+
+
+def test_the_recipe_can_train_from_a_pool_of_frozen_features(teacher, pixel, tmp_path):
+    """``pool: N``: both stages draw shuffled batches from N scenes' frozen features computed once (stage 2 from
+    the frozen stage-1 ids of the same scenes); the pool's time counts in each stage's wall time; a resumed run
+    trains nothing more and gives the same codec; a pool smaller than a batch is refused."""
+    overrides = tiny_pooled_recipe(tmp_path, teacher, pixel, stage1_steps=5, pool=20)
     cfg = train_qformer_codec.load_config(
         train_qformer_codec.QFormerRecipe, "configs/codec_qformer_layout.yaml", overrides
     )
@@ -549,3 +583,64 @@ def test_the_recipe_can_train_from_a_pool_of_frozen_features(teacher, pixel, tmp
     with pytest.raises(ValueError, match=r"pool \(4\) must hold at least one batch of qformer_train \(8\)"):
         train_qformer_codec.load_config(train_qformer_codec.QFormerRecipe, "configs/codec_qformer_layout.yaml",
                                         [*overrides, "pool=4"])  # fmt: skip
+
+
+def test_two_processes_over_half_batches_take_the_stage_one_step_of_one(teacher, pixel, images, tmp_path):
+    """In a data-parallel group each process's contrastive term spans the whole batch (its rows gathered from the
+    group), the codebook's EMA statistics are summed over it and its dead codes re-seeded as one process would
+    (at most one per vector, from the group's vectors: more codes than vectors, so the step re-seeds a subset):
+    the averaged gradients, the loss and the codebook after the step are one process's over the whole batch."""
+    cfg = QFormerCodec.debug_config()
+    cfg.codebook_size = 2048  # > the 16 x 32 vectors of a step: most codes are dead
+    cfg.qformer.features, cfg.detokenizer.condition = "teacher+pixel", "embedding+grid"  # the layout codec's
+    torch.manual_seed(0)
+    codec = QFormerCodec(cfg)
+    codec.load_frozen_parts(teacher, pixel)
+    codec.train()
+    codec(images)  # k-means initialises the codebook before the compared step
+    book = codec.codebook.vq._codebook
+    assert (book.cluster_size < book.threshold_ema_dead_code).sum() > 16 * 32  # more dead codes than vectors
+    codec.save(tmp_path / "codec")
+    teacher.save(tmp_path / "teacher")
+    args = (tmp_path / "codec", tmp_path / "teacher", tmp_path, 16)
+    distributed.launch(qformer_group.stage_one_step, 2, *args, timeout_s=120)
+    single = qformer_group.stage_one_step(*args)
+    rank0, rank1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert set(rank0) == set(single) and any(k.startswith("grad.qformer") for k in single)
+    for name, value in single.items():
+        assert torch.equal(rank0[name], rank1[name]), f"{name}: the processes differ"
+        torch.testing.assert_close(rank0[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_recipe_can_train_in_two_processes(teacher, pixel, tmp_path):
+    """``processes: 2``: each process builds half of the pool and steps over half of each batch; rank 0 saves the
+    codec, which the calling process evaluates; the checkpoints hold both processes' data positions; a resumed run
+    trains nothing more and gives the same codec; settings a group cannot run are refused, naming the key."""
+    overrides = [*tiny_pooled_recipe(tmp_path, teacher, pixel, stage1_steps=4, pool=32), "qformer_train.ckpt_every=2",
+                 "processes=2"]  # fmt: skip
+    load = lambda *more: train_qformer_codec.load_config(  # noqa: E731
+        train_qformer_codec.QFormerRecipe, "configs/codec_qformer_layout.yaml", [*overrides, *more]
+    )
+    metrics = train_qformer_codec.run(load())
+    train = metrics["train"]
+    assert train["qformer"]["steps"] == 4 and train["detokenizer"]["steps"] == 3
+    run = tmp_path / "run"
+    state = json.loads((run / "qformer_train" / "step_00000004" / "state.json").read_text())
+    assert [r["data"]["shard"] for r in state["ranks"]] == [[0, 1], [0, 1]]  # each its own half of the pool
+    stage2 = [json.loads(line) for line in (run / "detokenizer_train" / "metrics.jsonl").read_text().splitlines()]
+    assert stage2 and all(np.isfinite(r["loss"]) for r in stage2)
+    assert load_codec(run).kind == QFormerCodec.kind and (run / "metrics.json").is_file()
+    resumed = train_qformer_codec.run(load(), resume=True)
+    untimed = lambda m: {k: v for k, v in m.items() if not k.startswith("eval_")}  # noqa: E731
+    assert untimed(resumed["test-unseen"]) == untimed(metrics["test-unseen"])
+    assert resumed["train"]["qformer"]["resumed_from"] == 4
+    for more, message in [
+        (["pool=0"], "processes: 2 needs a pool"),
+        (["pool=33"], "processes: 2 needs a pool"),
+        (["detokenizer_train.batch_size=9"], r"detokenizer_train.batch_size \(9\) must be a multiple of processes"),
+        (["processes=0"], "processes must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            load(*more)
+    with pytest.raises(ValueError, match="data parallelism over CPU processes; on cuda use 1"):
+        train_qformer_codec.run(load(), device="cuda")

@@ -36,6 +36,8 @@ def test_outside_a_group_the_helpers_are_one_process():
     assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
     assert distributed.from_main([3, 1]) == [3, 1] and distributed.slowest(0.5) == 0.5
     assert distributed.gather({"a": 1}) == [{"a": 1}]
+    rows = torch.ones(2, 3, requires_grad=True)
+    assert distributed.gather_rows(rows) is rows
     with pytest.raises(ValueError, match="processes must be >= 1"):
         distributed.launch(print, 0)
 

@@ -98,6 +98,19 @@ def gather(obj: Any) -> list[Any]:
     return out
 
 
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``x`` (each process the same shape), concatenated in rank order, on every process:
+    a batch-wide term (an in-batch contrastive loss) sees the group's whole batch. This process's own rows keep
+    their autograd graph; the others' are constants, so a loss over the result back-propagates into this process's
+    rows only (`contrastive over the group` in the Q-Former codec's loss says how the gradient is scaled)."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank()] = x
+    return torch.cat(parts)
+
+
 def broadcast_module(module: nn.Module) -> None:
     """Rank 0's parameters and buffers on every process (as DDP does when it wraps a model)."""
     if world_size() == 1:

@@ -40,6 +40,7 @@ from panglot.codecs.indexed_vq import cosine_ema_vq
 from panglot.encoders import DualEncoder, DualEncoderConfig, ImageTower, TowerConfig, contrastive_loss
 from panglot.encoders.dual import Tower
 from panglot.nn import Attention, RMSNorm, RotaryEmbedding, SwiGLU, attend
+from panglot.training import distributed
 
 
 # --- config ---------------------------------------------------------------------------------------------
@@ -108,6 +109,10 @@ class DetokenizerConfig:
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "sample"
     inference_steps: int = 10  # DDIM steps at decode time
     seed: int = 0  # seed of the start noise: decoding is deterministic (DDIM, eta = 0)
+    # Images drawn per id sequence at decode time, from the start noises seed, seed + 1, ...: each row keeps the one
+    # whose ids, read back by the codec's own encoder, agree best with the ids decoded (the mean cosine of their
+    # codes; the first wins ties). 1: one image (SEED's). Costs that many samplings and encodings.
+    candidates: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -124,11 +129,12 @@ class DetokenizerConfig:
             self.layers_per_block,
             self.grid_dim,
             self.grid_layers,
+            self.candidates,
         )
         if min(sizes) < 1:
             problems.append(
-                "latent_channels, cond_tokens, cross_dim, inference_steps, layers_per_block, grid_dim and "
-                f"grid_layers must be >= 1, got {sizes}"
+                "latent_channels, cond_tokens, cross_dim, inference_steps, layers_per_block, grid_dim, "
+                f"grid_layers and candidates must be >= 1, got {sizes}"
             )
         if self.grid_dim % self.attention_heads:
             problems.append(f"grid_dim {self.grid_dim} must be a multiple of attention_heads {self.attention_heads}")
@@ -496,13 +502,13 @@ class Detokenizer(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, embedding: torch.Tensor, codes: torch.Tensor, shape: tuple[int, int, int]
+        self, embedding: torch.Tensor, codes: torch.Tensor, shape: tuple[int, int, int], seed: int | None = None
     ) -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) from the config's fixed-seed noise; every row starts from the same
-        noise, so a row's result does not depend on the rest of the batch. Returns (B, *shape)."""
+        """Deterministic DDIM (eta = 0) from fixed-seed noise (``seed``, default the config's); every row starts
+        from the same noise, so a row's result does not depend on the rest of the batch. Returns (B, *shape)."""
         sched = self.scheduler()
         sched.set_timesteps(self.config.inference_steps, device=embedding.device)
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
         x = torch.randn(shape, generator=generator).to(embedding.device).expand(embedding.shape[0], *shape)
         cond = self.condition(embedding, codes)
         for t in sched.timesteps:
@@ -724,9 +730,31 @@ class QFormerCodec(ImageCodec):
 
     @torch.no_grad()
     def decode_tensor(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) -> images; with ``detokenizer.candidates`` > 1, each row's best of that many (``agreement``)."""
         embedding, codes = self.condition(ids)
         shape = (self.config.latent_channels, self.latent_grid, self.latent_grid)
-        return self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, codes, shape)))
+        cfg = self.config.detokenizer
+        best, best_score = None, None
+        for candidate in range(cfg.candidates):
+            latents = self.detokenizer.sample(embedding, codes, shape, seed=cfg.seed + candidate)
+            images = self.pixel.decode_tensor(self.snap(latents))
+            if cfg.candidates == 1:
+                return images
+            score = self.agreement(images, codes)
+            if best is None:
+                best, best_score = images, score
+                continue
+            better = score > best_score
+            best[better], best_score = images[better], torch.where(better, score, best_score)
+        return best
+
+    @torch.no_grad()
+    def agreement(self, images: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """How well ``images`` (B, 3, H, W), read back by this codec, agree with ``codes`` (B, T, D): the mean cosine
+        between their codes and ``codes``, position by position (B,)."""
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            again = self.codebook.codes(self.encode_tensor(images).long())
+        return F.cosine_similarity(again.float(), codes.float(), dim=-1).mean(dim=-1)
 
 
 # --- training losses ------------------------------------------------------------------------------------
@@ -778,7 +806,17 @@ def qformer_loss(
     targets = features.pixel_ids
     out = codec(None, features=features)
     scale = torch.tensor(1.0 / temperature, device=codec.device)
-    contrastive, cm = contrastive_loss(out.query_embedding, text_embedding.to(codec.device), scale, keys)
+    # In a data-parallel group (`panglot.training.distributed`) the contrastive term is over the group's whole
+    # batch, as in one process: every process computes it on everyone's rows, its own carrying their graph. The
+    # trainer averages the processes' gradients, so each one's share is scaled up by the group's size: the
+    # averaged gradient is then the whole batch's (the term's value is unchanged).
+    world = distributed.world_size()
+    queries = distributed.gather_rows(out.query_embedding)
+    texts = distributed.gather_rows(text_embedding.to(codec.device))
+    keys = [key for part in distributed.gather(list(keys)) for key in part]
+    contrastive, cm = contrastive_loss(queries, texts, scale, keys)
+    if world > 1:
+        contrastive = contrastive + (world - 1) * (contrastive - contrastive.detach())
     cosine = (out.embedding * out.target_embedding).sum(dim=-1).mean()
     loss = contrastive_weight * contrastive + embed_weight * (1.0 - cosine) + out.aux_loss
     metrics = {
