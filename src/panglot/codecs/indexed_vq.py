@@ -110,7 +110,6 @@ class IndexedCodebook(Codebook):
             self.update_ema()
         self.expire_codes_(flatten)
 
-
     @torch.no_grad()
     def replace(self, batch_samples, batch_mask, seq_mask=None):
         """The library's dead-code replacement; in a group (``replace_sample_fn`` the library's distributed
