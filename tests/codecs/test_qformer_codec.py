@@ -466,8 +466,8 @@ def test_the_ids_can_come_from_fsq(teacher, pixel, images, scenes, tmp_path):
 
 def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
     """configs/codec_qformer_layout.yaml (the stage ``qformer_layout``) is configs/codec_qformer.yaml with the pixel
-    codes read, the raster prior, 8192 codes, the grid condition and term, small batches and a pool of frozen
-    features: nothing else moves."""
+    codes read, the raster prior, 16384 codes, the grid condition and term, small batches, a pool of frozen
+    features and two training processes: nothing else moves."""
     from dataclasses import asdict
 
     from recipes import stages
@@ -486,9 +486,10 @@ def test_the_layout_recipe_differs_from_seeds_only_where_it_says():
     assert changed == {
         "out_dir": "runs/codec_qformer_layout",
         "pool": 4000,
+        "processes": 2,
         "codec.qformer.features": "teacher+pixel",
         "codec.qformer.locality": 8.0,
-        "codec.codebook_size": 8192,
+        "codec.codebook_size": 16384,
         "codec.detokenizer.condition": "embedding+grid",
         "loss.grid_weight": 1.0,
         "loss.grid_loss": "ce",
@@ -558,7 +559,7 @@ def test_the_recipe_can_train_from_a_pool_of_frozen_features(teacher, pixel, tmp
     """``pool: N``: both stages draw shuffled batches from N scenes' frozen features computed once (stage 2 from
     the frozen stage-1 ids of the same scenes); the pool's time counts in each stage's wall time; a resumed run
     trains nothing more and gives the same codec; a pool smaller than a batch is refused."""
-    overrides = tiny_pooled_recipe(tmp_path, teacher, pixel, stage1_steps=5, pool=20)
+    overrides = [*tiny_pooled_recipe(tmp_path, teacher, pixel, stage1_steps=5, pool=20), "processes=1"]
     cfg = train_qformer_codec.load_config(
         train_qformer_codec.QFormerRecipe, "configs/codec_qformer_layout.yaml", overrides
     )
