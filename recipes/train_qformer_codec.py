@@ -484,9 +484,7 @@ def run(cfg: QFormerRecipe, resume: bool = False, device: str = "cpu") -> dict[s
     teacher = load_dual_encoder(cfg.teacher_dir, map_location=device).requires_grad_(False)
     out = Path(cfg.out_dir)
     if cfg.processes == 1:
-        pixel = PixelVQ.load(cfg.pixel_codec_dir, map_location=device)
-        codec = build_codec(cfg, teacher, pixel, device)
-        summary = train(cfg, codec, teacher, resume=resume, device=device)
+        codec, summary = _build_and_train(cfg, teacher, resume, device)
     else:
         threads = max(1, (cfg.threads or torch.get_num_threads()) // cfg.processes)
         logger.info("training in %d processes of %d thread(s) each", cfg.processes, threads)
@@ -505,12 +503,20 @@ def run(cfg: QFormerRecipe, resume: bool = False, device: str = "cpu") -> dict[s
     return metrics
 
 
-def _train_in_group(cfg: QFormerRecipe, resume: bool, device: str) -> None:
-    """`run`'s training in each process of a group; rank 0 saves the codec and the summary."""
-    teacher = load_dual_encoder(cfg.teacher_dir, map_location=device).requires_grad_(False)
+def _build_and_train(
+    cfg: QFormerRecipe, teacher: DualEncoder, resume: bool, device: str
+) -> tuple[QFormerCodec, dict[str, Any]]:
+    """A fresh codec over ``teacher`` and the pixel codec, trained (both stages); with its training summary."""
     pixel = PixelVQ.load(cfg.pixel_codec_dir, map_location=device)
-    codec = build_codec(cfg, teacher, pixel, device)  # built in the group: its codebook sums statistics over it
-    summary = train(cfg, codec, teacher, resume=resume, device=device)
+    codec = build_codec(cfg, teacher, pixel, device)
+    return codec, train(cfg, codec, teacher, resume=resume, device=device)
+
+
+def _train_in_group(cfg: QFormerRecipe, resume: bool, device: str) -> None:
+    """`run`'s training in each process of a group (the codec built there, so that its codebook sums statistics
+    over the group); rank 0 saves the codec and the summary."""
+    teacher = load_dual_encoder(cfg.teacher_dir, map_location=device).requires_grad_(False)
+    codec, summary = _build_and_train(cfg, teacher, resume, device)
     if distributed.is_main():
         out = Path(cfg.out_dir)
         codec.save(out)

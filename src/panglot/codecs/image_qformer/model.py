@@ -734,17 +734,15 @@ class QFormerCodec(ImageCodec):
         embedding, codes = self.condition(ids)
         shape = (self.config.latent_channels, self.latent_grid, self.latent_grid)
         cfg = self.config.detokenizer
-        best, best_score = None, None
-        for candidate in range(cfg.candidates):
-            latents = self.detokenizer.sample(embedding, codes, shape, seed=cfg.seed + candidate)
-            images = self.pixel.decode_tensor(self.snap(latents))
-            if cfg.candidates == 1:
-                return images
+        draw = lambda seed: self.pixel.decode_tensor(self.snap(self.detokenizer.sample(embedding, codes, shape, seed)))  # noqa: E731
+        best = draw(cfg.seed)
+        if cfg.candidates == 1:
+            return best
+        best_score = self.agreement(best, codes)
+        for candidate in range(1, cfg.candidates):
+            images = draw(cfg.seed + candidate)
             score = self.agreement(images, codes)
-            if best is None:
-                best, best_score = images, score
-                continue
-            better = score > best_score
+            better = score > best_score  # the earlier draw keeps a tie
             best[better], best_score = images[better], torch.where(better, score, best_score)
         return best
 
